@@ -1,0 +1,81 @@
+"""Public Python API: ``upscale`` (arrays in, arrays out)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import backends
+from .model import SCALES, Model, default_model, load_model
+
+MODES = ("interp", "expanded")
+
+
+def _as_model(model, scale: int) -> Model:
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    if model is None:
+        return default_model(scale)
+    if not isinstance(model, Model):
+        model = load_model(model)
+    if model.scale != scale:
+        raise ValueError(f"the model is for x{model.scale}, but scale={scale} was asked for")
+    return model
+
+
+def to_planes(images: np.ndarray) -> tuple[np.ndarray, tuple]:
+    """Validate an image array and view it as uint8 planes [P, H, W].
+
+    Accepts (H, W), (H, W, C) and (N, H, W, C) with C in 1, 3, 4. Returns the planes
+    (a contiguous copy) and the layout needed by ``from_planes``.
+    """
+    if not isinstance(images, np.ndarray):
+        raise TypeError(f"images must be a numpy array, got {type(images).__name__}")
+    if images.dtype != np.uint8:
+        raise TypeError(f"images must be uint8, got {images.dtype}")
+    if images.ndim == 2:
+        batch = images[None, :, :, None]
+    elif images.ndim == 3:
+        batch = images[None]
+    elif images.ndim == 4:
+        batch = images
+    else:
+        raise ValueError(f"images must be (H,W), (H,W,C) or (N,H,W,C), got shape {images.shape}")
+    N, H, W, C = batch.shape
+    if C not in (1, 3, 4):
+        raise ValueError(f"images must have 1, 3 or 4 channels, got shape {images.shape}")
+    if N == 0 or H == 0 or W == 0:
+        raise ValueError(f"images must not be empty, got shape {images.shape}")
+    planes = np.ascontiguousarray(batch.transpose(0, 3, 1, 2)).reshape(N * C, H, W)
+    return planes, (images.ndim, N, C)
+
+
+def from_planes(planes: np.ndarray, layout: tuple) -> np.ndarray:
+    """Inverse of ``to_planes`` for the upscaled planes."""
+    ndim, N, C = layout
+    _, H, W = planes.shape
+    out = np.ascontiguousarray(planes.reshape(N, C, H, W).transpose(0, 2, 3, 1))
+    if ndim == 2:
+        return out[0, :, :, 0]
+    if ndim == 3:
+        return out[0]
+    return out
+
+
+def upscale(images, scale: int = 4, *, model=None, backend: str = "auto",
+            mode: str = "interp") -> np.ndarray:
+    """Upscale uint8 images by ``scale`` with an IQ-LUT model.
+
+    images: uint8 ``(H,W)``, ``(H,W,3)``, ``(H,W,4)`` or a batch ``(N,H,W,C)``; returns the
+    same layout ``scale`` times larger. ``model``: a ``Model``, a path, or None for the
+    shipped default of that scale. ``backend``: "auto", "cpu", "cuda" or "reference"
+    (``IQLUT_BACKEND`` overrides "auto"). ``mode``: "interp" (two table reads per source
+    pixel, small tables) or "expanded" (tables expanded at load time, one read); both give
+    identical results.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    model = _as_model(model, scale)
+    name = backends.resolve(backend)
+    planes, layout = to_planes(images)
+    out = backends.run_planes(name, model, planes, mode)
+    return from_planes(np.asarray(out), layout)

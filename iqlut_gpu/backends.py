@@ -1,0 +1,146 @@
+"""Backend selection: ``"auto" | "cpu" | "cuda" | "reference"``.
+
+``IQLUT_BACKEND`` overrides ``"auto"``. Probes return ``None`` when a backend can run, or
+the reason it cannot. ``"auto"`` prefers CUDA and falls back to the CPU with one warning;
+an explicit backend that cannot run raises ``BackendUnavailable`` with the reason.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+from functools import cached_property
+
+import numpy as np
+
+from . import reference
+from .model import Model
+
+BACKENDS = ("auto", "cpu", "cuda", "reference")
+ENV_VAR = "IQLUT_BACKEND"
+
+
+class BackendUnavailable(RuntimeError):
+    """The requested backend cannot run here; the message says why."""
+
+
+class Prepared:
+    """Per-model data every backend needs, derived once from the model file's arrays.
+
+    ``lut(n, "interp")`` is ``(idx, wt, table)`` of layer ``n``; ``lut(n, "expanded")`` is
+    the int16 expanded table. The fixed upsample is ``up_off, up_w, up_den``.
+    """
+
+    def __init__(self, model: Model):
+        self.model = model
+        self.scale = model.scale
+        self.layers = model.layers
+        self.up_off, self.up_w, self.up_den = reference.upsample_filter(model.scale, model.upsample)
+        self._luts: dict = {}
+
+    def lut(self, n: int, mode: str):
+        key = (n, mode)
+        if key not in self._luts:
+            layer = self.layers[n]
+            if mode == "interp":
+                idx, wt = reference.interp_lut(layer.knots)
+                self._luts[key] = (idx, wt, np.ascontiguousarray(layer.table))
+            elif mode == "expanded":
+                self._luts[key] = np.ascontiguousarray(reference.expand_layer(layer))
+            else:
+                raise ValueError(f"mode must be 'interp' or 'expanded', got {mode!r}")
+        return self._luts[key]
+
+    @cached_property
+    def halo(self) -> int:
+        return self.model.receptive_radius
+
+
+_PREPARED: dict[int, Prepared] = {}
+
+
+def prepare(model: Model) -> Prepared:
+    """Memoised per model object (models are immutable)."""
+    p = _PREPARED.get(id(model))
+    if p is None or p.model is not model:
+        p = _PREPARED[id(model)] = Prepared(model)
+    return p
+
+
+# ----------------------------------------------------------------------------- probes
+
+
+def _probe_reference() -> str | None:
+    return None
+
+
+def _probe_cpu() -> str | None:
+    try:
+        importlib.import_module("numba")
+    except Exception as e:  # ImportError, or numba refusing this numpy
+        return f"Numba is not usable: {e}"
+    return None
+
+
+def _probe_cuda() -> str | None:
+    try:
+        mod = importlib.import_module("iqlut_gpu.kernels.cuda_backend")
+    except ImportError as e:
+        return f"the CUDA backend is not available: {e}"
+    return mod.probe()
+
+
+PROBES = {"reference": _probe_reference, "cpu": _probe_cpu, "cuda": _probe_cuda}
+
+
+def probe(name: str) -> str | None:
+    """None if backend ``name`` can run here, else the reason it cannot."""
+    if name not in PROBES:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    return PROBES[name]()
+
+
+_warned_fallback = False
+
+
+def resolve(backend: str = "auto") -> str:
+    """The concrete backend to use for ``backend`` (honours IQLUT_BACKEND for "auto")."""
+    global _warned_fallback
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        env = os.environ.get(ENV_VAR, "").strip().lower()
+        if env and env != "auto":
+            if env not in BACKENDS:
+                raise ValueError(f"{ENV_VAR}={env!r} is not one of {BACKENDS}")
+            backend = env
+    if backend != "auto":
+        reason = probe(backend)
+        if reason:
+            raise BackendUnavailable(f"backend {backend!r} cannot run: {reason}")
+        return backend
+    reason = probe("cuda")
+    if reason is None:
+        return "cuda"
+    if not _warned_fallback:
+        warnings.warn(f"iqlut: using the CPU backend ({reason})", RuntimeWarning, stacklevel=3)
+        _warned_fallback = True
+    cpu_reason = probe("cpu")
+    return "cpu" if cpu_reason is None else "reference"
+
+
+def run_planes(name: str, model: Model, planes, mode: str = "interp"):
+    """Run ``model`` on uint8 [P, H, W] planes with the concrete backend ``name``."""
+    prepared = prepare(model)
+    if name == "reference":
+        return reference.upscale_planes(model, np.asarray(planes))
+    if name == "cpu":
+        from .kernels import numba_cpu
+
+        return numba_cpu.run_planes(prepared, planes, mode)
+    if name == "cuda":
+        from .kernels import cuda_backend
+
+        return cuda_backend.run_planes(prepared, planes, mode)
+    raise ValueError(f"unknown backend {name!r}")

@@ -1,0 +1,60 @@
+"""The ``iqlut`` command line.
+
+Each subcommand lives in its own module of this package with ``add_parser(sub)`` (which
+registers it and sets ``func``) and is listed in ``SUBCOMMANDS``. ``main`` turns every
+expected failure into one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+SUBCOMMANDS = ("upscale", "info", "video", "train", "eval", "bench")
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class CLIError(Exception):
+    """An expected failure: the message is printed as one line and the exit code is 1."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="iqlut", description="IQ-LUT lookup-table super-resolution")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f"{__name__}.{name}_cmd")
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}_cmd":
+                raise
+            continue  # subcommand not built into this version
+        module.add_parser(sub)
+    return parser
+
+
+def _expected_errors() -> tuple:
+    from ..backends import BackendUnavailable
+    from ..io import ImageError
+    from ..model import ModelError
+
+    return (CLIError, ModelError, ImageError, BackendUnavailable, ValueError, TypeError, OSError)
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or EXIT_OK)
+    except KeyboardInterrupt:
+        print("iqlut: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except _expected_errors() as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"iqlut {args.command}: error: {msg}", file=sys.stderr)
+        return EXIT_FAIL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

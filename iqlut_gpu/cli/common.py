@@ -1,0 +1,32 @@
+"""Arguments shared by several subcommands."""
+
+from __future__ import annotations
+
+from ..backends import BACKENDS
+from ..model import SCALES
+
+
+def add_model_args(p) -> None:
+    p.add_argument("--scale", type=int, choices=SCALES, default=None,
+                   help="upscaling factor (default: the model's, or 4 for the shipped model)")
+    p.add_argument("--model", metavar="PATH",
+                   help="model file (default: the shipped model for --scale)")
+
+
+def add_backend_args(p) -> None:
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="compute backend (default: auto; IQLUT_BACKEND overrides auto)")
+    p.add_argument("--mode", choices=("interp", "expanded"), default="interp",
+                   help="table mode: interpolating (small) or expanded at load time (same result)")
+
+
+def resolve_model(args):
+    """The model named by --model/--scale; a --scale that contradicts the file is an error."""
+    from ..model import default_model, load_model
+
+    if args.model:
+        model = load_model(args.model)
+        if args.scale is not None and model.scale != args.scale:
+            raise ValueError(f"{args.model} is an x{model.scale} model, not x{args.scale}")
+        return model
+    return default_model(args.scale or 4)
