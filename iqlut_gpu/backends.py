@@ -25,6 +25,10 @@ class BackendUnavailable(RuntimeError):
     """The requested backend cannot run here; the message says why."""
 
 
+class BackendFallbackWarning(RuntimeWarning):
+    """``backend="auto"`` could not use CUDA and fell back to the CPU (issued once)."""
+
+
 class Prepared:
     """Per-model data every backend needs, derived once from the model file's arrays.
 
@@ -124,7 +128,7 @@ def resolve(backend: str = "auto") -> str:
     if reason is None:
         return "cuda"
     if not _warned_fallback:
-        warnings.warn(f"iqlut: using the CPU backend ({reason})", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"iqlut: using the CPU backend ({reason})", BackendFallbackWarning, stacklevel=3)
         _warned_fallback = True
     cpu_reason = probe("cpu")
     return "cpu" if cpu_reason is None else "reference"

@@ -43,8 +43,15 @@ def _expected_errors() -> tuple:
 
 
 def main(argv=None) -> int:
+    import warnings
+
+    from ..backends import BackendFallbackWarning
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    # The commands print the backend they used; the library's fallback warning would only
+    # add a second stderr line (and break "one line per error").
+    warnings.simplefilter("ignore", BackendFallbackWarning)
     try:
         return int(args.func(args) or EXIT_OK)
     except KeyboardInterrupt:

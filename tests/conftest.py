@@ -1,0 +1,22 @@
+import subprocess
+import sys
+
+import pytest
+
+import cases
+
+
+def pytest_report_header(config):
+    return f"iqlut random cases: IQLUT_TEST_SEED={cases.SESSION_SEED} (set it to reproduce)"
+
+
+@pytest.fixture
+def run_cli(tmp_path):
+    """Run the `iqlut` CLI in a subprocess (as a user would); returns CompletedProcess."""
+
+    def run(*args, env=None, cwd=None, timeout=300):
+        return subprocess.run([sys.executable, "-m", "iqlut_gpu", *map(str, args)],
+                              capture_output=True, text=True, env=env, cwd=cwd or tmp_path,
+                              timeout=timeout)
+
+    return run

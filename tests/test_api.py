@@ -1,0 +1,118 @@
+"""The public API: layouts, backend selection, errors."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+import iqlut_gpu
+from iqlut_gpu import BackendUnavailable, backends, reference, upscale
+from iqlut_gpu.model import zero_model
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng()
+
+
+@pytest.mark.parametrize("shape", [(5, 6), (5, 6, 1), (5, 6, 3), (5, 6, 4), (2, 5, 6, 3), (1, 1, 1, 4)])
+def test_layouts_round_trip(shape, rng):
+    img = rng.integers(0, 256, size=shape).astype(np.uint8)
+    out = upscale(img, 2, backend="cpu")
+    r = 2
+    if len(shape) == 2:
+        assert out.shape == (shape[0] * r, shape[1] * r)
+    elif len(shape) == 3:
+        assert out.shape == (shape[0] * r, shape[1] * r, shape[2])
+    else:
+        assert out.shape == (shape[0], shape[1] * r, shape[2] * r, shape[3])
+    assert out.dtype == np.uint8
+
+
+def test_channels_are_independent_planes(rng):
+    img = rng.integers(0, 256, size=(4, 5, 3)).astype(np.uint8)
+    model = iqlut_gpu.default_model(3)
+    out = upscale(img, 3, backend="reference")
+    for c in range(3):
+        assert np.array_equal(out[:, :, c], reference.upscale_plane(model, img[:, :, c]))
+
+
+def test_default_model_equals_fixed_upsample_while_untrained(rng):
+    model = iqlut_gpu.default_model(4)
+    if model.trained:
+        pytest.skip("trained default models shipped")
+    img = rng.integers(0, 256, size=(6, 7)).astype(np.uint8)
+    assert np.array_equal(upscale(img, 4, backend="cpu"),
+                          reference.fixed_upsample(img, 4, model.upsample).astype(np.uint8))
+
+
+def test_non_contiguous_and_negative_stride_views(rng):
+    base = rng.integers(0, 256, size=(12, 14, 3)).astype(np.uint8)
+    for view in (base[::2, ::-1], base[:, :, ::-1], base.transpose(1, 0, 2), base[1:-1, 2:, :]):
+        assert np.array_equal(upscale(view, 2, backend="cpu"),
+                              upscale(np.ascontiguousarray(view), 2, backend="cpu"))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_bad_inputs_raise_the_same_errors_on_every_backend(backend):
+    with pytest.raises(TypeError, match="uint8"):
+        upscale(np.zeros((4, 4), np.float32), 2, backend=backend)
+    with pytest.raises(TypeError, match="numpy array"):
+        upscale([[1, 2], [3, 4]], 2, backend=backend)
+    with pytest.raises(ValueError, match="1, 3 or 4 channels"):
+        upscale(np.zeros((4, 4, 2), np.uint8), 2, backend=backend)
+    with pytest.raises(ValueError, match=r"\(H,W\)"):
+        upscale(np.zeros((4,), np.uint8), 2, backend=backend)
+    with pytest.raises(ValueError, match="empty"):
+        upscale(np.zeros((0, 4), np.uint8), 2, backend=backend)
+    with pytest.raises(ValueError, match="scale must be one of"):
+        upscale(np.zeros((4, 4), np.uint8), 5, backend=backend)
+    with pytest.raises(ValueError, match="model is for x2"):
+        upscale(np.zeros((4, 4), np.uint8), 3, model=zero_model(2), backend=backend)
+
+
+def test_unknown_backend_and_mode():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        upscale(np.zeros((2, 2), np.uint8), 2, backend="tpu")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        upscale(np.zeros((2, 2), np.uint8), 2, mode="fast")
+
+
+def test_environment_variable_overrides_auto(monkeypatch, rng):
+    monkeypatch.setenv("IQLUT_BACKEND", "reference")
+    assert backends.resolve("auto") == "reference"
+    assert backends.resolve("cpu") == "cpu"  # an explicit choice wins over the variable
+    monkeypatch.setenv("IQLUT_BACKEND", "bogus")
+    with pytest.raises(ValueError, match="IQLUT_BACKEND"):
+        backends.resolve("auto")
+
+
+def test_auto_falls_back_to_cpu_with_a_warning_and_cuda_raises_with_reason(monkeypatch):
+    monkeypatch.delenv("IQLUT_BACKEND", raising=False)
+    monkeypatch.setitem(backends.PROBES, "cuda", lambda: "no CUDA device (test)")
+    monkeypatch.setattr(backends, "_warned_fallback", False)
+    with pytest.warns(RuntimeWarning, match="no CUDA device"):
+        assert backends.resolve("auto") == "cpu"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert backends.resolve("auto") == "cpu"  # warned once only
+    with pytest.raises(BackendUnavailable, match="no CUDA device"):
+        backends.resolve("cuda")
+
+
+def test_importing_the_package_needs_no_torch_or_cupy():
+    import subprocess
+    import sys
+
+    code = ("import sys, iqlut_gpu, iqlut_gpu.cli; "
+            "bad = [m for m in ('torch', 'cupy', 'numba') if m in sys.modules]; print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_model_path_accepted(tmp_path, rng):
+    path = tmp_path / "m.safetensors"
+    iqlut_gpu.save_model(zero_model(2, upsample="bilinear"), path)
+    img = rng.integers(0, 256, size=(3, 3)).astype(np.uint8)
+    assert np.array_equal(upscale(img, 2, model=path, backend="cpu"),
+                          reference.fixed_upsample(img, 2, "bilinear").astype(np.uint8))
