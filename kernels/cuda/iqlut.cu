@@ -1,0 +1,306 @@
+// CUDA kernels of IQ-LUT inference, bit-identical to iqlut_gpu.reference.
+//
+// Loaded at run time by kernels/cuda_backend.py (cupy.RawModule, NVRTC), which picks a
+// template specialisation per layer shape, compiles it once per device and memoises it.
+// The same file is compiled as host C++ by the test suite (tests/cuda_emu/cuda_emu.h
+// supplies threadIdx, blockIdx, __syncthreads, __shared__, __ldg, ...) and checked bit
+// for bit against the NumPy reference on the CPU. So: no CUDA-only headers or
+// intrinsics here beyond what that header emulates.
+//
+// Layouts (all C-contiguous, as in kernels/numba_cpu.py):
+//   x      uint8 [P, C_IN, H, W]          input codes of P independent planes
+//   idx    uint8 [C_IN, 256]              lower knot index per code  (reference.interp_lut)
+//   wt     int32 [C_IN, 256]              weight 0..256 per code     (reference.interp_lut)
+//   table  int8  [C_IN, L, K, K, C_OUT]   the layer's table
+//   etab   int16 [C_IN, 256, K, K, C_OUT] expanded windows           (reference.expand_layer)
+//   bias   int32 [C_OUT]
+//   plane  uint8 [P, H, W]                the input planes (base of the last layer)
+//   up_off int32 [R], up_w int32 [R, T], up_den int  (reference.upsample_filter)
+//   out    uint8 [P, C_OUT, H, W] (hidden) or uint8 [P, H*R, W*R] (last)
+//
+// Work decomposition (every kernel): the P planes are cut into tiles of
+// blockDim.x x blockDim.y pixels; block b handles tiles b, b + gridDim.x, ... (a
+// grid-stride loop, so a small grid still covers any batch, and per-block set-up such
+// as filling shared memory is paid once per block, not once per tile). Thread
+// (tx, ty) of a tile computes ONE output pixel (y, x) of one plane p, all output
+// channels: for a hidden layer out[p, :, y, x]; for the last layer the R x R
+// high-resolution pixels out[p, y*R + a, x*R + b] that pixel (y, x) owns after the
+// pixel shuffle. Threads write disjoint outputs: no atomics.
+//
+// Integer bounds (guaranteed by iqlut_gpu.model.validate and checked by the launcher):
+// |v(x)| <= 32768, C_IN*K*K <= 64*81 and |bias| <= 2^24, so every accumulator and the
+// rounding term fit in int32. The upsample has T <= 4 taps with |weight| <= 256 and
+// denominator <= 256, so its sums fit in int32 too.
+
+namespace iqlut {
+
+typedef unsigned char u8;
+typedef signed char i8;
+typedef short i16;
+typedef int i32;
+typedef long long i64;
+
+// The reference shifts with Python/NumPy semantics (arithmetic, flooring). Signed >> is
+// arithmetic in both nvcc and g++ (and defined so since C++20); pin it.
+static_assert((-3 >> 1) == -2, "signed right shift must be arithmetic");
+
+__device__ __forceinline__ int clampi(int v, int lo, int hi) {
+    return v < lo ? lo : (v > hi ? hi : v);
+}
+
+// reference.requantize: (a + 2^(S-1)) >> S, arithmetic shift; a when S == 0.
+__device__ __forceinline__ int requant(int a, int shift) {
+    return shift == 0 ? a : (a + (1 << (shift - 1))) >> shift;
+}
+
+// Python's // for b > 0 (C's / truncates toward zero; the reference floors).
+__device__ __forceinline__ int floor_div(int a, int b) {
+    int q = a / b;
+    return (a % b != 0 && a < 0) ? q - 1 : q;
+}
+
+// The tile loop shared by all kernels: calls body(p, y, x) for each in-bounds pixel
+// this thread owns.
+template <class Body>
+__device__ __forceinline__ void for_each_pixel(int P, int H, int W, Body body) {
+    const int tiles_x = (W + (int)blockDim.x - 1) / (int)blockDim.x;
+    const int tiles_y = (H + (int)blockDim.y - 1) / (int)blockDim.y;
+    const i64 per_plane = (i64)tiles_x * tiles_y;
+    const i64 n_tiles = per_plane * P;
+    for (i64 t = blockIdx.x; t < n_tiles; t += gridDim.x) {
+        const int p = (int)(t / per_plane);
+        const int rest = (int)(t - (i64)p * per_plane);
+        const int y = (rest / tiles_x) * (int)blockDim.y + (int)threadIdx.y;
+        const int x = (rest % tiles_x) * (int)blockDim.x + (int)threadIdx.x;
+        if (y < H && x < W) body(p, y, x);
+    }
+}
+
+// ----------------------------------------------------------------------------- lookup
+
+// The interpolating lookup of one layer, either from shared memory (SHARED: the block
+// copied idx/wt, packed as (idx << 16) | wt, and the int8 table there first) or from
+// global memory through the read-only cache.
+template <int C_IN, int C_OUT, int K, int L, bool SHARED>
+struct InterpLut {
+    static constexpr int TABLE_SIZE = C_IN * L * K * K * C_OUT;
+    const u8* idx;
+    const i32* wt;
+    const i8* table;
+    const i32* s_iw;   // shared [C_IN * 256] when SHARED
+    const i8* s_table; // shared [TABLE_SIZE] when SHARED
+
+    // acc[o] = A[o, y, x] of reference.accumulate: bias plus, for every input channel c
+    // and window offset d, v_c(X[c, clamp(q - d)])[d + R, o] where
+    // v(code) = table[c, i] * (256 - w) + table[c, i + 1] * w  (two reads, multiply-add).
+    __device__ __forceinline__ void accumulate(const u8* xp, int H, int W, int y, int x,
+                                               const i32* bias, i32 (&acc)[C_OUT]) const {
+        constexpr int R = K / 2;
+        constexpr int STEP = K * K * C_OUT;  // from knot i to knot i + 1
+#pragma unroll
+        for (int o = 0; o < C_OUT; ++o) acc[o] = __ldg(bias + o);
+        for (int c = 0; c < C_IN; ++c) {
+            const u8* xc = xp + (i64)c * H * W;
+            for (int dy = 0; dy < K; ++dy) {
+                const u8* row = xc + (i64)clampi(y - (dy - R), 0, H - 1) * W;
+#pragma unroll
+                for (int dx = 0; dx < K; ++dx) {
+                    const int code = __ldg(row + clampi(x - (dx - R), 0, W - 1));
+                    int i, w1;
+                    const i8* t0;
+                    if (SHARED) {
+                        const int iw = s_iw[c * 256 + code];
+                        i = iw >> 16;
+                        w1 = iw & 0xffff;
+                        t0 = s_table + ((c * L + i) * K * K + dy * K + dx) * C_OUT;
+                    } else {
+                        i = __ldg(idx + c * 256 + code);
+                        w1 = __ldg(wt + c * 256 + code);
+                        t0 = table + ((c * L + i) * K * K + dy * K + dx) * C_OUT;
+                    }
+                    const int w0 = 256 - w1;
+#pragma unroll
+                    for (int o = 0; o < C_OUT; ++o) {
+                        const int v0 = SHARED ? (int)t0[o] : (int)__ldg(t0 + o);
+                        const int v1 = SHARED ? (int)t0[o + STEP] : (int)__ldg(t0 + o + STEP);
+                        acc[o] += v0 * w0 + v1 * w1;
+                    }
+                }
+            }
+        }
+    }
+};
+
+// Shared-memory buffers of the interpolating lookup; the whole block fills them, then
+// synchronises. Must be called by every thread of the block (it contains a barrier).
+// One byte each when not SHARED (unused).
+template <int C_IN, int C_OUT, int K, int L, bool SHARED>
+__device__ __forceinline__ InterpLut<C_IN, C_OUT, K, L, SHARED> load_interp(
+    const u8* idx, const i32* wt, const i8* table, i32* s_iw, i8* s_table) {
+    InterpLut<C_IN, C_OUT, K, L, SHARED> lut = {idx, wt, table, s_iw, s_table};
+    if (SHARED) {
+        const int tid = threadIdx.y * blockDim.x + threadIdx.x;
+        const int nthreads = blockDim.x * blockDim.y;
+        for (int j = tid; j < C_IN * 256; j += nthreads)
+            s_iw[j] = ((int)__ldg(idx + j) << 16) | __ldg(wt + j);
+        for (int j = tid; j < lut.TABLE_SIZE; j += nthreads) s_table[j] = __ldg(table + j);
+        __syncthreads();
+    }
+    return lut;
+}
+
+// The expanded lookup: one int16 read per source pixel and output channel.
+template <int C_IN, int C_OUT, int K>
+struct ExpandedLut {
+    const i16* etab;
+
+    __device__ __forceinline__ void accumulate(const u8* xp, int H, int W, int y, int x,
+                                               const i32* bias, i32 (&acc)[C_OUT]) const {
+        constexpr int R = K / 2;
+#pragma unroll
+        for (int o = 0; o < C_OUT; ++o) acc[o] = __ldg(bias + o);
+        for (int c = 0; c < C_IN; ++c) {
+            const u8* xc = xp + (i64)c * H * W;
+            for (int dy = 0; dy < K; ++dy) {
+                const u8* row = xc + (i64)clampi(y - (dy - R), 0, H - 1) * W;
+#pragma unroll
+                for (int dx = 0; dx < K; ++dx) {
+                    const int code = __ldg(row + clampi(x - (dx - R), 0, W - 1));
+                    const i16* e = etab + ((i64)(c * 256 + code) * K * K + dy * K + dx) * C_OUT;
+#pragma unroll
+                    for (int o = 0; o < C_OUT; ++o) acc[o] += __ldg(e + o);
+                }
+            }
+        }
+    }
+};
+
+// ----------------------------------------------------------------------------- stores
+
+// reference.hidden_layer: out[p, o, y, x] = clamp(base + requant(acc[o]), 0, 255),
+// base = x[p, o, y, x] for a residual layer (C_IN == C_OUT), else 128.
+template <int C_IN, int C_OUT>
+__device__ __forceinline__ void store_hidden(const u8* xp, int H, int W, int y, int x,
+                                             const i32 (&acc)[C_OUT], int shift, int residual,
+                                             u8* outp) {
+    const i64 hw = (i64)H * W, at = (i64)y * W + x;
+#pragma unroll
+    for (int o = 0; o < C_OUT; ++o) {
+        const int base = (residual && o < C_IN) ? (int)__ldg(xp + o * hw + at) : 128;
+        outp[o * hw + at] = (u8)clampi(base + requant(acc[o], shift), 0, 255);
+    }
+}
+
+// reference.last_layer for the R x R outputs of LR pixel (y, x):
+// out[p, y*R + a, x*R + b] = clamp(B[y*R + a, x*R + b] + requant(acc[a*R + b]), 0, 255)
+// with B from reference.fixed_upsample:
+// B = floor((sum_ij w[a,i] w[b,j] P[clamp(y+off[a]+i), clamp(x+off[b]+j)] + D*D/2) / (D*D)),
+// clamped to 0..255.
+template <int R, int T>
+__device__ __forceinline__ void store_last(const u8* pl, int H, int W, int y, int x,
+                                           const i32 (&acc)[R * R], int shift,
+                                           const i32* up_off, const i32* up_w, int up_den,
+                                           u8* outp) {
+    int off[R], w[R][T];
+#pragma unroll
+    for (int a = 0; a < R; ++a) {
+        off[a] = __ldg(up_off + a);
+#pragma unroll
+        for (int i = 0; i < T; ++i) w[a][i] = __ldg(up_w + a * T + i);
+    }
+    const int d2 = up_den * up_den;
+    const i64 wide = (i64)W * R;
+#pragma unroll
+    for (int a = 0; a < R; ++a) {
+        u8* orow = outp + ((i64)y * R + a) * wide + (i64)x * R;
+#pragma unroll
+        for (int b = 0; b < R; ++b) {
+            int s = 0;
+#pragma unroll
+            for (int i = 0; i < T; ++i) {
+                const u8* prow = pl + (i64)clampi(y + off[a] + i, 0, H - 1) * W;
+#pragma unroll
+                for (int j = 0; j < T; ++j)
+                    s += w[a][i] * w[b][j] * (int)__ldg(prow + clampi(x + off[b] + j, 0, W - 1));
+            }
+            const int base = clampi(floor_div(s + d2 / 2, d2), 0, 255);
+            orow[b] = (u8)clampi(base + requant(acc[a * R + b], shift), 0, 255);
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------- kernels
+//
+// Scalars: shift int (0..24), residual int (0/1), up_den int, P/H/W int (sizes of x).
+// Launch: block (bx, by, 1) of any size, grid (g, 1, 1) of any size (see the top).
+
+// One hidden layer, interpolating lookup. Mirrors reference.hidden_layer.
+template <int C_IN, int C_OUT, int K, int L, bool SHARED>
+__global__ void hidden_interp(const u8* __restrict__ x, const u8* __restrict__ idx,
+                              const i32* __restrict__ wt, const i8* __restrict__ table,
+                              const i32* __restrict__ bias, int shift, int residual,
+                              u8* __restrict__ out, int P, int H, int W) {
+    __shared__ i32 s_iw[SHARED ? C_IN * 256 : 1];
+    __shared__ i8 s_table[SHARED ? C_IN * L * K * K * C_OUT : 1];
+    const auto lut = load_interp<C_IN, C_OUT, K, L, SHARED>(idx, wt, table, s_iw, s_table);
+    for_each_pixel(P, H, W, [&](int p, int y, int xq) {
+        const u8* xp = x + (i64)p * C_IN * H * W;
+        i32 acc[C_OUT];
+        lut.accumulate(xp, H, W, y, xq, bias, acc);
+        store_hidden<C_IN, C_OUT>(xp, H, W, y, xq, acc, shift, residual,
+                                  out + (i64)p * C_OUT * H * W);
+    });
+}
+
+// One hidden layer, expanded table. Mirrors reference.hidden_layer.
+template <int C_IN, int C_OUT, int K>
+__global__ void hidden_expanded(const u8* __restrict__ x, const i16* __restrict__ etab,
+                                const i32* __restrict__ bias, int shift, int residual,
+                                u8* __restrict__ out, int P, int H, int W) {
+    const ExpandedLut<C_IN, C_OUT, K> lut = {etab};
+    for_each_pixel(P, H, W, [&](int p, int y, int xq) {
+        const u8* xp = x + (i64)p * C_IN * H * W;
+        i32 acc[C_OUT];
+        lut.accumulate(xp, H, W, y, xq, bias, acc);
+        store_hidden<C_IN, C_OUT>(xp, H, W, y, xq, acc, shift, residual,
+                                  out + (i64)p * C_OUT * H * W);
+    });
+}
+
+// The last layer (C_OUT = R*R), interpolating lookup, fused with the fixed upsample (T
+// taps) and the pixel shuffle. Mirrors reference.last_layer.
+template <int C_IN, int K, int L, int R, int T, bool SHARED>
+__global__ void last_interp(const u8* __restrict__ x, const u8* __restrict__ idx,
+                            const i32* __restrict__ wt, const i8* __restrict__ table,
+                            const i32* __restrict__ bias, int shift,
+                            const u8* __restrict__ plane, const i32* __restrict__ up_off,
+                            const i32* __restrict__ up_w, int up_den, u8* __restrict__ out,
+                            int P, int H, int W) {
+    __shared__ i32 s_iw[SHARED ? C_IN * 256 : 1];
+    __shared__ i8 s_table[SHARED ? C_IN * L * K * K * R * R : 1];
+    const auto lut = load_interp<C_IN, R * R, K, L, SHARED>(idx, wt, table, s_iw, s_table);
+    for_each_pixel(P, H, W, [&](int p, int y, int xq) {
+        i32 acc[R * R];
+        lut.accumulate(x + (i64)p * C_IN * H * W, H, W, y, xq, bias, acc);
+        store_last<R, T>(plane + (i64)p * H * W, H, W, y, xq, acc, shift, up_off, up_w, up_den,
+                         out + (i64)p * H * W * R * R);
+    });
+}
+
+// The last layer, expanded table. Mirrors reference.last_layer.
+template <int C_IN, int K, int R, int T>
+__global__ void last_expanded(const u8* __restrict__ x, const i16* __restrict__ etab,
+                              const i32* __restrict__ bias, int shift,
+                              const u8* __restrict__ plane, const i32* __restrict__ up_off,
+                              const i32* __restrict__ up_w, int up_den, u8* __restrict__ out,
+                              int P, int H, int W) {
+    const ExpandedLut<C_IN, R * R, K> lut = {etab};
+    for_each_pixel(P, H, W, [&](int p, int y, int xq) {
+        i32 acc[R * R];
+        lut.accumulate(x + (i64)p * C_IN * H * W, H, W, y, xq, bias, acc);
+        store_last<R, T>(plane + (i64)p * H * W, H, W, y, xq, acc, shift, up_off, up_w, up_den,
+                         out + (i64)p * H * W * R * R);
+    });
+}
+
+}  // namespace iqlut
