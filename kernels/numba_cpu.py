@@ -277,8 +277,10 @@ def _den_shift(up_den: int) -> int:
     return d2.bit_length() - 1 if d2 & (d2 - 1) == 0 else -1
 
 
-def launch_hidden(x, lut, bias, shift, residual, out, mode="interp"):
-    """One hidden layer. ``lut`` is ``(idx, wt, table)`` in interp mode, ``etab`` in expanded mode."""
+def launch_hidden(x, lut, bias, shift, residual, out, mode="interp", stream=None):
+    """One hidden layer. ``lut`` is ``(idx, wt, table)`` in interp mode, ``etab`` in expanded mode.
+
+    ``stream`` is ignored (it keeps the signature equal to ``cuda_backend.launch_hidden``)."""
     _need(x, "x", np.uint8, 4)
     _need(bias, "bias", np.int32, 1)
     _need(out, "out", np.uint8, 4)
@@ -297,8 +299,11 @@ def launch_hidden(x, lut, bias, shift, residual, out, mode="interp"):
     return out
 
 
-def launch_last(x, lut, bias, shift, plane, up_off, up_w, up_den, out, mode="interp"):
-    """The last layer fused with the fixed upsample and the pixel shuffle."""
+def launch_last(x, lut, bias, shift, plane, up_off, up_w, up_den, out, mode="interp",
+                stream=None):
+    """The last layer fused with the fixed upsample and the pixel shuffle.
+
+    ``stream`` is ignored (it keeps the signature equal to ``cuda_backend.launch_last``)."""
     _need(x, "x", np.uint8, 4)
     _need(bias, "bias", np.int32, 1)
     _need(plane, "plane", np.uint8, 3)
