@@ -64,29 +64,49 @@ def lut_encode(codes: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, L: int) 
     return enc.view(N, C * L, H, W)
 
 
-def hat_encode(codes: torch.Tensor, knots: torch.Tensor) -> torch.Tensor:
+def hat_encode(codes: torch.Tensor, knots: torch.Tensor, idx: torch.Tensor | None = None,
+               w: torch.Tensor | None = None) -> torch.Tensor:
     """Two-hot encoding with float (learnable) knots: the piecewise-linear hat basis.
 
     codes: float [N, C, H, W]; knots: float [C, L], increasing, 0 first, 255 last.
-    Returns [N, C*L, H, W]; differentiable with respect to ``knots``. With integer knots
-    it equals ``lut_encode`` up to the reference's rounding of w to 1/256.
+    Returns [N, C*L, H, W], differentiable with respect to ``codes`` and ``knots``
+    (slope 1/gap between two knots). With ``idx, w`` (the integer lookup of frozen integer
+    knots) the forward value is exactly ``lut_encode``'s and the gradient that of the hat
+    basis (straight through); without them it is the exact hat basis, which differs from
+    the reference only by its rounding of w to 1/256.
     """
     N, C, H, W = codes.shape
     L = knots.shape[1]
-    x = codes.unsqueeze(2)  # [N, C, 1, H, W]
-    kn = knots.view(1, C, L, 1, 1)
-    gap = (knots[:, 1:] - knots[:, :-1]).view(1, C, L - 1, 1, 1)
-    inf = torch.full((N, C, 1, H, W), float("inf"), dtype=codes.dtype, device=codes.device)
-    up = torch.cat([inf, (x - kn[:, :, :-1]) / gap], dim=2)  # rising edge of hat j (j >= 1)
-    down = torch.cat([(kn[:, :, 1:] - x) / gap, inf], dim=2)  # falling edge of hat j (j <= L-2)
-    enc = torch.minimum(up, down).clamp(0, 1)
-    return enc.reshape(N, C * L, H, W)
+    flat = codes.permute(1, 0, 2, 3).reshape(C, -1)  # [C, M]
+    if idx is None:
+        i = torch.searchsorted(knots.detach().contiguous(), flat.detach().contiguous(), right=True) - 1
+        i = i.clamp(0, L - 2)
+    else:
+        xi = flat.detach().long().clamp(0, 255)
+        i = torch.gather(idx, 1, xi)
+    lo = torch.gather(knots, 1, i)
+    hi = torch.gather(knots, 1, i + 1)
+    t = (flat - lo) / (hi - lo)
+    if idx is not None:
+        t_lut = torch.gather(w, 1, xi).to(t.dtype) / WEIGHT_SCALE
+        t = t_lut + (t - t.detach())
+    enc = torch.zeros(C, L, flat.shape[1], dtype=codes.dtype, device=codes.device)
+    enc = enc.scatter(1, i.unsqueeze(1), (1 - t).unsqueeze(1))
+    enc = enc.scatter_add(1, (i + 1).unsqueeze(1), t.unsqueeze(1))
+    return enc.view(C * L, N, H, W).permute(1, 0, 2, 3)
 
 
-def expanded_conv(enc: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """Replicate-padded correlation with ``weight`` [c_out, C*L, k, k]: the expanded convolution."""
+def pad_codes(codes: torch.Tensor, R: int) -> torch.Tensor:
+    """Replicate-pad codes by R (encoding then commutes with padding, and is cheaper)."""
+    return F.pad(codes, (R, R, R, R), mode="replicate") if R else codes
+
+
+def expanded_conv(enc: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                  padded: bool = False) -> torch.Tensor:
+    """Replicate-padded correlation with ``weight`` [c_out, C*L, k, k]: the expanded
+    convolution. ``padded``: ``enc`` encodes codes already padded by ``pad_codes``."""
     R = weight.shape[-1] // 2
-    if R:
+    if R and not padded:
         enc = F.pad(enc, (R, R, R, R), mode="replicate")
     return F.conv2d(enc, weight, bias)
 
@@ -174,9 +194,10 @@ class IntegerModel(torch.nn.Module):
         x = plane
         n_layers = len(self.specs)
         for n, spec in enumerate(self.specs):
-            enc = lut_encode(x, getattr(self, f"idx{n}"), getattr(self, f"w{n}"), spec["L"])
+            enc = lut_encode(pad_codes(x, spec["k"] // 2), getattr(self, f"idx{n}"),
+                             getattr(self, f"w{n}"), spec["L"])
             delta = round_half_up(expanded_conv(enc, getattr(self, f"weight{n}"),
-                                                getattr(self, f"bias{n}")))
+                                                getattr(self, f"bias{n}"), padded=True))
             if n < n_layers - 1:
                 base = x if spec["residual"] else 128.0
                 x = (base + delta).clamp(0, 255)

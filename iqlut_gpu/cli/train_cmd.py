@@ -1,0 +1,56 @@
+"""``iqlut train --scale N [--out PATH] [--time-budget S] [--seed S] [--resume]``.
+
+Trains an IQ-LUT model (or, with ``--kind ecnn``, the ECNN baseline) with torch, which is
+imported only when the command runs (``pip install iqlut-gpu[train]``).
+"""
+
+from __future__ import annotations
+
+from . import CLIError
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--scale", type=int, choices=(2, 3, 4), required=True)
+    p.add_argument("--out", default="", help="model file to write (default iqlut_xN.safetensors; "
+                   "the checkpoint is PATH.ckpt)")
+    p.add_argument("--time-budget", type=float, default=1800.0, metavar="SECONDS",
+                   help="training time, excluding data preparation (default 1800)")
+    p.add_argument("--max-iters", type=int, default=0, help="stop after this many iterations")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from PATH.ckpt if it exists")
+    p.add_argument("--kind", choices=("iqlut", "ecnn"), default="iqlut",
+                   help="iqlut (default) or the ECNN baseline (L=256, no distillation)")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--patch", type=int, default=36, help="LR patch size")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lam", type=float, default=0.5, help="distillation weight (iqlut only)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    p.add_argument("--val-every", type=float, default=180.0, metavar="SECONDS")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a model (needs torch: the 'train' extra)",
+                       description="Train an IQ-LUT model on the bundled/installed photos "
+                       "(see iqlut_gpu/train/data.py), export it, check the integer runtime.")
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    try:
+        from ..train.trainer import Config, train
+    except ModuleNotFoundError as e:
+        if e.name == "torch":
+            raise CLIError("training needs torch: pip install 'iqlut-gpu[train]'") from None
+        raise
+    if args.time_budget <= 0:
+        raise CLIError("--time-budget must be positive")
+    cfg = Config(scale=args.scale, kind=args.kind, out=args.out, time_budget=args.time_budget,
+                 max_iters=args.max_iters, seed=args.seed, batch=args.batch, patch=args.patch,
+                 lr=args.lr, lam=args.lam, threads=args.threads, val_every=args.val_every)
+    try:
+        train(cfg, resume=args.resume, progress=not args.no_progress)
+    except RuntimeError as e:
+        raise CLIError(str(e)) from None
+    return 0

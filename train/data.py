@@ -1,0 +1,199 @@
+"""Training data: photos from the allowed sources, a fixed train/validation split, patches.
+
+Sources (nothing else is read; none of these images is committed):
+
+- scikit-image's bundled photographs (``skimage/data``): the photos only, not the
+  synthetic images (no chessboard, color wheel, logo, phantom, horse silhouette, ...);
+- scikit-learn's bundled photos (``sklearn/datasets/images``: china, flower);
+- Debian ``mate-backgrounds`` (/usr/share/backgrounds/mate/*/*) and
+  ``plasma-workspace-wallpapers`` (/usr/share/wallpapers/*/contents/images/, the largest
+  file of each wallpaper); install them with ``train/get_data.sh``.
+
+Validation split (fixed, by name, never trained on): ``VALIDATION`` below. Validation
+images are center-cropped to at most ``VAL_CROP`` pixels a side (the table in the README
+and the ``iqlut train`` progress bar use these crops).
+
+Training samples: HR crops of ``CROP`` x ``CROP`` pixels cut once per image at fixed
+(seeded) random positions, each RGB channel a separate plane (the model upscales planes),
+LR by MATLAB-compatible bicubic downscaling of the crop (``iqlut_gpu.evaluate.imresize``);
+then random LR patches with their HR patches, flips and 90-degree rotations (which
+commute with the bicubic downscale exactly).
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..evaluate import imresize, modcrop
+
+SKIMAGE_PHOTOS = ("astronaut.png", "brick.png", "camera.png", "cell.png", "chelsea.png",
+                  "coffee.png", "coins.png", "grass.png", "gravel.png", "hubble_deep_field.jpg",
+                  "ihc.png", "moon.png", "motorcycle_left.png", "page.png", "retina.jpg",
+                  "rocket.jpg", "text.png")
+SKLEARN_PHOTOS = ("china.jpg", "flower.jpg")
+MATE_DIR = "/usr/share/backgrounds/mate"
+PLASMA_DIR = "/usr/share/wallpapers"
+
+# Held out for validation: never cut into training crops.
+VALIDATION = ("skimage/astronaut", "skimage/chelsea", "skimage/coffee", "skimage/rocket",
+              "skimage/camera", "sklearn/flower", "mate/LadyBird", "mate/Dune",
+              "plasma/Path", "plasma/Kite", "plasma/MilkyWay")
+VAL_CROP = 384
+CROP = 240  # divisible by 2, 3 and 4
+CROPS_PER_MPIX = 8
+MAX_CROPS = 48
+DATA_SEED = 20260401
+
+
+def _name_size(path: str) -> int:
+    stem = Path(path).stem
+    try:
+        w, h = stem.split("x")
+        return int(w) * int(h)
+    except ValueError:
+        return 0
+
+
+def sources() -> dict[str, str]:
+    """Every usable image as ``{name: path}`` (name = ``source/stem``), sorted by name."""
+    import skimage
+    import sklearn
+
+    out = {}
+    sk = Path(skimage.__file__).parent / "data"
+    for f in SKIMAGE_PHOTOS:
+        if (sk / f).exists():
+            out[f"skimage/{Path(f).stem}"] = str(sk / f)
+    sl = Path(sklearn.__file__).parent / "datasets" / "images"
+    for f in SKLEARN_PHOTOS:
+        if (sl / f).exists():
+            out[f"sklearn/{Path(f).stem}"] = str(sl / f)
+    for f in sorted(glob.glob(f"{MATE_DIR}/*/*")):
+        stem = Path(f).stem
+        if "_" in stem and stem.split("_")[-1][:1].isdigit():  # Elephants_3840x2160: a duplicate
+            continue
+        if Path(f).suffix.lower() in (".jpg", ".jpeg", ".png"):
+            out[f"mate/{stem}"] = f
+    for d in sorted(glob.glob(f"{PLASMA_DIR}/*/contents/images")):
+        files = [f for f in glob.glob(f"{d}/*") if Path(f).suffix.lower() in (".jpg", ".jpeg", ".png")]
+        if files:
+            out[f"plasma/{Path(d).parent.parent.name}"] = max(files, key=_name_size)
+    return dict(sorted(out.items()))
+
+
+def read_rgb(path: str) -> np.ndarray:
+    """uint8 HxWx3 (RGB) or HxW (gray); alpha dropped."""
+    import imageio.v3 as iio
+
+    img = np.asarray(iio.imread(path))
+    if img.dtype != np.uint8:
+        img = (img.astype(np.float64) * 255.0 / max(1.0, float(img.max()))).round().astype(np.uint8)
+    if img.ndim == 3:
+        if img.shape[2] in (2, 4):
+            img = img[..., :-1]
+        if img.shape[2] == 1:
+            img = img[..., 0]
+    return img
+
+
+def split() -> tuple[dict[str, str], dict[str, str]]:
+    """(train, validation) as ``{name: path}``."""
+    src = sources()
+    val = {k: v for k, v in src.items() if k in VALIDATION}
+    train = {k: v for k, v in src.items() if k not in VALIDATION}
+    return train, val
+
+
+def center_crop(img: np.ndarray, size: int) -> np.ndarray:
+    h, w = img.shape[:2]
+    ch, cw = min(h, size), min(w, size)
+    y, x = (h - ch) // 2, (w - cw) // 2
+    return img[y:y + ch, x:x + cw]
+
+
+def validation_images(crop: int = VAL_CROP) -> dict[str, np.ndarray]:
+    """The validation split's images (uint8, RGB or gray), center-cropped to ``crop``."""
+    _, val = split()
+    return {k: center_crop(read_rgb(p), crop) for k, p in val.items()}
+
+
+def _planes(img: np.ndarray) -> list[np.ndarray]:
+    return [img] if img.ndim == 2 else [img[..., c] for c in range(img.shape[2])]
+
+
+def build_bank(scale: int, cache_dir: str | None = None, limit: int | None = None,
+               log=print) -> tuple[np.ndarray, np.ndarray]:
+    """HR crops and their LR: uint8 [M, CROP, CROP] and [M, CROP/r, CROP/r].
+
+    Cached as an .npz in ``cache_dir`` (default $IQLUT_DATA_CACHE or /tmp/iqlut_data),
+    keyed by scale, the file list and the constants above. ``limit`` caps the number of
+    training images (tests).
+    """
+    train, _ = split()
+    items = sorted(train.items())[:limit] if limit else sorted(train.items())
+    if not items:
+        raise RuntimeError("no training images found (run train/get_data.sh, and install "
+                           "scikit-image / scikit-learn)")
+    key = hashlib.sha1(repr((scale, CROP, CROPS_PER_MPIX, MAX_CROPS, DATA_SEED,
+                             [k for k, _ in items])).encode()).hexdigest()[:12]
+    cache_dir = cache_dir or os.environ.get("IQLUT_DATA_CACHE", "/tmp/iqlut_data")
+    cache = Path(cache_dir) / f"bank_x{scale}_{key}.npz"
+    if cache.exists():
+        with np.load(cache) as z:
+            return z["hr"], z["lr"]
+    rng = np.random.default_rng(DATA_SEED)
+    hrs, lrs = [], []
+    for name, path in items:
+        img = read_rgb(path)
+        h, w = img.shape[:2]
+        if h < CROP or w < CROP:
+            img = modcrop(img, scale)
+            crops = [img]
+        else:
+            n = int(np.clip(round(h * w / 1e6 * CROPS_PER_MPIX), 2, MAX_CROPS))
+            ys = rng.integers(0, h - CROP + 1, n)
+            xs = rng.integers(0, w - CROP + 1, n)
+            crops = [img[y:y + CROP, x:x + CROP] for y, x in zip(ys, xs)]
+        for c in crops:
+            if c.shape[0] != CROP or c.shape[1] != CROP:
+                continue
+            lr = imresize(c, 1.0 / scale)
+            hrs.extend(_planes(c))
+            lrs.extend(_planes(lr))
+        log(f"  {name}: {len(crops)} crops")
+    hr, lr = np.stack(hrs), np.stack(lrs)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp.npz")
+    np.savez(tmp, hr=hr, lr=lr)
+    os.replace(tmp, cache)
+    return hr, lr
+
+
+def sample_batch(rng: np.random.Generator, hr: np.ndarray, lr: np.ndarray, scale: int,
+                 batch: int, patch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random LR patches [B, patch, patch] with their HR [B, r*patch, r*patch] (uint8),
+    each with a random flip / 90-degree rotation (one of the 8 dihedral transforms)."""
+    M, h, w = lr.shape
+    patch = min(patch, h, w)
+    idx = rng.integers(0, M, batch)
+    ys = rng.integers(0, h - patch + 1, batch)
+    xs = rng.integers(0, w - patch + 1, batch)
+    lo = np.empty((batch, patch, patch), np.uint8)
+    hi = np.empty((batch, patch * scale, patch * scale), np.uint8)
+    for b in range(batch):
+        lp = lr[idx[b], ys[b]:ys[b] + patch, xs[b]:xs[b] + patch]
+        hp = hr[idx[b], ys[b] * scale:(ys[b] + patch) * scale, xs[b] * scale:(xs[b] + patch) * scale]
+        t = int(rng.integers(0, 8))
+        if t & 1:
+            lp, hp = lp[:, ::-1], hp[:, ::-1]
+        if t & 2:
+            lp, hp = lp[::-1], hp[::-1]
+        if t & 4:
+            lp, hp = lp.T, hp.T
+        lo[b], hi[b] = lp, hp
+    return lo, hi

@@ -1,0 +1,281 @@
+"""Trainable networks: the IQ-LUT student, the ECNN baseline, the float CNN teacher.
+
+All work on float code tensors (0..255) and share the primitives of ``torch_forward``,
+so a model in its final (quantised) stage computes what its export computes.
+
+IQ-LUT layer (``IQLayer``):
+
+- knots: ``0 = s_0 < ... < s_{L-1} = 255`` from increments ``min_gap + softmax(logits) *
+  (255 - (L-1) * min_gap)``, so any two learned knots are at least ``min_gap`` apart and
+  rounding (``floor(s + 1/2)``) cannot make them collide. Stage 1 encodes with the hat
+  basis of the float knots (knots learn); ``freeze_knots`` rounds them, and from then on
+  the layer encodes with the exact integer lookup (``lut_encode``).
+- table: conv weight ``255 * theta`` in units of output codes (theta is what Adam sees);
+  ``quantize`` switches on int8 fake quantisation with a per-layer power-of-two shift
+  ``S`` (the largest with ``max|weight| * 2**(S-8) <= 127``), straight-through rounding.
+- output: ``round_half_up`` (straight through) of conv + bias, then ``clamp(base + delta)``.
+
+ECNN layer (``ECNNLayer``): L = 256 uniform knots, i.e. a plain lookup of a
+``[c_in, 256, k, k, c_out]`` table per source pixel, computed in gather form with
+``embedding_bag`` (sum over input channels) and k*k shifted adds.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..model import Layer, Model
+from .torch_forward import (FixedUpsample, expanded_conv, hat_encode, pad_codes, ste_round,
+                            weight_to_table)
+from ..reference import interp_lut
+
+THETA_UNIT = 255.0
+
+
+def choose_shift(max_abs: float) -> int:
+    """Largest S (<= 16) with ``max_abs * 2**(S-8) <= 127``: the finest int8 step that fits."""
+    if max_abs <= 0:
+        return 16
+    s = int(math.floor(math.log2(127.0 / max_abs))) + 8
+    return int(min(max(s, 0), 16))
+
+
+def fake_quant(w: torch.Tensor, shift: int) -> torch.Tensor:
+    step = 2.0 ** (8 - shift)
+    q = torch.clamp(ste_round(w / step), -128, 127)
+    return q * step
+
+
+class IQLayer(torch.nn.Module):
+    def __init__(self, c_in, c_out, k, L, residual=False, min_gap=1.0, zero_init=False):
+        super().__init__()
+        self.c_in, self.c_out, self.k, self.L, self.residual = c_in, c_out, k, L, residual
+        self.min_gap = float(min_gap)
+        self.knot_logits = torch.nn.Parameter(torch.zeros(c_in, L - 1))
+        std = 0.0 if zero_init else 0.5 / math.sqrt(c_in * k * k) / THETA_UNIT * 16
+        self.theta = torch.nn.Parameter(torch.randn(c_out, c_in * L, k, k) * std)
+        self.beta = torch.nn.Parameter(torch.zeros(c_out))
+        self.register_buffer("frozen", torch.tensor(False))
+        self.register_buffer("quant", torch.tensor(False))
+        self.register_buffer("shift", torch.tensor(16))
+        self.register_buffer("idx", torch.zeros(c_in, 256, dtype=torch.long))
+        self.register_buffer("w", torch.zeros(c_in, 256))
+        self.register_buffer("int_knots", torch.zeros(c_in, L, dtype=torch.long))
+
+    def knots(self) -> torch.Tensor:
+        if bool(self.frozen):
+            return self.int_knots.float()
+        free = 255.0 - (self.L - 1) * self.min_gap
+        inc = self.min_gap + torch.softmax(self.knot_logits, dim=1) * free
+        cs = torch.cumsum(inc, dim=1)
+        zeros = torch.zeros(self.c_in, 1, dtype=cs.dtype, device=cs.device)
+        return torch.cat([zeros, cs[:, :-1], torch.full_like(zeros, 255.0)], dim=1)
+
+    def rounded_knots(self) -> np.ndarray:
+        if bool(self.frozen):
+            return self.int_knots.cpu().numpy().astype(np.uint8)
+        return np.floor(self.knots().detach().cpu().double().numpy() + 0.5).astype(np.uint8)
+
+    @torch.no_grad()
+    def freeze_knots(self) -> None:
+        kn = self.rounded_knots()
+        assert np.all(np.diff(kn.astype(int), axis=1) > 0), "knots collided"
+        idx, w = interp_lut(kn)
+        self.int_knots.copy_(torch.from_numpy(kn.astype(np.int64)))
+        self.idx.copy_(torch.from_numpy(idx.astype(np.int64)))
+        self.w.copy_(torch.from_numpy(w.astype(np.float32)))
+        self.frozen.fill_(True)
+        self.knot_logits.requires_grad_(False)
+
+    def float_weight(self) -> torch.Tensor:
+        return self.theta * THETA_UNIT
+
+    @torch.no_grad()
+    def start_quant(self) -> None:
+        self.shift.fill_(choose_shift(float(self.float_weight().abs().max())))
+        self.quant.fill_(True)
+
+    def weight_bias(self):
+        w = self.float_weight()
+        b = self.beta * THETA_UNIT
+        if bool(self.quant):
+            S = int(self.shift)
+            w = fake_quant(w, S)
+            b = ste_round(b * 2.0 ** S) / 2.0 ** S
+        return w, b
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Two-hot encoding of (already padded) codes; exact integer weights once frozen."""
+        if bool(self.frozen):
+            return hat_encode(x, self.knots().to(x.dtype), self.idx, self.w)
+        return hat_encode(x, self.knots().to(x.dtype))
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        w, b = self.weight_bias()
+        enc = self.encode(pad_codes(x, self.k // 2))
+        return ste_round(expanded_conv(enc, w, b, padded=True))
+
+    @torch.no_grad()
+    def export(self) -> Layer:
+        if not bool(self.quant):
+            self.start_quant()
+        S = int(self.shift)
+        w, _ = self.weight_bias()
+        table = weight_to_table(w.detach().double().cpu() * 2.0 ** (S - 8), self.c_in, self.L)
+        table = torch.round(table).clamp(-128, 127).numpy().astype(np.int8)
+        bias = np.floor(self.beta.detach().double().cpu().numpy() * THETA_UNIT * 2.0 ** S + 0.5)
+        return Layer(knots=self.rounded_knots(), table=table, bias=bias.astype(np.int32),
+                     shift=S, residual=self.residual)
+
+
+class ECNNLayer(torch.nn.Module):
+    """ECNN: a 256-entry lookup per input code (uniform knots), gather form."""
+
+    def __init__(self, c_in, c_out, k, residual=False, zero_init=False):
+        super().__init__()
+        self.c_in, self.c_out, self.k, self.L, self.residual = c_in, c_out, k, 256, residual
+        std = 0.0 if zero_init else 0.5 / math.sqrt(c_in * k * k) / THETA_UNIT * 16
+        # table[c*256 + x] = window [k, k, c_out] painted by code x of channel c
+        self.theta = torch.nn.Parameter(torch.randn(c_in * 256, k * k * c_out) * std)
+        self.beta = torch.nn.Parameter(torch.zeros(c_out))
+        self.register_buffer("quant", torch.tensor(False))
+        self.register_buffer("shift", torch.tensor(16))
+
+    @torch.no_grad()
+    def start_quant(self) -> None:
+        self.shift.fill_(choose_shift(float((self.theta * THETA_UNIT).abs().max())))
+        self.quant.fill_(True)
+
+    def weight_bias(self):
+        w = self.theta * THETA_UNIT
+        b = self.beta * THETA_UNIT
+        if bool(self.quant):
+            S = int(self.shift)
+            w = fake_quant(w, S)
+            b = ste_round(b * 2.0 ** S) / 2.0 ** S
+        return w, b
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        w, b = self.weight_bias()
+        N, C, H, W = x.shape
+        k, R, co = self.k, self.k // 2, self.c_out
+        codes = x.long().clamp(0, 255) + 256 * torch.arange(C, device=x.device).view(1, C, 1, 1)
+        bags = codes.permute(0, 2, 3, 1).reshape(-1, C)
+        win = F.embedding_bag(bags, w, mode="sum").view(N, H, W, k * k * co)
+        win = win.permute(0, 3, 1, 2)  # [N, k*k*co, H, W]: the window each source pixel paints
+        if R:
+            win = F.pad(win, (R, R, R, R), mode="replicate")
+        win = win.view(N, k, k, co, H + 2 * R, W + 2 * R)
+        acc = b.view(1, co, 1, 1).expand(N, co, H, W).clone()
+        for dy in range(-R, R + 1):
+            for dx in range(-R, R + 1):
+                # output q gets the window of source q - d at offset d
+                acc = acc + win[:, dy + R, dx + R, :, R - dy:R - dy + H, R - dx:R - dx + W]
+        return ste_round(acc)
+
+    @torch.no_grad()
+    def export(self) -> Layer:
+        if not bool(self.quant):
+            self.start_quant()
+        S = int(self.shift)
+        w, _ = self.weight_bias()
+        t = (w.detach().double().cpu() * 2.0 ** (S - 8)).view(self.c_in, 256, self.k, self.k, self.c_out)
+        table = torch.round(t).clamp(-128, 127).numpy().astype(np.int8)
+        bias = np.floor(self.beta.detach().double().cpu().numpy() * THETA_UNIT * 2.0 ** S + 0.5)
+        knots = np.tile(np.arange(256, dtype=np.uint8), (self.c_in, 1))
+        return Layer(knots=knots, table=table, bias=bias.astype(np.int32), shift=S,
+                     residual=self.residual)
+
+
+class LUTNet(torch.nn.Module):
+    """A chain of IQ-LUT (or ECNN) layers over a fixed upsample: codes in, codes out."""
+
+    def __init__(self, scale: int, arch, kind: str = "iqlut", upsample: str = "bicubic",
+                 min_gap: float = 1.0):
+        super().__init__()
+        self.scale, self.kind, self.upsample_kind = scale, kind, upsample
+        self.arch = [dict(a) for a in arch]
+        layers = []
+        for n, a in enumerate(self.arch):
+            last = n == len(self.arch) - 1
+            c_out = a["c_out"] or scale * scale
+            a["c_out"] = c_out
+            if kind == "iqlut":
+                layers.append(IQLayer(a["c_in"], c_out, a["k"], a["L"], a["residual"],
+                                      min_gap=min_gap, zero_init=last))
+            else:
+                layers.append(ECNNLayer(a["c_in"], c_out, a["k"], a["residual"], zero_init=last))
+        self.layers = torch.nn.ModuleList(layers)
+        self.upsample = FixedUpsample(scale, upsample)
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        x = codes
+        for n, layer in enumerate(self.layers):
+            delta = layer.delta(x)
+            if n < len(self.layers) - 1:
+                base = x if layer.residual else 128.0
+                x = torch.clamp(base + delta, 0, 255)
+        hr = self.upsample(codes) + F.pixel_shuffle(delta, self.scale)
+        return torch.clamp(hr, 0, 255)
+
+    def freeze_knots(self) -> None:
+        for layer in self.layers:
+            if isinstance(layer, IQLayer):
+                layer.freeze_knots()
+
+    def start_quant(self) -> None:
+        for layer in self.layers:
+            layer.start_quant()
+
+    def export(self, provenance: dict | None = None) -> Model:
+        return Model(scale=self.scale, upsample=self.upsample_kind,
+                     layers=tuple(layer.export() for layer in self.layers), trained=True,
+                     provenance=provenance or {})
+
+
+class TeacherCNN(torch.nn.Module):
+    """Float teacher for distillation: a small ReLU CNN (no LUT or quantisation limits)
+    predicting the residual over the same fixed upsample."""
+
+    def __init__(self, scale: int, width: int = 32, upsample: str = "bicubic"):
+        super().__init__()
+        self.scale = scale
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv2d(1, width, 5, padding=2, padding_mode="replicate"), torch.nn.ReLU(),
+            torch.nn.Conv2d(width, width, 3, padding=1, padding_mode="replicate"), torch.nn.ReLU(),
+            torch.nn.Conv2d(width, width, 3, padding=1, padding_mode="replicate"), torch.nn.ReLU(),
+            torch.nn.Conv2d(width, scale * scale, 3, padding=1, padding_mode="replicate"))
+        torch.nn.init.zeros_(self.body[-1].weight)
+        torch.nn.init.zeros_(self.body[-1].bias)
+        self.upsample = FixedUpsample(scale, upsample)
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        res = self.body(codes / 255.0 - 0.5) * 255.0
+        return torch.clamp(self.upsample(codes) + F.pixel_shuffle(res, self.scale), 0, 255)
+
+
+# Per-layer L tuned for >= 15x less storage than ECNN at every scale (DESIGN.md's start
+# was L = 17 everywhere: 14.9x).
+IQLUT_ARCH = (
+    dict(c_in=1, c_out=8, k=5, L=17, residual=False),
+    dict(c_in=8, c_out=8, k=3, L=16, residual=True),
+    dict(c_in=8, c_out=8, k=3, L=16, residual=True),
+    dict(c_in=8, c_out=None, k=3, L=16, residual=False),
+)
+# ECNN: same shapes, L = 256, no residual blocks.
+ECNN_ARCH = tuple(dict(a, L=256, residual=False) for a in IQLUT_ARCH)
+
+
+def arch_storage(arch, scale: int) -> tuple[int, int]:
+    """(IQ-LUT storage, ECNN storage) in bytes for an architecture."""
+    s = e = 0
+    for a in arch:
+        co = a["c_out"] or scale * scale
+        s += a["c_in"] * a["L"] * a["k"] ** 2 * co + a["c_in"] * a["L"] + 4 * co
+        e += a["c_in"] * 256 * a["k"] ** 2 * co + 4 * co
+    return s, e
+

@@ -1,0 +1,319 @@
+"""The training loop: time-budgeted, checkpointed, resumable; export with a runtime check.
+
+Schedule (fractions of the time budget, so a CPU session and a GPU run follow the same
+plan): until ``QUANT_AT`` the student learns knots and float tables (activations are
+already rounded, straight through); then its knots are rounded and frozen, each layer's
+shift is fixed and its tables are int8 fake-quantised for the rest of the budget, with
+the learning rate decaying to zero (cosine). The teacher (a float CNN) trains alongside
+on the same batches; the student's loss is ``MSE(student, HR) + lam * MSE(student,
+teacher)`` (images in 0..1 units). The ECNN baseline follows the same schedule without
+teacher (``lam = 0``) and without learnable knots.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import backends
+from ..evaluate import bicubic_upscale, imresize, modcrop, psnr, rgb_to_y, shave, ssim
+from ..model import save_model
+from . import data
+from .net import ECNN_ARCH, IQLUT_ARCH, LUTNet, TeacherCNN
+
+QUANT_AT = 0.7
+
+
+@dataclass
+class Config:
+    scale: int = 4
+    kind: str = "iqlut"  # or "ecnn"
+    out: str = ""
+    time_budget: float = 1800.0
+    max_iters: int = 0  # 0: no limit (the time budget decides)
+    seed: int = 0
+    batch: int = 16
+    patch: int = 36
+    lr: float = 1e-3
+    knot_lr: float = 5e-3
+    lam: float = 0.5
+    teacher_width: int = 32
+    threads: int = 0  # 0: torch's default
+    val_every: float = 180.0
+    ckpt_every: float = 120.0
+    val_crop: int = 192
+    limit_images: int = 0  # tests: use only the first N training images
+    arch: list = field(default_factory=list)
+
+    def resolved_out(self) -> Path:
+        prefix = "iqlut" if self.kind == "iqlut" else "ecnn"
+        return Path(self.out or f"{prefix}_x{self.scale}.safetensors")
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (torch {torch.__version__})"
+    return (f"CPU {platform.machine()} x{os.cpu_count()} threads={torch.get_num_threads()} "
+            f"(torch {torch.__version__}, shared machine)")
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+class Validation:
+    """The validation split at one scale: HR (modcropped) and MATLAB-bicubic LR images."""
+
+    def __init__(self, scale: int, crop: int, images: dict | None = None):
+        self.scale = scale
+        imgs = images if images is not None else data.validation_images(crop)
+        self.names, self.hr, self.lr = [], [], []
+        for name, img in sorted(imgs.items()):
+            hr = modcrop(img, scale)
+            self.names.append(name)
+            self.hr.append(hr)
+            self.lr.append(imresize(hr, 1.0 / scale))
+
+    def score(self, upscale) -> dict:
+        """``upscale(lr uint8 image) -> uint8 image``; mean Y-PSNR / SSIM and per image."""
+        per = {}
+        for name, hr, lr in zip(self.names, self.hr, self.lr):
+            sr = upscale(lr)
+            ys, yh = shave(rgb_to_y(sr), self.scale), shave(rgb_to_y(hr), self.scale)
+            per[name] = (psnr(ys, yh), ssim(ys, yh) if min(ys.shape) >= 11 else float("nan"))
+        return {"psnr": float(np.mean([v[0] for v in per.values()])),
+                "ssim": float(np.nanmean([v[1] for v in per.values()])),
+                "per_image": {k: [round(v[0], 4), round(v[1], 5)] for k, v in per.items()}}
+
+    def bicubic(self) -> dict:
+        return self.score(lambda lr: bicubic_upscale(lr, self.scale))
+
+
+def planes_of(img: np.ndarray) -> np.ndarray:
+    return img[None] if img.ndim == 2 else np.moveaxis(img, -1, 0)
+
+
+def image_of(planes: np.ndarray, like_ndim: int) -> np.ndarray:
+    return planes[0] if like_ndim == 2 else np.moveaxis(planes, 0, -1)
+
+
+def torch_upscaler(net: torch.nn.Module, device):
+    def run(lr: np.ndarray) -> np.ndarray:
+        p = torch.from_numpy(planes_of(lr).astype(np.float32))[:, None].to(device)
+        with torch.no_grad():
+            out = net(p)[:, 0].round().clamp(0, 255).cpu().numpy().astype(np.uint8)
+        return image_of(out, lr.ndim)
+    return run
+
+
+def runtime_upscaler(model, backend: str = "cpu"):
+    def run(lr: np.ndarray) -> np.ndarray:
+        out = np.asarray(backends.run_planes(backend, model, np.ascontiguousarray(planes_of(lr))))
+        return image_of(out, lr.ndim)
+    return run
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _lr_factor(frac: float) -> float:
+    """Cosine decay within each stage; the quantised stage restarts at 0.3 of the peak."""
+    if frac < QUANT_AT:
+        return 0.5 * (1 + math.cos(math.pi * frac / QUANT_AT)) * 0.9 + 0.1
+    g = (frac - QUANT_AT) / (1 - QUANT_AT)
+    return 0.3 * 0.5 * (1 + math.cos(math.pi * min(g, 1.0)))
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -> dict:
+    """Train, export ``cfg.out`` (atomically) and return a summary dict."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = _device()
+    out = cfg.resolved_out()
+    ckpt_path = out.with_name(out.name + ".ckpt")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    arch = cfg.arch or [dict(a) for a in (IQLUT_ARCH if cfg.kind == "iqlut" else ECNN_ARCH)]
+    cfg.arch = [dict(a) for a in arch]
+
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    net = LUTNet(cfg.scale, arch, kind=cfg.kind).to(device)
+    use_teacher = cfg.kind == "iqlut" and cfg.lam > 0
+    teacher = TeacherCNN(cfg.scale, cfg.teacher_width).to(device) if use_teacher else None
+    knot_params = [p for n, p in net.named_parameters() if n.endswith("knot_logits")]
+    other = [p for n, p in net.named_parameters() if not n.endswith("knot_logits")]
+    groups = [{"params": other, "lr": cfg.lr, "base": cfg.lr}]
+    if knot_params:
+        groups.append({"params": knot_params, "lr": cfg.knot_lr, "base": cfg.knot_lr})
+    opt = torch.optim.Adam(groups)
+    topt = torch.optim.Adam(teacher.parameters(), lr=cfg.lr) if teacher is not None else None
+
+    elapsed, it, history, quantised = 0.0, 0, [], False
+    if resume and ckpt_path.exists():
+        st = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if st["config"]["scale"] != cfg.scale or st["config"]["kind"] != cfg.kind:
+            raise ValueError(f"checkpoint {ckpt_path} is for another scale/kind")
+        net.load_state_dict(st["net"])
+        quantised = st["quantised"]
+        if quantised:  # the frozen knots no longer train (no Adam state for them)
+            for p in knot_params:
+                p.requires_grad_(False)
+            opt = torch.optim.Adam([{"params": other, "lr": cfg.lr, "base": cfg.lr}])
+        opt.load_state_dict(st["opt"])
+        if teacher is not None and st.get("teacher"):
+            teacher.load_state_dict(st["teacher"])
+            topt.load_state_dict(st["topt"])
+        elapsed, it, history = st["elapsed"], st["iteration"], st["history"]
+        rng.bit_generator.state = st["np_rng"]
+        torch.set_rng_state(st["torch_rng"])
+        log(f"resumed from {ckpt_path} at iteration {it}, {elapsed:.0f} s")
+
+    log(f"training {cfg.kind} x{cfg.scale} on {machine()}; budget {cfg.time_budget:.0f} s")
+    hr_bank, lr_bank = data.build_bank(cfg.scale, limit=cfg.limit_images or None, log=lambda m: None)
+    val = Validation(cfg.scale, cfg.val_crop)
+    bic = val.bicubic()["psnr"]
+    log(f"data: {len(hr_bank)} training crops ({data.CROP}px planes), "
+        f"{len(val.names)} validation images; bicubic validation {bic:.3f} dB")
+
+    def state() -> dict:
+        return {"config": asdict(cfg), "net": net.state_dict(), "opt": opt.state_dict(),
+                "teacher": teacher.state_dict() if teacher is not None else None,
+                "topt": topt.state_dict() if topt is not None else None,
+                "quantised": quantised, "elapsed": elapsed, "iteration": it, "history": history,
+                "np_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
+
+    def validate() -> float:
+        net.eval()
+        v = val.score(torch_upscaler(net, device))["psnr"]
+        net.train()
+        history.append({"iteration": it, "elapsed_s": round(elapsed, 1), "val_psnr": round(v, 4),
+                        "quantised": quantised})
+        return v
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=int(cfg.time_budget), initial=int(min(elapsed, cfg.time_budget)),
+                   unit="s", desc=f"{cfg.kind} x{cfg.scale}", file=sys.stderr,
+                   mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
+    last_val = history[-1]["val_psnr"] if history else float("nan")
+    t_ckpt = t_val = time.monotonic()
+    loss_ema = None
+    while elapsed < cfg.time_budget and not (cfg.max_iters and it >= cfg.max_iters):
+        t0 = time.monotonic()
+        frac = elapsed / cfg.time_budget if not cfg.max_iters else it / cfg.max_iters
+        if not quantised and frac >= QUANT_AT:
+            net.freeze_knots()
+            net.start_quant()
+            quantised = True
+            opt = torch.optim.Adam([{"params": other, "lr": cfg.lr, "base": cfg.lr}])
+            log(f"iteration {it}: knots frozen, int8 tables (shifts "
+                f"{[int(layer.shift) for layer in net.layers]})")
+        for g in opt.param_groups:
+            g["lr"] = g["base"] * _lr_factor(frac)
+        lo, hi = data.sample_batch(rng, hr_bank, lr_bank, cfg.scale, cfg.batch, cfg.patch)
+        x = torch.from_numpy(lo.astype(np.float32))[:, None].to(device)
+        y = torch.from_numpy(hi.astype(np.float32))[:, None].to(device) / 255.0
+        pred = net(x) / 255.0
+        loss = F.mse_loss(pred, y)
+        total = loss
+        if teacher is not None:
+            tpred = teacher(x) / 255.0
+            tloss = F.mse_loss(tpred, y)
+            topt.zero_grad(set_to_none=True)
+            tloss.backward()
+            topt.step()
+            total = loss + cfg.lam * F.mse_loss(pred, tpred.detach())
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+        it += 1
+        lv = float(loss.detach())
+        loss_ema = lv if loss_ema is None else 0.98 * loss_ema + 0.02 * lv
+        dt = time.monotonic() - t0
+        elapsed += dt
+        now = time.monotonic()
+        if now - t_val >= cfg.val_every:
+            last_val = validate()
+            t_val = time.monotonic()
+        if now - t_ckpt >= cfg.ckpt_every:
+            save_checkpoint(ckpt_path, state())
+            t_ckpt = time.monotonic()
+        if bar is not None:
+            bar.n = int(min(elapsed, cfg.time_budget))
+            bar.set_postfix(it=it, loss=f"{loss_ema:.2e}",
+                            train_psnr=f"{-10 * math.log10(max(loss_ema, 1e-12)):.2f}",
+                            val=f"{last_val:.2f}", refresh=False)
+            bar.update(0)
+    if not quantised:
+        net.freeze_knots()
+        net.start_quant()
+        quantised = True
+    last_val = validate()
+    save_checkpoint(ckpt_path, state())
+    if bar is not None:
+        bar.close()
+
+    # ---- export and check the integer runtime against the torch forward
+    net.eval()
+    torch_score = val.score(torch_upscaler(net, device))
+    provenance = {
+        "command": " ".join(sys.argv) if sys.argv and "iqlut" in sys.argv[0] else "iqlut_gpu.train.train()",
+        "kind": cfg.kind, "seed": cfg.seed, "machine": machine(), "iterations": it,
+        "train_seconds": round(elapsed, 1), "batch": cfg.batch, "patch": cfg.patch,
+        "lambda": cfg.lam if teacher is not None else 0.0,
+        "dataset": "skimage+sklearn photos, mate-backgrounds, plasma-workspace-wallpapers "
+                   "(iqlut_gpu.train.data; validation split data.VALIDATION)",
+    }
+    model = net.export(provenance)
+    rt_score = val.score(runtime_upscaler(model))
+    table = {"val_crop": cfg.val_crop, "bicubic_psnr": round(bic, 4),
+             "model_psnr": round(rt_score["psnr"], 4), "model_ssim": round(rt_score["ssim"], 5),
+             "torch_psnr": round(torch_score["psnr"], 4),
+             "export_minus_torch_db": round(rt_score["psnr"] - torch_score["psnr"], 5)}
+    provenance["validation"] = table
+    model = net.export(provenance)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_model(model, out)
+    log(f"exported {out}: {model.storage_bytes()} bytes; validation (crop {cfg.val_crop}) "
+        f"bicubic {bic:.3f} dB, model {rt_score['psnr']:.3f} dB "
+        f"(+{rt_score['psnr'] - bic:.3f}), torch {torch_score['psnr']:.3f} dB, "
+        f"export - torch {table['export_minus_torch_db']:+.4f} dB")
+    return {"out": str(out), "iterations": it, "elapsed": elapsed, "history": history,
+            "validation": table, "storage_bytes": model.storage_bytes(), "loss": loss_ema}
+
+
+def main(argv=None) -> int:
+    """``python -m iqlut_gpu.train.trainer`` (same options as ``iqlut train``)."""
+    from ..cli import train_cmd
+    import argparse
+
+    p = argparse.ArgumentParser()
+    train_cmd.add_arguments(p)
+    return train_cmd.run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
