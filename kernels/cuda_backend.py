@@ -336,6 +336,34 @@ def _run_planes_with(executor, prepared, planes, mode, tables, alloc, stream=Non
     return out
 
 
+class RecordingExecutor:
+    """Plans launches on host (numpy) arrays without running them; ``kernels`` collects the
+    specialisations a run needs (to compile them ahead: tests, compile_report.py)."""
+
+    def __init__(self, block=BLOCK, max_blocks=1, shared_limit=SHARED_LIMIT):
+        self.block, self.max_blocks, self.shared_limit = tuple(block), max_blocks, shared_limit
+        self.kernels: set[str] = set()
+        self.plans: list[Launch] = []
+
+    def check_array(self, arr, name):
+        if not isinstance(arr, np.ndarray):
+            raise TypeError(f"{name} must be a numpy array here, got {type(arr).__name__}")
+
+    def launch(self, plan: Launch, stream=None):
+        self.kernels.add(plan.kernel)
+        self.plans.append(plan)
+
+
+def kernels_for(prepared, modes=MODES, shared_limit=SHARED_LIMIT) -> list[str]:
+    """The kernel specialisations (name expressions) running ``prepared`` needs."""
+    rec = RecordingExecutor(shared_limit=shared_limit)
+    planes = np.zeros((1, 1, 1), np.uint8)
+    for mode in modes:
+        _run_planes_with(rec, prepared, planes, mode, DeviceTables(prepared, mode, np),
+                         lambda shape, dtype: np.empty(shape, dtype))
+    return sorted(rec.kernels)
+
+
 class DeviceTables:
     """A model's tables for one device and array module, uploaded once per mode.
 

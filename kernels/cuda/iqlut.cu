@@ -195,35 +195,40 @@ __device__ __forceinline__ void store_hidden(const u8* xp, int H, int W, int y, 
 // out[p, y*R + a, x*R + b] = clamp(B[y*R + a, x*R + b] + requant(acc[a*R + b]), 0, 255)
 // with B from reference.fixed_upsample:
 // B = floor((sum_ij w[a,i] w[b,j] P[clamp(y+off[a]+i), clamp(x+off[b]+j)] + D*D/2) / (D*D)),
-// clamped to 0..255.
+// clamped to 0..255. Computed separably, sum_i w[a,i] * (sum_j w[b,j] P[..]): the same
+// integer (no term overflows int32). The tap loops stay rolled on purpose: unrolling
+// all R*R*T*T taps let the compiler hoist the loads and cost ~180 registers at R = 4.
 template <int R, int T>
 __device__ __forceinline__ void store_last(const u8* pl, int H, int W, int y, int x,
                                            const i32 (&acc)[R * R], int shift,
                                            const i32* up_off, const i32* up_w, int up_den,
                                            u8* outp) {
-    int off[R], w[R][T];
-#pragma unroll
-    for (int a = 0; a < R; ++a) {
-        off[a] = __ldg(up_off + a);
-#pragma unroll
-        for (int i = 0; i < T; ++i) w[a][i] = __ldg(up_w + a * T + i);
-    }
     const int d2 = up_den * up_den;
     const i64 wide = (i64)W * R;
 #pragma unroll
     for (int a = 0; a < R; ++a) {
+        int s[R];
+#pragma unroll
+        for (int b = 0; b < R; ++b) s[b] = 0;
+        const int oa = __ldg(up_off + a);
+#pragma unroll 1
+        for (int i = 0; i < T; ++i) {
+            const int wa = __ldg(up_w + a * T + i);
+            const u8* prow = pl + (i64)clampi(y + oa + i, 0, H - 1) * W;
+#pragma unroll
+            for (int b = 0; b < R; ++b) {
+                const int ob = __ldg(up_off + b);
+                int h = 0;
+#pragma unroll 1
+                for (int j = 0; j < T; ++j)
+                    h += __ldg(up_w + b * T + j) * (int)__ldg(prow + clampi(x + ob + j, 0, W - 1));
+                s[b] += wa * h;
+            }
+        }
         u8* orow = outp + ((i64)y * R + a) * wide + (i64)x * R;
 #pragma unroll
         for (int b = 0; b < R; ++b) {
-            int s = 0;
-#pragma unroll
-            for (int i = 0; i < T; ++i) {
-                const u8* prow = pl + (i64)clampi(y + off[a] + i, 0, H - 1) * W;
-#pragma unroll
-                for (int j = 0; j < T; ++j)
-                    s += w[a][i] * w[b][j] * (int)__ldg(prow + clampi(x + off[b] + j, 0, W - 1));
-            }
-            const int base = clampi(floor_div(s + d2 / 2, d2), 0, 255);
+            const int base = clampi(floor_div(s[b] + d2 / 2, d2), 0, 255);
             orow[b] = (u8)clampi(base + requant(acc[a * R + b], shift), 0, 255);
         }
     }

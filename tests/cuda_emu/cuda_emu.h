@@ -28,6 +28,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <memory>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -88,7 +89,7 @@ inline void __syncthreads() {
 
 namespace emu {
 
-constexpr std::size_t STACK_BYTES = 256 * 1024;
+constexpr std::size_t STACK_BYTES = 64 * 1024;  // per CUDA thread; the kernels need < 4 KiB
 
 // Kept out of line: getcontext is setjmp-like, and the caller's loop counters must not
 // live in the frame it snapshots.
@@ -104,7 +105,7 @@ __attribute__((noinline)) inline void init_fibre(Fibre& f, uint3 tid, char* stac
 
 // Runs one block: returns 0, or 1 when threads diverged at a barrier.
 inline int run_block(void (*body)(void*), void* arg, std::vector<Fibre>& fibres,
-                     std::vector<char>& stacks) {
+                     char* stacks) {
     g_body = body;
     g_body_arg = arg;
     const std::size_t n = (std::size_t)blockDim.x * blockDim.y * blockDim.z;
@@ -112,7 +113,7 @@ inline int run_block(void (*body)(void*), void* arg, std::vector<Fibre>& fibres,
     for (unsigned z = 0; z < blockDim.z; ++z)
         for (unsigned y = 0; y < blockDim.y; ++y)
             for (unsigned x = 0; x < blockDim.x; ++x, ++k)
-                init_fibre(fibres[k], uint3{x, y, z}, stacks.data() + k * STACK_BYTES);
+                init_fibre(fibres[k], uint3{x, y, z}, stacks + k * STACK_BYTES);
     for (;;) {
         // one phase: resume every fibre (highest thread index first) until it waits or ends
         for (std::size_t j = n; j-- > 0;) {
@@ -153,14 +154,14 @@ inline int launch(void (*kernel)(A...), dim3 grid, dim3 block, void** args) {
     if (n == 0 || n > 1024 || grid.x == 0 || grid.y == 0 || grid.z == 0) return 2;
     Launch<A...> l{kernel, args};
     std::vector<Fibre> fibres(n);
-    std::vector<char> stacks(n * STACK_BYTES);
+    std::unique_ptr<char[]> stacks(new char[n * STACK_BYTES]);  // not zeroed: fast
     gridDim = grid;
     blockDim = block;
     for (unsigned z = 0; z < grid.z; ++z)
         for (unsigned y = 0; y < grid.y; ++y)
             for (unsigned x = 0; x < grid.x; ++x) {
                 blockIdx = {x, y, z};
-                if (int err = run_block(&Launch<A...>::body, &l, fibres, stacks)) return err;
+                if (int err = run_block(&Launch<A...>::body, &l, fibres, stacks.get())) return err;
             }
     return 0;
 }

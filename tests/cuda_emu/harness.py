@@ -55,6 +55,7 @@ template <> struct code<unsigned char*> { static const char* s() { return "*B"; 
 template <> struct code<const signed char*> { static const char* s() { return "*b"; } };
 template <> struct code<const short*> { static const char* s() { return "*h"; } };
 template <> struct code<const int*> { static const char* s() { return "*i"; } };
+template <> struct code<int*> { static const char* s() { return "*i"; } };
 template <> struct code<int> { static const char* s() { return "i"; } };
 template <class... A> std::string of(void (*)(A...)) {
     std::string s;
@@ -65,8 +66,8 @@ template <class... A> std::string of(void (*)(A...)) {
 """
 
 
-def _source(kernels: list[str]) -> str:
-    lines = ['#include "cuda_emu.h"', '#include "iqlut.cu"', _SIG_HELPERS]
+def _source(kernels: list[str], source: Path) -> str:
+    lines = ['#include "cuda_emu.h"', f'#include "{source.name}"', _SIG_HELPERS]
     for i, name in enumerate(kernels):
         lines.append(
             f'extern "C" int emu_k{i}(unsigned gx, unsigned gy, unsigned gz, unsigned bx, '
@@ -94,15 +95,17 @@ class EmuLibrary:
             self.signature[name] = sig().decode().rstrip(",").split(",")
 
 
-def build(kernels, compiler: str | None = None) -> EmuLibrary:
-    """Compile (or fetch from the cache) a library holding ``kernels`` (name expressions)."""
+def build(kernels, compiler: str | None = None, source: Path = cuda_backend.SOURCE_FILE) -> EmuLibrary:
+    """Compile (or fetch from the cache) a library holding ``kernels`` (name expressions)
+    of the CUDA file ``source`` (default: the backend's iqlut.cu)."""
     compiler = compiler or find_compiler()
     if compiler is None:
         raise RuntimeError("no C++ compiler found (set CXX or install g++)")
     kernels = sorted(set(kernels))
-    src = _source(kernels)
+    source = Path(source).resolve()
+    src = _source(kernels, source)
     h = hashlib.sha256()
-    for part in (src, HEADER.read_text(), cuda_backend.source(), compiler, " ".join(CXX_FLAGS)):
+    for part in (src, HEADER.read_text(), source.read_text(), compiler, " ".join(CXX_FLAGS)):
         h.update(part.encode())
         h.update(b"\0")
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
@@ -112,7 +115,7 @@ def build(kernels, compiler: str | None = None) -> EmuLibrary:
             cpp = Path(tmp) / "emu.cpp"
             cpp.write_text(src)
             tmp_lib = Path(tmp) / "emu.so"
-            cmd = [compiler, *CXX_FLAGS, f"-I{EMU_DIR}", f"-I{cuda_backend.SOURCE_DIR}",
+            cmd = [compiler, *CXX_FLAGS, f"-I{EMU_DIR}", f"-I{source.parent}",
                    str(cpp), "-o", str(tmp_lib)]
             res = subprocess.run(cmd, capture_output=True, text=True)
             if res.returncode != 0:
@@ -121,19 +124,11 @@ def build(kernels, compiler: str | None = None) -> EmuLibrary:
     return EmuLibrary(lib_path, kernels)
 
 
-class RecordingExecutor:
-    """Plans launches without running them; ``kernels`` collects the specialisations."""
+class RecordingExecutor(cuda_backend.RecordingExecutor):
+    """``cuda_backend.RecordingExecutor`` with the emulation's small default geometry."""
 
     def __init__(self, block=(5, 3), max_blocks=3, shared_limit=cuda_backend.SHARED_LIMIT):
-        self.block, self.max_blocks, self.shared_limit = tuple(block), max_blocks, shared_limit
-        self.kernels: set[str] = set()
-
-    def check_array(self, arr, name):
-        if not isinstance(arr, np.ndarray):
-            raise TypeError(f"{name} must be a numpy array in the emulation")
-
-    def launch(self, plan, stream=None):
-        self.kernels.add(plan.kernel)
+        super().__init__(block=block, max_blocks=max_blocks, shared_limit=shared_limit)
 
 
 class EmuExecutor(RecordingExecutor):
