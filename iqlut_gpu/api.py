@@ -61,6 +61,23 @@ def from_planes(planes: np.ndarray, layout: tuple) -> np.ndarray:
     return out
 
 
+def _upscale_on_device(images, model: Model, name: str, mode: str):
+    """Device arrays stay on the device (CUDA backend; kept in this one helper).
+
+    A CuPy array, or any object whose ``__dlpack_device__`` is a CUDA device (e.g. a torch
+    CUDA tensor, taken without a copy), is upscaled on its device and returned as a CuPy
+    array of the same layout. Returns None for anything else (the host path).
+    """
+    from .kernels import cuda_backend  # imports no CuPy until a device array is seen
+
+    if not cuda_backend.is_device_array(images):
+        return None
+    if name != "cuda":
+        raise backends.BackendUnavailable(
+            f"images are on a CUDA device but backend {name!r} was chosen; use 'cuda' or 'auto'")
+    return cuda_backend.upscale_device(images, backends.prepare(model), mode)
+
+
 def upscale(images, scale: int = 4, *, model=None, backend: str = "auto",
             mode: str = "interp") -> np.ndarray:
     """Upscale uint8 images by ``scale`` with an IQ-LUT model.
@@ -76,6 +93,9 @@ def upscale(images, scale: int = 4, *, model=None, backend: str = "auto",
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     model = _as_model(model, scale)
     name = backends.resolve(backend)
+    on_device = _upscale_on_device(images, model, name, mode)
+    if on_device is not None:
+        return on_device
     planes, layout = to_planes(images)
     out = backends.run_planes(name, model, planes, mode)
     return from_planes(np.asarray(out), layout)

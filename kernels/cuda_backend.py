@@ -412,19 +412,38 @@ def device_tables(prepared, mode):
     return per[key]
 
 
+_CUDA_DLPACK_DEVICES = (2, 13)  # DLPack device types kDLCUDA and kDLCUDAManaged
+
+
+def is_device_array(obj) -> bool:
+    """True for a CuPy array or any object whose ``__dlpack_device__`` is a CUDA device
+    (e.g. a torch CUDA tensor). Imports nothing."""
+    if isinstance(obj, np.ndarray) or not hasattr(obj, "__dlpack_device__"):
+        return False
+    try:
+        dev_type, _ = obj.__dlpack_device__()
+    except Exception:
+        return False
+    return int(dev_type) in _CUDA_DLPACK_DEVICES
+
+
 def as_device_planes(planes):
     """uint8 [P, H, W] planes as a cupy array on the current device, without a copy when
     they already are on the device (a cupy array, or any object with ``__dlpack__``
-    living on a CUDA device, e.g. a torch CUDA tensor). Returns (array, came_from_device)."""
+    living on a CUDA device). Returns (array, came_from_device)."""
     import cupy
 
     if isinstance(planes, cupy.ndarray):
         return planes, True
-    if hasattr(planes, "__dlpack_device__") and not isinstance(planes, np.ndarray):
-        dev_type, _ = planes.__dlpack_device__()
-        if int(dev_type) in (2, 3, 13):  # kDLCUDA, kDLCUDAHost, kDLCUDAManaged
-            return cupy.from_dlpack(planes), True
+    if is_device_array(planes):
+        return cupy.from_dlpack(planes), True
     return cupy.asarray(np.asarray(planes)), False
+
+
+def _out_of_memory(e):
+    from iqlut_gpu import backends
+
+    return getattr(backends, "DeviceOutOfMemory", MemoryError)(f"CUDA device out of memory: {e}")
 
 
 def run_planes(prepared, planes, mode: str = "interp", stream=None):
@@ -433,21 +452,58 @@ def run_planes(prepared, planes, mode: str = "interp", stream=None):
     numpy planes in -> numpy out (copied to the device and back; waits for the result).
     Device planes in (cupy, or ``__dlpack__`` on the device) -> cupy out, queued on
     ``stream`` without waiting: the caller synchronises (e.g. ``stream.synchronize()``).
+    Device memory exhaustion raises ``iqlut_gpu.backends.DeviceOutOfMemory``.
     """
     import cupy
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    ex = _current_executor()
     ctx = stream if stream is not None else contextlib.nullcontext()
-    with ctx:
-        dev, on_device = as_device_planes(planes)
-        if dev.dtype != np.uint8 or dev.ndim != 3:
-            raise TypeError(f"planes must be uint8 [P, H, W], got {dev.dtype} {tuple(dev.shape)}")
-        dev = cupy.ascontiguousarray(dev)
-        tables = device_tables(prepared, mode)
-        out = _run_planes_with(ex, prepared, dev, mode, tables,
-                               lambda shape, dtype: cupy.empty(shape, dtype), stream)
-        if on_device:
-            return out
-        return cupy.asnumpy(out, stream=stream, blocking=True)
+    try:
+        with ctx:
+            dev, on_device = as_device_planes(planes)
+            if dev.dtype != np.uint8 or dev.ndim != 3:
+                raise TypeError(f"planes must be uint8 [P, H, W], got {dev.dtype} {tuple(dev.shape)}")
+            with cupy.cuda.Device(dev.device.id):
+                dev = cupy.ascontiguousarray(dev)
+                ex = _current_executor()
+                tables = device_tables(prepared, mode)
+                out = _run_planes_with(ex, prepared, dev, mode, tables,
+                                       lambda shape, dtype: cupy.empty(shape, dtype), stream)
+                if on_device:
+                    return out
+                return cupy.asnumpy(out, stream=stream, blocking=True)
+    except cupy.cuda.memory.OutOfMemoryError as e:
+        raise _out_of_memory(e) from e
+
+
+def upscale_device(images, prepared, mode: str = "interp", stream=None):
+    """``iqlut_gpu.upscale`` for images on a CUDA device; returns a cupy array.
+
+    ``images``: uint8 (H, W), (H, W, C) or (N, H, W, C), C in 1, 3, 4, as a cupy array or
+    any CUDA ``__dlpack__`` object (taken without a copy). Same layouts and checks as
+    ``iqlut_gpu.api.to_planes``; the result has that layout, ``scale`` times larger, on
+    the same device, queued on ``stream``.
+    """
+    import cupy
+
+    arr = images if isinstance(images, cupy.ndarray) else cupy.from_dlpack(images)
+    if arr.dtype != np.uint8:
+        raise TypeError(f"images must be uint8, got {arr.dtype}")
+    if arr.ndim not in (2, 3, 4):
+        raise ValueError(f"images must be (H,W), (H,W,C) or (N,H,W,C), got shape {tuple(arr.shape)}")
+    batch = arr[None, :, :, None] if arr.ndim == 2 else (arr[None] if arr.ndim == 3 else arr)
+    N, H, W, C = (int(s) for s in batch.shape)
+    if C not in (1, 3, 4):
+        raise ValueError(f"images must have 1, 3 or 4 channels, got shape {tuple(arr.shape)}")
+    if N == 0 or H == 0 or W == 0:
+        raise ValueError(f"images must not be empty, got shape {tuple(arr.shape)}")
+    r = prepared.scale
+    ctx = stream if stream is not None else contextlib.nullcontext()
+    with cupy.cuda.Device(arr.device.id), ctx:
+        planes = cupy.ascontiguousarray(batch.transpose(0, 3, 1, 2)).reshape(N * C, H, W)
+        out = run_planes(prepared, planes, mode, stream)
+        out = cupy.ascontiguousarray(out.reshape(N, C, H * r, W * r).transpose(0, 2, 3, 1))
+    if arr.ndim == 2:
+        return out[0, :, :, 0]
+    return out[0] if arr.ndim == 3 else out

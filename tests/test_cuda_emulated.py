@@ -9,17 +9,15 @@ specialisations the session needs are compiled in one g++ run (cached per source
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import numpy as np
 import pytest
 
-import cases
 from cuda_emu import harness
+from cuda_emu.cuda_cases import all_cases, group
 from iqlut_gpu import reference
 from iqlut_gpu.backends import Prepared
 from iqlut_gpu.kernels import cuda_backend
-from iqlut_gpu.model import DEFAULT_ARCH, UPSAMPLES, Model, default_model
+from iqlut_gpu.model import UPSAMPLES
 
 pytestmark = [
     pytest.mark.cuda_emulated,
@@ -37,45 +35,6 @@ GEOMETRIES = [((5, 3), 3, cuda_backend.SHARED_LIMIT),
               ((16, 8), 2, cuda_backend.SHARED_LIMIT)]
 
 
-def _default_arch_model(rng, scale):
-    layers, c = [], 1
-    for spec in DEFAULT_ARCH:
-        c_out = spec["c_out"] or scale * scale
-        layers.append(cases.random_layer(rng, c, c_out, spec["k"], spec["L"], spec["residual"],
-                                         shift=int(rng.integers(6, 12))))
-        c = c_out
-    return Model(scale=scale, upsample="bicubic", layers=tuple(layers))
-
-
-def _extreme_planes():
-    return np.stack([np.zeros((6, 5), np.uint8), np.full((6, 5), 255, np.uint8),
-                     np.tile(np.array([0, 255], np.uint8), (6, 3))[:, :5]])
-
-
-@lru_cache(maxsize=None)
-def all_cases():
-    """Every (group, seed, model, planes, label) of this module, built once per session."""
-    out = []
-    for scale in (2, 3, 4):
-        for upsample in UPSAMPLES:
-            group = f"x{scale}-{upsample}"
-            for seed, rng in cases.case_rngs(2, salt=1000 + scale * 10 + UPSAMPLES.index(upsample)):
-                model = cases.random_model(rng, scale=scale, upsample=upsample)
-                for h, w in cases.SIZES:
-                    out.append((group, seed, model, cases.random_planes(rng, 3, h, w), f"{h}x{w}"))
-    for seed, rng in cases.case_rngs(3, salt=1099):
-        scale = int(rng.choice([2, 3, 4]))
-        out.append(("default-arch", seed, _default_arch_model(rng, scale),
-                    cases.random_planes(rng, 2, 11, 14), f"x{scale} 11x14"))
-    for seed, rng in cases.case_rngs(3, salt=1007):
-        out.append(("extreme", seed, cases.random_model(rng), _extreme_planes(), "codes 0/255"))
-    for scale in (2, 3, 4):
-        rng = np.random.default_rng()
-        out.append(("shipped", "n/a", default_model(scale),
-                    rng.integers(0, 256, size=(2, 9, 8)).astype(np.uint8), f"default x{scale}"))
-    return out
-
-
 @pytest.fixture(scope="module")
 def library():
     """One emulation library with every specialisation the cases need."""
@@ -90,10 +49,8 @@ def library():
     return harness.build(kernels)
 
 
-def _check_group(library, group, geometries=GEOMETRIES):
-    for g, seed, model, planes, label in all_cases():
-        if g != group:
-            continue
+def _check_group(library, name, geometries=GEOMETRIES):
+    for _, seed, model, planes, label in group(name):
         expected = reference.upscale_planes(model, planes)
         prepared = Prepared(model)
         for block, max_blocks, limit in geometries:
@@ -101,7 +58,7 @@ def _check_group(library, group, geometries=GEOMETRIES):
             for mode in MODES:
                 alloc = harness.GuardedAlloc()
                 got = harness.run_planes(ex, prepared, planes, mode, alloc)
-                where = (f"seed {seed}, {group} {label}, mode {mode}, block {block}, "
+                where = (f"seed {seed}, {name} {label}, mode {mode}, block {block}, "
                          f"max_blocks {max_blocks}, shared_limit {limit}")
                 assert alloc.intact(), f"out-of-bounds write ({where})"
                 if not np.array_equal(got, expected):

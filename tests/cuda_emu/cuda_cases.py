@@ -1,0 +1,60 @@
+"""The cases every CUDA test runs (emulated and on a device): built from tests/cases.py.
+
+Grouped so that tests can be parametrised by group; built once per session (fresh
+seeds, each case carries its seed for the failure message).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+import cases
+from iqlut_gpu.model import DEFAULT_ARCH, UPSAMPLES, Model, default_model
+
+GROUPS = ([f"x{s}-{u}" for s in (2, 3, 4) for u in UPSAMPLES]
+          + ["default-arch", "extreme", "shipped"])
+
+
+def _default_arch_model(rng, scale):
+    layers, c = [], 1
+    for spec in DEFAULT_ARCH:
+        c_out = spec["c_out"] or scale * scale
+        layers.append(cases.random_layer(rng, c, c_out, spec["k"], spec["L"], spec["residual"],
+                                         shift=int(rng.integers(6, 12))))
+        c = c_out
+    return Model(scale=scale, upsample="bicubic", layers=tuple(layers))
+
+
+def _extreme_planes():
+    return np.stack([np.zeros((6, 5), np.uint8), np.full((6, 5), 255, np.uint8),
+                     np.tile(np.array([0, 255], np.uint8), (6, 3))[:, :5]])
+
+
+@lru_cache(maxsize=None)
+def all_cases():
+    """Every (group, seed, model, planes, label) of this module, built once per session."""
+    out = []
+    for scale in (2, 3, 4):
+        for upsample in UPSAMPLES:
+            group = f"x{scale}-{upsample}"
+            for seed, rng in cases.case_rngs(2, salt=1000 + scale * 10 + UPSAMPLES.index(upsample)):
+                model = cases.random_model(rng, scale=scale, upsample=upsample)
+                for h, w in cases.SIZES:
+                    out.append((group, seed, model, cases.random_planes(rng, 3, h, w), f"{h}x{w}"))
+    for seed, rng in cases.case_rngs(3, salt=1099):
+        scale = int(rng.choice([2, 3, 4]))
+        out.append(("default-arch", seed, _default_arch_model(rng, scale),
+                    cases.random_planes(rng, 2, 11, 14), f"x{scale} 11x14"))
+    for seed, rng in cases.case_rngs(3, salt=1007):
+        out.append(("extreme", seed, cases.random_model(rng), _extreme_planes(), "codes 0/255"))
+    for scale in (2, 3, 4):
+        rng = np.random.default_rng()
+        out.append(("shipped", "n/a", default_model(scale),
+                    rng.integers(0, 256, size=(2, 9, 8)).astype(np.uint8), f"default x{scale}"))
+    return out
+
+
+def group(name):
+    return [c for c in all_cases() if c[0] == name]
