@@ -1,13 +1,24 @@
-"""``iqlut upscale INPUT... -o OUT``: upscale image files and folders of images."""
+"""``iqlut upscale INPUT... -o OUT``: upscale image files and folders of images.
+
+Many files are processed in batches: up to ``--batch`` files (and at most
+``BATCH_PIXELS`` input pixels, so a batch of large photos stays small) are read while the
+previous batch is being upscaled; files of the same size and channel count go to the
+backend in one call. A file that cannot be read or written is reported on one line and
+the others continue; the exit code is 1 if any file failed.
+"""
 
 from __future__ import annotations
 
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import CLIError
 from .common import add_backend_args, add_model_args, resolve_model
+
+DEFAULT_BATCH = 8
+BATCH_PIXELS = 1 << 23  # input pixels read ahead per batch (8 M: ~24 MB of RGB in)
 
 
 def add_parser(sub) -> None:
@@ -19,6 +30,9 @@ def add_parser(sub) -> None:
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output file or folder")
     add_model_args(p)
     add_backend_args(p)
+    p.add_argument("--batch", type=int, default=DEFAULT_BATCH, metavar="B",
+                   help=f"files per batch (default {DEFAULT_BATCH}); same-size images of a batch "
+                   "go to the backend in one call")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=run)
@@ -62,11 +76,51 @@ def _check_target(src: Path, dst: Path, overwrite: bool) -> None:
         raise ImageError(f"{dst.parent}: output folder does not exist")
 
 
+def _batches(jobs: list, batch: int):
+    """Consecutive runs of jobs: at most ``batch`` files and about BATCH_PIXELS pixels each.
+
+    The pixel count is only known after reading, so a run is closed by the file count
+    here and split further in ``_read_batch``.
+    """
+    for i in range(0, len(jobs), batch):
+        yield jobs[i:i + batch]
+
+
+def _read_batch(jobs, overwrite: bool) -> list:
+    """[(src, dst, image or ImageError)] for one batch of jobs (runs in the reader thread)."""
+    from ..io import ImageError, read_image
+
+    out = []
+    for src, dst in jobs:
+        try:
+            _check_target(src, dst, overwrite)
+            out.append((src, dst, read_image(src)))
+        except ImageError as e:
+            out.append((src, dst, e))
+    return out
+
+
+def _groups(items: list) -> list[list]:
+    """Items with images grouped by shape (one backend call each), at most BATCH_PIXELS each."""
+    groups: dict = {}
+    for item in items:
+        groups.setdefault(item[2].shape, []).append(item)
+    out = []
+    for shape, members in groups.items():
+        per = max(1, BATCH_PIXELS // (shape[0] * shape[1]))
+        out += [members[i:i + per] for i in range(0, len(members), per)]
+    return out
+
+
 def run(args) -> int:
+    import numpy as np
+
     from ..api import upscale
     from ..backends import resolve
-    from ..io import ImageError, read_image, write_image
+    from ..io import ImageError, write_image
 
+    if args.batch < 1:
+        raise CLIError(f"--batch must be at least 1, got {args.batch}")
     model = resolve_model(args)
     backend = resolve(args.backend)
     jobs = collect_jobs(args.inputs, args.output)
@@ -84,24 +138,46 @@ def run(args) -> int:
 
         progress = tqdm(total=len(jobs), unit="img", file=sys.stderr)
     failed = 0
-    for src, dst in jobs:
-        try:
-            _check_target(src, dst, args.overwrite)
-            image = read_image(src)
-            t0 = time.perf_counter()
-            result = upscale(image, model.scale, model=model, backend=backend, mode=args.mode)
-            seconds = time.perf_counter() - t0
-            write_image(dst, result)
-            if not args.quiet and progress is None:
-                h, w = image.shape[:2]
-                print(f"{dst}: {w}x{h} -> {result.shape[1]}x{result.shape[0]} (x{model.scale}, "
-                      f"backend {backend}, {seconds * 1000:.1f} ms)")
-        except ImageError as e:
-            failed += 1
-            msg = f"iqlut upscale: error: {e}"
-            (progress.write(msg, file=sys.stderr) if progress else print(msg, file=sys.stderr))
+
+    def report(e):
+        nonlocal failed
+        failed += 1
+        msg = f"iqlut upscale: error: {e}"
+        (progress.write(msg, file=sys.stderr) if progress else print(msg, file=sys.stderr))
         if progress:
             progress.update(1)
+
+    batches = list(_batches(jobs, args.batch))
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="iqlut-read") as reader:
+        ahead = reader.submit(_read_batch, batches[0], args.overwrite)
+        for k in range(len(batches)):
+            items = ahead.result()
+            if k + 1 < len(batches):  # read the next batch while this one is upscaled
+                ahead = reader.submit(_read_batch, batches[k + 1], args.overwrite)
+            for src, dst, image in items:
+                if isinstance(image, ImageError):
+                    report(image)
+            for group in _groups([it for it in items if not isinstance(it[2], ImageError)]):
+                stack = np.stack([image for _, _, image in group])
+                gray = stack.ndim == 3  # (N, H, W): give it a channel axis, (N, H, W, 1)
+                t0 = time.perf_counter()
+                results = upscale(stack[..., None] if gray else stack, model.scale, model=model,
+                                  backend=backend, mode=args.mode)
+                if gray:
+                    results = results[..., 0]
+                seconds = (time.perf_counter() - t0) / len(group)
+                for (src, dst, image), result in zip(group, results):
+                    try:
+                        write_image(dst, result)
+                    except ImageError as e:
+                        report(e)
+                        continue
+                    if not args.quiet and progress is None:
+                        h, w = image.shape[:2]
+                        print(f"{dst}: {w}x{h} -> {result.shape[1]}x{result.shape[0]} (x{model.scale}, "
+                              f"backend {backend}, {seconds * 1000:.1f} ms)")
+                    if progress:
+                        progress.update(1)
     if progress:
         progress.close()
         print(f"{len(jobs) - failed} of {len(jobs)} images written to {args.output} "

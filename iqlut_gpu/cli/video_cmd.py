@@ -1,0 +1,71 @@
+"""``iqlut video INPUT -o OUTPUT``: upscale a video; frame rate, frame count and audio kept."""
+
+from __future__ import annotations
+
+import sys
+
+from .common import add_backend_args, add_model_args, resolve_model
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("video", help="upscale a video",
+                       description="Upscale every frame of a video. The output keeps the frame "
+                       "rate and the frame count, and its audio streams are copied unchanged. "
+                       "The container follows OUTPUT's suffix (.mp4, .mkv, .mov, .webm, ...). "
+                       "Nothing is written under OUTPUT unless the whole video is done.")
+    p.add_argument("input", metavar="INPUT", help="video file")
+    p.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="output video file")
+    add_model_args(p)
+    add_backend_args(p)
+    p.add_argument("--batch", type=int, default=4, metavar="B",
+                   help="frames per backend call (default 4)")
+    p.add_argument("--codec", default="libx264",
+                   help="ffmpeg video encoder (default libx264; e.g. libx265, libvpx-vp9, ffv1)")
+    p.add_argument("--crf", type=int, default=None, metavar="Q",
+                   help="constant quality for x264/x265/vp9/av1 encoders, lower is better "
+                   "(default 18)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..backends import resolve
+    from ..video import probe, upscale_video
+    from . import CLIError
+
+    if args.batch < 1:
+        raise CLIError(f"--batch must be at least 1, got {args.batch}")
+    model = resolve_model(args)
+    backend = resolve(args.backend)
+    info = probe(args.input)
+    bar = None
+    if not args.quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=info.frames_estimate, unit="frame", file=sys.stderr, dynamic_ncols=True,
+                   desc=f"x{model.scale} {backend}")
+    done = 0
+
+    def progress(n):
+        nonlocal done
+        bar.update(n - done)
+        done = n
+
+    try:
+        stats = upscale_video(args.input, args.output, model.scale, model=model, backend=backend,
+                              batch=args.batch, mode=args.mode, codec=args.codec, crf=args.crf,
+                              overwrite=args.overwrite, progress=progress if bar else None)
+        if bar is not None:
+            bar.total = bar.n  # the total was estimated from the duration; end at 100%
+            bar.refresh()
+    finally:
+        if bar is not None:
+            bar.close()
+    if not args.quiet:
+        w, h = stats.output_size
+        audio = f", audio copied ({', '.join(info.audio)})" if info.audio else ", no audio"
+        print(f"{args.output}: {stats.frames} frames {info.width}x{info.height} -> {w}x{h} "
+              f"at {float(info.fps):g} fps{audio} (x{model.scale}, backend {backend}, "
+              f"{stats.fps:.2f} frames/s)", file=sys.stderr)
+    return 0

@@ -1,0 +1,140 @@
+"""upscale_frames: batching is invisible (each frame equals upscale(frame)), lazy, validated."""
+
+import numpy as np
+import pytest
+
+import cases
+from iqlut_gpu import default_model, upscale, upscale_frames
+from iqlut_gpu.frames import _generate
+
+
+def mixed_frames(rng, n):
+    """Frames whose layouts change along the stream: batches must split at each change."""
+    shapes = [(9, 13, 3), (9, 13, 3), (9, 13, 3), (9, 13), (9, 13), (5, 7, 4), (9, 13, 3),
+              (5, 7, 1), (9, 13, 3), (9, 13, 3)]
+    return [rng.integers(0, 256, size=shapes[i % len(shapes)], dtype=np.int64).astype(np.uint8)
+            for i in range(n)]
+
+
+@pytest.mark.parametrize("batch, backend", [(1, "reference"), (3, "reference"), (16, "reference"),
+                                            (4, "cpu")])
+def test_each_frame_equals_upscale(batch, backend):
+    for seed, rng in cases.case_rngs(2, salt=500 + batch):
+        model = cases.random_model(rng)
+        frames = mixed_frames(rng, 12)
+        got = list(upscale_frames(iter(frames), model.scale, model=model, backend=backend,
+                                  batch=batch))
+        assert len(got) == len(frames), f"seed {seed}"
+        for i, (frame, out) in enumerate(zip(frames, got)):
+            want = upscale(frame, model.scale, model=model, backend="reference")
+            assert out.shape == want.shape and out.dtype == np.uint8, f"seed {seed} frame {i}"
+            assert np.array_equal(out, want), f"seed {seed} frame {i} batch {batch}"
+
+
+def test_lazy_and_bounded_read_ahead():
+    pulled = []
+
+    def source():
+        rng = np.random.default_rng(1)
+        for i in range(50):
+            pulled.append(i)
+            yield rng.integers(0, 256, size=(6, 5, 3), dtype=np.int64).astype(np.uint8)
+
+    it = upscale_frames(source(), 2, backend="reference", batch=4)
+    assert pulled == []  # nothing is read before the first frame is asked for
+    next(it)
+    assert len(pulled) == 4
+    for _ in range(4):
+        next(it)
+    assert len(pulled) == 8  # one batch beyond the frames handed out, never the whole stream
+
+
+def test_empty_stream_and_stats():
+    assert list(upscale_frames([], 2, backend="cpu")) == []
+    stats = {}
+    frames = [np.full((8, 8, 3), 7, np.uint8)] * 5
+    out = list(upscale_frames(frames, 2, backend="cpu", batch=5, stats=stats))
+    assert len(out) == 5 and all(o.shape == (16, 16, 3) for o in out)
+    assert set(stats) == {"upload", "kernels", "download"}
+    assert all(v >= 0 for v in stats.values()) and stats["kernels"] > 0
+
+
+@pytest.mark.parametrize("bad, err", [
+    ([np.zeros((4, 4, 3), np.float32)], TypeError),
+    ([[[1, 2], [3, 4]]], TypeError),
+    ([np.zeros((4, 4, 2), np.uint8)], ValueError),
+    ([np.zeros((2, 4, 4, 3), np.uint8)], ValueError),
+    ([np.zeros((0, 4, 3), np.uint8)], ValueError),
+])
+def test_bad_frames(bad, err):
+    good = np.zeros((4, 4, 3), np.uint8)
+    it = upscale_frames([good, *bad], 2, backend="reference", batch=1)
+    assert next(it).shape == (8, 8, 3)  # frames before the bad one come out
+    with pytest.raises(err, match="frame 1"):
+        next(it)
+
+
+@pytest.mark.parametrize("kw", [dict(batch=0), dict(batch=1.5), dict(scale=5), dict(mode="fast"),
+                                dict(backend="tpu")])
+def test_bad_arguments_raise_at_call(kw):
+    args = dict(scale=2, backend="cpu", batch=2) | kw
+    with pytest.raises(ValueError):
+        upscale_frames([], **args)
+
+
+def test_non_contiguous_and_negative_stride_frames():
+    rng = np.random.default_rng(5)
+    base = rng.integers(0, 256, size=(20, 30, 3), dtype=np.int64).astype(np.uint8)
+    views = [base[::2, ::3], base[::-1], base[:, ::-1, ::-1]]
+    got = list(upscale_frames(views, 2, backend="cpu", batch=3))
+    for v, g in zip(views, got):
+        assert np.array_equal(g, upscale(np.ascontiguousarray(v), 2, backend="reference"))
+
+
+class HostStreamer:
+    """Stands in for a device streamer: like the CUDA one it reuses its output buffers, so
+    the results must be copied out before a buffer is reused (depth 2 in flight)."""
+
+    depth = 2
+
+    def __init__(self, model):
+        from iqlut_gpu import backends
+
+        self.model, self.backends = model, backends
+        self.buffers = [None, None]
+        self.turn = 0
+        self.timings = dict.fromkeys(("upload", "kernels", "download"), 0.0)
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    def submit(self, planes):
+        slot = self.turn % 2
+        self.turn += 1
+        out = self.backends.run_planes("reference", self.model, planes)
+        if self.buffers[slot] is None or self.buffers[slot].shape != out.shape:
+            self.buffers[slot] = np.empty_like(out)
+        self.buffers[slot][...] = out
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        return slot
+
+    def collect(self, slot):
+        self.in_flight -= 1
+        return self.buffers[slot]
+
+
+def test_two_batches_in_flight_with_reused_buffers(monkeypatch):
+    """The seam for a streaming device runner: with two batches in flight and buffers that
+    are overwritten, every frame still comes out right (grayscale ones too, whose result
+    could otherwise alias the buffer)."""
+    from iqlut_gpu import frames as frames_mod
+
+    model = default_model(2)
+    streamer = HostStreamer(model)
+    monkeypatch.setattr(frames_mod, "_runner", lambda name, model, mode: frames_mod._StreamRunner(streamer))
+    rng = np.random.default_rng(9)
+    frames = mixed_frames(rng, 14)
+    got = list(_generate(iter(frames), model, "reference", 2, "interp", None))
+    assert streamer.max_in_flight == 2
+    for i, (f, g) in enumerate(zip(frames, got)):
+        assert np.array_equal(g, upscale(f, 2, backend="reference")), f"frame {i}"
