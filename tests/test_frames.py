@@ -138,3 +138,23 @@ def test_two_batches_in_flight_with_reused_buffers(monkeypatch):
     assert streamer.max_in_flight == 2
     for i, (f, g) in enumerate(zip(frames, got)):
         assert np.array_equal(g, upscale(f, 2, backend="reference")), f"frame {i}"
+
+
+@pytest.mark.gpu
+def test_cuda_stream_runner_matches_reference():
+    """On a CUDA device: the two-stream pinned-buffer runner gives the reference's frames."""
+    from iqlut_gpu.backends import probe
+
+    reason = probe("cuda")
+    if reason:
+        pytest.skip(reason)
+    for seed, rng in cases.case_rngs(2, salt=777):
+        model = cases.random_model(rng)
+        frames = mixed_frames(rng, 15)
+        stats = {}
+        got = list(upscale_frames(frames, model.scale, model=model, backend="cuda", batch=2,
+                                  stats=stats))
+        for i, (f, g) in enumerate(zip(frames, got)):
+            assert np.array_equal(g, upscale(f, model.scale, model=model, backend="reference")), \
+                f"seed {seed} frame {i}"
+        assert stats["kernels"] > 0 and stats["upload"] > 0 and stats["download"] > 0
