@@ -116,10 +116,12 @@ def center_crop(img: np.ndarray, size: int) -> np.ndarray:
     return img[y:y + ch, x:x + cw]
 
 
-def validation_images(crop: int = VAL_CROP) -> dict[str, np.ndarray]:
-    """The validation split's images (uint8, RGB or gray), center-cropped to ``crop``."""
+def validation_images(crop: int = VAL_CROP, limit: int = 0) -> dict[str, np.ndarray]:
+    """The validation split's images (uint8, RGB or gray), center-cropped to ``crop``;
+    ``limit``: only the first N (by name)."""
     _, val = split()
-    return {k: center_crop(read_rgb(p), crop) for k, p in val.items()}
+    items = sorted(val.items())[:limit] if limit else sorted(val.items())
+    return {k: center_crop(read_rgb(p), crop) for k, p in items}
 
 
 def _planes(img: np.ndarray) -> list[np.ndarray]:
@@ -127,15 +129,22 @@ def _planes(img: np.ndarray) -> list[np.ndarray]:
 
 
 def build_bank(scale: int, cache_dir: str | None = None, limit: int | None = None,
-               log=print) -> tuple[np.ndarray, np.ndarray]:
+               log=print, names=None) -> tuple[np.ndarray, np.ndarray]:
     """HR crops and their LR: uint8 [M, CROP, CROP] and [M, CROP/r, CROP/r].
 
     Cached as an .npz in ``cache_dir`` (default $IQLUT_DATA_CACHE or /tmp/iqlut_data),
     keyed by scale, the file list and the constants above. ``limit`` caps the number of
-    training images (tests).
+    training images, ``names`` picks some by name (tests).
     """
     train, _ = split()
-    items = sorted(train.items())[:limit] if limit else sorted(train.items())
+    items = sorted(train.items())
+    if names:
+        missing = set(names) - set(train)
+        if missing:
+            raise RuntimeError(f"not training images: {sorted(missing)}")
+        items = [(k, v) for k, v in items if k in names]
+    if limit:
+        items = items[:limit]
     if not items:
         raise RuntimeError("no training images found (run train/get_data.sh, and install "
                            "scikit-image / scikit-learn)")

@@ -52,6 +52,8 @@ class Config:
     ckpt_every: float = 120.0
     val_crop: int = 192
     limit_images: int = 0  # tests: use only the first N training images
+    limit_val: int = 0  # tests: use only the first N validation images
+    images: tuple = ()  # tests: train on these images only (names as in data.sources())
     arch: list = field(default_factory=list)
 
     def resolved_out(self) -> Path:
@@ -76,9 +78,9 @@ def machine() -> str:
 class Validation:
     """The validation split at one scale: HR (modcropped) and MATLAB-bicubic LR images."""
 
-    def __init__(self, scale: int, crop: int, images: dict | None = None):
+    def __init__(self, scale: int, crop: int, images: dict | None = None, limit: int = 0):
         self.scale = scale
-        imgs = images if images is not None else data.validation_images(crop)
+        imgs = images if images is not None else data.validation_images(crop, limit=limit)
         self.names, self.hr, self.lr = [], [], []
         for name, img in sorted(imgs.items()):
             hr = modcrop(img, scale)
@@ -190,8 +192,9 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
         log(f"resumed from {ckpt_path} at iteration {it}, {elapsed:.0f} s")
 
     log(f"training {cfg.kind} x{cfg.scale} on {machine()}; budget {cfg.time_budget:.0f} s")
-    hr_bank, lr_bank = data.build_bank(cfg.scale, limit=cfg.limit_images or None, log=lambda m: None)
-    val = Validation(cfg.scale, cfg.val_crop)
+    hr_bank, lr_bank = data.build_bank(cfg.scale, limit=cfg.limit_images or None,
+                                        log=lambda m: None, names=cfg.images or None)
+    val = Validation(cfg.scale, cfg.val_crop, limit=cfg.limit_val)
     bic = val.bicubic()["psnr"]
     log(f"data: {len(hr_bank)} training crops ({data.CROP}px planes), "
         f"{len(val.names)} validation images; bicubic validation {bic:.3f} dB")
