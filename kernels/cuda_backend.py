@@ -116,6 +116,12 @@ def _need(executor, arr, name, dtype, shape):
         raise ValueError(f"{name} must be C-contiguous")
 
 
+def _need_aligned(executor, arr, name):
+    """The kernels read table rows with 16-byte vector loads."""
+    if executor.address(arr) % 16:
+        raise ValueError(f"{name} must start at a 16-byte aligned address")
+
+
 def _int(value, name, lo, hi) -> np.int32:
     """A scalar as the kernel's C ``int`` (CuPy would pass a Python int as long long)."""
     v = int(value)
@@ -141,12 +147,14 @@ def _lut_spec(executor, lut, mode, c_in):
                              f"<= {MAX_K} and 2..256 knots")
         _need(executor, idx, "idx", np.uint8, (c_in, 256))
         _need(executor, wt, "wt", np.int32, (c_in, 256))
+        _need_aligned(executor, table, "table")
         return (idx, wt, table), k, L, c_out
     if mode == "expanded":
         _need(executor, lut, "etab", np.int16, (c_in, 256, None, None, None))
         _, _, k, k2, c_out = lut.shape
         if k != k2 or k % 2 != 1 or k > MAX_K:
             raise ValueError(f"etab shape {tuple(lut.shape)}: need an odd square window <= {MAX_K}")
+        _need_aligned(executor, lut, "etab")
         return (lut,), k, None, c_out
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
@@ -230,19 +238,29 @@ _COMPILE_LOCK = threading.Lock()
 _FUNCTIONS: dict = {}
 
 
+def _compile(device_id: int, kernels) -> None:
+    """Compile the missing ``kernels`` for device ``device_id`` in ONE NVRTC run (one
+    RawModule), and memoise each function per (device, specialisation)."""
+    missing = sorted({k for k in kernels if (device_id, k) not in _FUNCTIONS})
+    if not missing:
+        return
+    import cupy
+
+    with _COMPILE_LOCK, cupy.cuda.Device(device_id):
+        missing = [k for k in missing if (device_id, k) not in _FUNCTIONS]
+        if missing:
+            module = cupy.RawModule(code=source(), options=COMPILE_OPTIONS,
+                                    name_expressions=tuple(missing))
+            for k in missing:
+                _FUNCTIONS[(device_id, k)] = module.get_function(k)
+
+
 def _function(device_id: int, kernel: str):
     """The compiled kernel ``kernel`` on device ``device_id``: compiled once, memoised."""
-    key = (device_id, kernel)
-    fn = _FUNCTIONS.get(key)
+    fn = _FUNCTIONS.get((device_id, kernel))
     if fn is None:
-        import cupy
-
-        with _COMPILE_LOCK, cupy.cuda.Device(device_id):
-            fn = _FUNCTIONS.get(key)
-            if fn is None:
-                module = cupy.RawModule(code=source(), options=COMPILE_OPTIONS,
-                                        name_expressions=(kernel,))
-                fn = _FUNCTIONS[key] = module.get_function(kernel)
+        _compile(device_id, (kernel,))
+        fn = _FUNCTIONS[(device_id, kernel)]
     return fn
 
 
@@ -266,6 +284,10 @@ class CupyExecutor:
         if arr.device.id != self.device_id:
             raise ValueError(f"{name} is on device {arr.device.id}, the launch on device "
                              f"{self.device_id}")
+
+    @staticmethod
+    def address(arr) -> int:
+        return int(arr.data.ptr)
 
     def launch(self, plan: Launch, stream=None):
         fn = _function(self.device_id, plan.kernel)
@@ -349,6 +371,10 @@ class RecordingExecutor:
         if not isinstance(arr, np.ndarray):
             raise TypeError(f"{name} must be a numpy array here, got {type(arr).__name__}")
 
+    @staticmethod
+    def address(arr) -> int:
+        return int(arr.ctypes.data)
+
     def launch(self, plan: Launch, stream=None):
         self.kernels.add(plan.kernel)
         self.plans.append(plan)
@@ -362,6 +388,19 @@ def kernels_for(prepared, modes=MODES, shared_limit=SHARED_LIMIT) -> list[str]:
         _run_planes_with(rec, prepared, planes, mode, DeviceTables(prepared, mode, np),
                          lambda shape, dtype: np.empty(shape, dtype))
     return sorted(rec.kernels)
+
+
+def _aligned(xp, a):
+    """A C-contiguous copy of ``a`` in ``xp`` starting at a 16-byte aligned address (cupy
+    allocations always do; a numpy copy is placed inside a slightly larger buffer)."""
+    a = xp.ascontiguousarray(xp.asarray(a))
+    if xp is not np or a.ctypes.data % 16 == 0:
+        return a
+    buf = np.empty(a.nbytes + 16, np.uint8)
+    start = -buf.ctypes.data % 16
+    out = buf[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
 
 
 class DeviceTables:
@@ -383,9 +422,9 @@ class DeviceTables:
                 # the kernels index the table with idx + 1: pin the values they trust
                 if int(idx.max()) > layer.L - 2 or int(wt.min()) < 0 or int(wt.max()) > 256:
                     raise ValueError(f"layer {n}: interp lut out of range")
-                lut = tuple(xp.ascontiguousarray(xp.asarray(a)) for a in (idx, wt, table))
+                lut = tuple(_aligned(xp, a) for a in (idx, wt, table))
             else:
-                lut = xp.ascontiguousarray(xp.asarray(lut))
+                lut = _aligned(xp, lut)
             self._luts.append(lut)
             self._bias.append(xp.ascontiguousarray(xp.asarray(layer.bias)))
         self.up = (xp.ascontiguousarray(xp.asarray(prepared.up_off)),
@@ -402,12 +441,17 @@ _TABLES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def device_tables(prepared, mode):
-    """``DeviceTables`` of ``prepared`` on the current device, memoised per device and mode."""
+    """``DeviceTables`` of ``prepared`` on the current device, memoised per device and mode.
+
+    The first call also compiles every kernel the model needs in ``mode`` in one NVRTC
+    run (CuPy keeps the result in its on-disk cache for later processes)."""
     import cupy
 
     per = _TABLES.setdefault(prepared, {})
     key = (cupy.cuda.Device().id, mode)
     if key not in per:
+        ex = _current_executor()
+        _compile(ex.device_id, kernels_for(prepared, (mode,), shared_limit=ex.shared_limit))
         per[key] = DeviceTables(prepared, mode, cupy)
     return per[key]
 

@@ -218,3 +218,23 @@ def test_one_launch_per_layer_covers_all_planes():
     for plan in rec.plans:
         assert plan.grid[0] == 7 * 3 * 3  # all planes' tiles in one grid
         assert np.int32(7) in [a for a in plan.args if type(a) is np.int32]
+
+
+def test_tables_must_be_16_byte_aligned_and_device_tables_are():
+    rec = cuda_backend.RecordingExecutor()
+    args = _hidden_args("expanded")
+    etab = args[1]
+    assert etab.ctypes.data % 16 == 0
+    for _ in range(3):
+        idx_wt_table = cuda_backend.DeviceTables(Prepared(cases.random_model(np.random.default_rng())),
+                                                 "interp", np)(0)
+        assert idx_wt_table[2].ctypes.data % 16 == 0
+    buf = np.zeros(etab.nbytes + 32, np.uint8)
+    start = (-buf.ctypes.data % 16) + 2  # 2 bytes past an aligned address
+    shifted = buf[start:start + etab.nbytes].view(np.int16).reshape(etab.shape)
+    shifted[...] = etab
+    args[1] = shifted
+    with pytest.raises(ValueError, match="aligned"):
+        cuda_backend._plan_hidden(rec, *args)
+    realigned = cuda_backend._aligned(np, shifted)
+    assert realigned.ctypes.data % 16 == 0 and np.array_equal(realigned, etab)

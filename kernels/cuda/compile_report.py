@@ -52,6 +52,7 @@ def compile_nvcc(kernels, arch: str, nvcc: str | None = None) -> tuple[int, str,
                "-Xptxas", "-warn-spills", f"-I{HERE}", str(src), "-o", str(Path(tmp) / "k.cubin")]
         res = subprocess.run(cmd, capture_output=True, text=True)
     shown = [Path(c).name if c.endswith(("instances.cu", "k.cubin")) else c for c in cmd]
+    shown = ["-Ikernels/cuda" if c == f"-I{HERE}" else c for c in shown]
     return res.returncode, res.stdout + res.stderr, shown
 
 

@@ -78,6 +78,59 @@ __device__ __forceinline__ void for_each_pixel(int P, int H, int W, Body body) {
 
 // ----------------------------------------------------------------------------- lookup
 
+// One 32-bit word of table entries (little-endian lanes, as on every CUDA device and on
+// the hosts of the emulation) into v[at ...], sign-extended.
+template <class T, int N>
+__device__ __forceinline__ void unpack_word(int w, int (&v)[N], int at) {
+    if constexpr (sizeof(T) == 1) {
+        v[at] = (int)(signed char)w;
+        v[at + 1] = (int)(signed char)(w >> 8);
+        v[at + 2] = (int)(signed char)(w >> 16);
+        v[at + 3] = w >> 24;
+    } else {
+        v[at] = (int)(short)w;
+        v[at + 1] = w >> 16;
+    }
+}
+
+// The N consecutive entries (int8 or int16) of one table row as ints, read with the
+// widest vector loads the row size allows (16, 8 or 4 bytes; one entry at a time
+// otherwise). Rows start at multiples of the row size and the tables are 16-byte aligned
+// (the launcher checks; shared copies are declared aligned), so every load is aligned.
+// LDG: through the read-only data cache (global memory); else a plain (shared) load.
+template <class T, int N, bool LDG>
+__device__ __forceinline__ void load_row(const T* p, int (&v)[N]) {
+    constexpr int BYTES = N * (int)sizeof(T);
+    constexpr int PER_WORD = 4 / (int)sizeof(T);
+    if constexpr (BYTES % 16 == 0) {
+        const int4* q = reinterpret_cast<const int4*>(p);
+#pragma unroll
+        for (int k = 0; k < BYTES / 16; ++k) {
+            const int4 w = LDG ? __ldg(q + k) : q[k];
+            unpack_word<T>(w.x, v, (4 * k + 0) * PER_WORD);
+            unpack_word<T>(w.y, v, (4 * k + 1) * PER_WORD);
+            unpack_word<T>(w.z, v, (4 * k + 2) * PER_WORD);
+            unpack_word<T>(w.w, v, (4 * k + 3) * PER_WORD);
+        }
+    } else if constexpr (BYTES % 8 == 0) {
+        const int2* q = reinterpret_cast<const int2*>(p);
+#pragma unroll
+        for (int k = 0; k < BYTES / 8; ++k) {
+            const int2 w = LDG ? __ldg(q + k) : q[k];
+            unpack_word<T>(w.x, v, (2 * k + 0) * PER_WORD);
+            unpack_word<T>(w.y, v, (2 * k + 1) * PER_WORD);
+        }
+    } else if constexpr (BYTES % 4 == 0) {
+        const int* q = reinterpret_cast<const int*>(p);
+#pragma unroll
+        for (int k = 0; k < BYTES / 4; ++k) unpack_word<T>(LDG ? __ldg(q + k) : q[k], v, k * PER_WORD);
+    } else {
+#pragma unroll
+        for (int o = 0; o < N; ++o) v[o] = LDG ? (int)__ldg(p + o) : (int)p[o];
+    }
+}
+
+
 // The interpolating lookup of one layer, either from shared memory (SHARED: the block
 // copied idx/wt, packed as (idx << 16) | wt, and the int8 table there first) or from
 // global memory through the read-only cache.
@@ -119,12 +172,11 @@ struct InterpLut {
                         t0 = table + ((c * L + i) * K * K + dy * K + dx) * C_OUT;
                     }
                     const int w0 = 256 - w1;
+                    int v0[C_OUT], v1[C_OUT];
+                    load_row<i8, C_OUT, !SHARED>(t0, v0);
+                    load_row<i8, C_OUT, !SHARED>(t0 + STEP, v1);
 #pragma unroll
-                    for (int o = 0; o < C_OUT; ++o) {
-                        const int v0 = SHARED ? (int)t0[o] : (int)__ldg(t0 + o);
-                        const int v1 = SHARED ? (int)t0[o + STEP] : (int)__ldg(t0 + o + STEP);
-                        acc[o] += v0 * w0 + v1 * w1;
-                    }
+                    for (int o = 0; o < C_OUT; ++o) acc[o] += v0[o] * w0 + v1[o] * w1;
                 }
             }
         }
@@ -149,7 +201,7 @@ __device__ __forceinline__ InterpLut<C_IN, C_OUT, K, L, SHARED> load_interp(
     return lut;
 }
 
-// The expanded lookup: one int16 read per source pixel and output channel.
+// The expanded lookup: one read of the C_OUT int16 entries per source pixel.
 template <int C_IN, int C_OUT, int K>
 struct ExpandedLut {
     const i16* etab;
@@ -167,8 +219,10 @@ struct ExpandedLut {
                 for (int dx = 0; dx < K; ++dx) {
                     const int code = __ldg(row + clampi(x - (dx - R), 0, W - 1));
                     const i16* e = etab + ((i64)(c * 256 + code) * K * K + dy * K + dx) * C_OUT;
+                    int v[C_OUT];
+                    load_row<i16, C_OUT, true>(e, v);
 #pragma unroll
-                    for (int o = 0; o < C_OUT; ++o) acc[o] += __ldg(e + o);
+                    for (int o = 0; o < C_OUT; ++o) acc[o] += v[o];
                 }
             }
         }
@@ -246,7 +300,7 @@ __global__ void hidden_interp(const u8* __restrict__ x, const u8* __restrict__ i
                               const i32* __restrict__ bias, int shift, int residual,
                               u8* __restrict__ out, int P, int H, int W) {
     __shared__ i32 s_iw[SHARED ? C_IN * 256 : 1];
-    __shared__ i8 s_table[SHARED ? C_IN * L * K * K * C_OUT : 1];
+    __shared__ __align__(16) i8 s_table[SHARED ? C_IN * L * K * K * C_OUT : 1];
     const auto lut = load_interp<C_IN, C_OUT, K, L, SHARED>(idx, wt, table, s_iw, s_table);
     for_each_pixel(P, H, W, [&](int p, int y, int xq) {
         const u8* xp = x + (i64)p * C_IN * H * W;
@@ -282,7 +336,7 @@ __global__ void last_interp(const u8* __restrict__ x, const u8* __restrict__ idx
                             const i32* __restrict__ up_w, int up_den, u8* __restrict__ out,
                             int P, int H, int W) {
     __shared__ i32 s_iw[SHARED ? C_IN * 256 : 1];
-    __shared__ i8 s_table[SHARED ? C_IN * L * K * K * R * R : 1];
+    __shared__ __align__(16) i8 s_table[SHARED ? C_IN * L * K * K * R * R : 1];
     const auto lut = load_interp<C_IN, R * R, K, L, SHARED>(idx, wt, table, s_iw, s_table);
     for_each_pixel(P, H, W, [&](int p, int y, int xq) {
         i32 acc[R * R];

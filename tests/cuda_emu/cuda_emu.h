@@ -17,6 +17,9 @@
 // written (stale data from another launch; only partly detectable, since static storage
 // keeps the previous launch's contents).
 //
+// Vector loads (int2/int4 reads of int8/int16 tables) are plain memory reads here; the
+// harness compiles with -fno-strict-aliasing so that they mean what they mean on a GPU.
+//
 // Kernel arguments are passed as CUDA's cuLaunchKernel passes them: an array of
 // pointers, one per parameter, each pointing at the parameter's value (emu::launch
 // unpacks it with the kernel's own parameter types).
@@ -37,6 +40,14 @@ struct uint3 {
     unsigned x, y, z;
 };
 
+struct __attribute__((aligned(16))) int4 {
+    int x, y, z, w;
+};
+
+struct __attribute__((aligned(8))) int2 {
+    int x, y;
+};
+
 struct dim3 {
     unsigned x, y, z;
     dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
@@ -52,6 +63,7 @@ inline dim3 blockDim, gridDim;
 #define __forceinline__ inline
 #define __shared__ static
 #define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
 
 template <class T>
 inline T __ldg(const T* p) {

@@ -30,7 +30,7 @@ from iqlut_gpu.kernels import cuda_backend
 
 EMU_DIR = Path(__file__).resolve().parent
 HEADER = EMU_DIR / "cuda_emu.h"
-CXX_FLAGS = ("-std=c++17", "-O1", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror",
+CXX_FLAGS = ("-std=c++17", "-O1", "-fno-strict-aliasing", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror",
              "-Wno-unused-parameter", "-Wno-unknown-pragmas")
 CACHE_DIR = Path(tempfile.gettempdir()) / "iqlut_cuda_emu"
 
