@@ -1,0 +1,269 @@
+"""Video pipeline benchmark: which stage bounds `iqlut video` on this machine?
+
+    python -m bench.video_pipeline [--frames 30] [--scale 2] [--backend cpu] [--batch 4]
+                                   [--repeats 3] [--compare-io]
+
+Makes a 720p clip (panned views of the bundled photo, with an AAC tone) and measures
+each stage on its own, then the whole overlapped pipeline:
+
+- decode: iqlut_gpu.video.read_frames (ffmpeg from imageio-ffmpeg, raw RGB over a pipe);
+- upload, kernels, download: iqlut_gpu.upscale_frames with ``stats`` (on the CPU,
+  upload/download are the frames <-> planes layout changes; on CUDA, pinned-host <->
+  device copies timed with CUDA events);
+- encode: iqlut_gpu.video.VideoWriter (libx264, crf 18, audio copied);
+- end to end: iqlut_gpu.video.upscale_video (decode, upscale and encode overlapped).
+
+Stage rates are frames per second of that stage alone (median over ``--repeats``, with
+min and max); the slowest bounds the pipeline. ``--compare-io`` adds decode and encode
+rates of imageio's PyAV plugin and of imageio-ffmpeg's own read/write generators, the
+measurement behind the choice of video I/O. Results go to
+``bench/results/video_pipeline_<machine>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+PHOTO = ROOT / "iqlut_gpu" / "data" / "astronaut_256.png"
+
+
+def machine() -> dict:
+    cpu = platform.processor() or ""
+    try:
+        m = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
+        cpu = m.group(1).strip() if m else cpu
+    except OSError:
+        pass
+    info = {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(),
+            "python": platform.python_version(), "numpy": np.__version__}
+    try:
+        import numba
+
+        info["numba"] = numba.__version__
+        info["numba_threads"] = numba.config.NUMBA_NUM_THREADS
+    except ImportError:
+        pass
+    try:
+        import imageio_ffmpeg
+
+        info["imageio_ffmpeg"] = imageio_ffmpeg.__version__
+        out = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-version"], capture_output=True,
+                             text=True).stdout
+        info["ffmpeg"] = out.split("\n")[0].split(" Copyright")[0]
+    except ImportError:
+        pass
+    from iqlut_gpu.backends import probe
+
+    if probe("cuda") is None:
+        import cupy
+
+        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+        info["gpu"] = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+    with_load = getattr(os, "getloadavg", None)
+    if with_load:
+        info["load_average_at_start"] = [round(x, 2) for x in with_load()]
+    return info
+
+
+def machine_slug(info: dict) -> str:
+    name = info.get("gpu") or f"{info['cpu']}-{info['cores']}c"
+    return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").lower()
+
+
+def make_clip(path: Path, frames: int, size=(1280, 720), fps: int = 30) -> None:
+    """A pan across the photo blown up to cover 720p, H.264 + an AAC tone."""
+    from PIL import Image
+
+    from iqlut_gpu.video import ffmpeg_exe
+
+    w, h = size
+    big = np.asarray(Image.open(PHOTO).convert("RGB").resize((1600, 1600), Image.BICUBIC))
+    cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
+           "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(fps), "-i", "pipe:0",
+           "-f", "lavfi", "-i", f"sine=frequency=440:duration={frames / fps}",
+           "-c:v", "libx264", "-crf", "18", "-pix_fmt", "yuv420p", "-c:a", "aac", str(path)]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE)
+    for i in range(frames):
+        x, y = (i * 9) % (1600 - w), (i * 5) % (1600 - h)
+        proc.stdin.write(np.ascontiguousarray(big[y:y + h, x:x + w]).tobytes())
+    proc.stdin.close()
+    if proc.wait() != 0:
+        raise RuntimeError("could not make the test clip")
+
+
+def timed(fn, repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def summary(frames: int, seconds: list[float]) -> dict:
+    rates = sorted(frames / s for s in seconds)
+    return {"fps_median": statistics.median(rates), "fps_min": rates[0], "fps_max": rates[-1],
+            "seconds": seconds, "frames": frames}
+
+
+def compare_io(clip: Path, frames_hr: list, fps: int, repeats: int, tmp: Path) -> dict:
+    """Decode and encode rates of imageio's PyAV plugin and imageio-ffmpeg's generators."""
+    import imageio_ffmpeg
+
+    res = {}
+    n = sum(1 for _ in imageio_ffmpeg.read_frames(str(clip))) - 1
+
+    def dec_iff():
+        gen = imageio_ffmpeg.read_frames(str(clip))
+        next(gen)
+        for _ in gen:
+            pass
+
+    def enc_iff():
+        h, w = frames_hr[0].shape[:2]
+        gen = imageio_ffmpeg.write_frames(str(tmp / "iff.mp4"), (w, h), fps=fps, codec="libx264",
+                                          quality=None, output_params=["-crf", "18"],
+                                          macro_block_size=1, ffmpeg_log_level="error")
+        gen.send(None)
+        for f in frames_hr:
+            gen.send(f)
+        gen.close()
+
+    res["imageio_ffmpeg_decode"] = summary(n, timed(dec_iff, repeats))
+    res["imageio_ffmpeg_encode"] = summary(len(frames_hr), timed(enc_iff, repeats))
+    try:
+        import av  # noqa: F401
+        import imageio.v3 as iio
+    except ImportError as e:
+        res["pyav"] = f"not measured: {e}"
+        return res
+
+    def dec_pyav():
+        for _ in iio.imiter(clip, plugin="pyav"):
+            pass
+
+    def enc_pyav():
+        with iio.imopen(tmp / "pyav.mp4", "w", plugin="pyav") as out:
+            out.init_video_stream("libx264", fps=fps)
+            out._video_stream.options = {"crf": "18"}  # the plugin has no crf argument
+            for f in frames_hr:
+                out.write_frame(f)
+
+    res["imageio_pyav_decode"] = summary(n, timed(dec_pyav, repeats))
+    res["imageio_pyav_encode"] = summary(len(frames_hr), timed(enc_pyav, repeats))
+    return res
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--frames", type=int, default=30)
+    ap.add_argument("--scale", type=int, default=2)
+    ap.add_argument("--backend", default="cpu")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=3, help="repeats of decode and encode")
+    ap.add_argument("--kernel-repeats", type=int, default=1,
+                    help="repeats of the upscale stage and of the end-to-end run")
+    ap.add_argument("--compare-io", action="store_true")
+    ap.add_argument("--out", type=Path, default=None, help="result JSON (default: bench/results/)")
+    args = ap.parse_args(argv)
+
+    from iqlut_gpu import default_model, upscale_frames
+    from iqlut_gpu.backends import resolve
+    from iqlut_gpu.video import VideoWriter, probe, read_frames, upscale_video
+
+    info = machine()
+    backend = resolve(args.backend)
+    model = default_model(args.scale)
+    result = {"benchmark": "video_pipeline", "machine": info, "backend": backend,
+              "scale": args.scale, "batch": args.batch, "input": "1280x720 H.264 30 fps + AAC",
+              "frames": args.frames, "model": "shipped default x%d" % args.scale,
+              "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    with tempfile.TemporaryDirectory(prefix="iqlut-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        clip = tmp / "clip720.mp4"
+        make_clip(clip, args.frames)
+        vinfo = probe(clip)
+        print(f"clip: {vinfo.width}x{vinfo.height}, {args.frames} frames, backend {backend}, "
+              f"x{args.scale}, batch {args.batch}", file=sys.stderr)
+
+        decoded = []
+
+        def decode():
+            decoded.clear()
+            decoded.extend(np.array(f) for f in read_frames(clip, vinfo))
+
+        stages = {"decode": summary(args.frames, timed(decode, args.repeats))}
+        assert len(decoded) == args.frames, len(decoded)
+
+        # warm up (compilation, device tables) on one frame, then time the upscale stage
+        list(upscale_frames(decoded[:1], args.scale, model=model, backend=backend, batch=1))
+        runs, upscaled = [], []
+        for _ in range(args.kernel_repeats):
+            st = {}
+            t0 = time.perf_counter()
+            upscaled = list(upscale_frames(decoded, args.scale, model=model, backend=backend,
+                                           batch=args.batch, stats=st))
+            st["total"] = time.perf_counter() - t0
+            runs.append(st)
+        for k in ("upload", "kernels", "download"):
+            stages[k] = summary(args.frames, [r[k] for r in runs])
+        stages["upscale_frames_total"] = summary(args.frames, [r["total"] for r in runs])
+
+        def encode():
+            h, w = upscaled[0].shape[:2]
+            wr = VideoWriter(tmp / "enc.mp4", (w, h), vinfo.fps, codec="libx264", crf=18,
+                             audio_from=clip)
+            for f in upscaled:
+                wr.write(f)
+            wr.close()
+
+        stages["encode"] = summary(args.frames, timed(encode, args.repeats))
+        result["stages"] = stages
+
+        e2e = []
+        for _ in range(args.kernel_repeats):
+            st = upscale_video(clip, tmp / "out.mp4", args.scale, model=model, backend=backend,
+                               batch=args.batch, overwrite=True)
+            e2e.append(st)
+        result["end_to_end"] = summary(args.frames, [s.seconds for s in e2e])
+        result["end_to_end"]["busy_seconds_per_stage"] = e2e[-1].stages
+        if args.compare_io:
+            result["io_comparison"] = compare_io(clip, upscaled[: min(len(upscaled), 20)],
+                                                 30, args.repeats, tmp)
+
+    per_stage = {k: v["fps_median"] for k, v in stages.items()
+                 if k in ("decode", "upload", "kernels", "download", "encode")}
+    bound = min(per_stage, key=per_stage.get)
+    result["bounding_stage"] = bound
+    print(f"{'stage':<10} {'frames/s':>10}   (alone, median of runs)", file=sys.stderr)
+    for k, v in per_stage.items():
+        print(f"{k:<10} {v:>10.2f}" + ("   <- bounds the pipeline" if k == bound else ""),
+              file=sys.stderr)
+    print(f"{'pipeline':<10} {result['end_to_end']['fps_median']:>10.2f}   (end to end, overlapped)",
+          file=sys.stderr)
+    for k, v in result.get("io_comparison", {}).items():
+        if isinstance(v, dict):
+            print(f"{k:<24} {v['fps_median']:>8.2f} frames/s", file=sys.stderr)
+    out = args.out or RESULTS / f"video_pipeline_{machine_slug(info)}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
