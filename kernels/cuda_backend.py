@@ -403,6 +403,23 @@ def _aligned(xp, a):
     return out
 
 
+def table_traffic(prepared, mode: str) -> list[dict]:
+    """What the kernels read from the tables, per input (LR) pixel and layer, for ``mode``:
+    ``taps`` (c_in*k*k source codes), ``entries`` (table values read) and ``bytes``
+    (their size: int8 entries, two rows per tap, in interp; int16, one row, in
+    expanded). For benchmarks: achieved reads/s = entries * pixels / seconds."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    out = []
+    for layer in prepared.layers:
+        taps = layer.c_in * layer.k * layer.k
+        rows = 2 if mode == "interp" else 1
+        entries = taps * rows * layer.c_out
+        out.append({"taps": taps, "entries": entries,
+                    "bytes": entries * (1 if mode == "interp" else 2)})
+    return out
+
+
 class DeviceTables:
     """A model's tables for one device and array module, uploaded once per mode.
 

@@ -238,3 +238,17 @@ def test_tables_must_be_16_byte_aligned_and_device_tables_are():
         cuda_backend._plan_hidden(rec, *args)
     realigned = cuda_backend._aligned(np, shifted)
     assert realigned.ctypes.data % 16 == 0 and np.array_equal(realigned, etab)
+
+
+def test_table_traffic_counts_reads_per_pixel():
+    from iqlut_gpu import default_model
+
+    prepared = Prepared(default_model(2))
+    interp = cuda_backend.table_traffic(prepared, "interp")
+    expanded = cuda_backend.table_traffic(prepared, "expanded")
+    # layer 0: 1 channel, 5x5 window, 8 outputs
+    assert interp[0] == {"taps": 25, "entries": 2 * 25 * 8, "bytes": 2 * 25 * 8}
+    assert expanded[0] == {"taps": 25, "entries": 25 * 8, "bytes": 2 * 25 * 8}
+    assert interp[-1]["entries"] == 2 * 8 * 9 * 4
+    with pytest.raises(ValueError):
+        cuda_backend.table_traffic(prepared, "lookup")
