@@ -83,16 +83,16 @@ def test_gpu_dlpack_input_is_taken_without_a_copy():
         def __dlpack_device__(self):
             return self.arr.__dlpack_device__()
 
-    arr = cupy.asarray(np.random.default_rng().integers(0, 256, (2, 7, 9), dtype=np.uint8))
+    arr = cupy.asarray(np.random.default_rng().integers(0, 256, (7, 9, 3), dtype=np.uint8))
     wrapped = CudaBuffer(arr)
     assert cuda_backend.is_device_array(wrapped)
     view, on_device = cuda_backend.as_device_planes(wrapped)
     assert on_device and view.data.ptr == arr.data.ptr
     model = group("shipped")[0][2]
     got = upscale(wrapped, model.scale, model=model, backend="cuda")
-    assert isinstance(got, cupy.ndarray) and got.shape == (2, 7 * model.scale, 9 * model.scale)
+    assert isinstance(got, cupy.ndarray) and got.shape == (7 * model.scale, 9 * model.scale, 3)
     expected = upscale(cupy.asnumpy(arr), model.scale, model=model, backend="reference")
-    _fail(cupy.asnumpy(got), expected, "dlpack batch through upscale")
+    _fail(cupy.asnumpy(got), expected, "dlpack RGB image through upscale")
 
 
 def test_gpu_upscale_cupy_in_cupy_out_every_layout():
