@@ -167,13 +167,21 @@ def parse_header(text: str, path: Path) -> VideoInfo:
     size = re.search(r"[ ,](\d{1,6})x(\d{1,6})[ ,\[]", line + " ")
     if not size:
         raise VideoError(f"{path}: cannot read the frame size of its video stream")
+    width, height = int(size.group(1)), int(size.group(2))
+    # ffmpeg turns frames upright when a display matrix says so: the decoded size swaps
+    block = text[video.end():]
+    nxt = re.search(r"Stream #0:\d+", block)
+    block = block[:nxt.start()] if nxt else block
+    rot = re.search(r"rotation of (-?[\d.]+) degrees", block)
+    if rot and round(float(rot.group(1))) % 180 == 90:
+        width, height = height, width
     rate = re.search(r"([\d.]+)(k?) fps", line) or re.search(r"([\d.]+)(k?) tbr", line)
     if not rate:
         raise VideoError(f"{path}: its video stream has no known frame rate")
     dur = re.search(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", text)
     duration = (int(dur.group(1)) * 3600 + int(dur.group(2)) * 60 + float(dur.group(3))) if dur else None
     audio = tuple(a.split()[0].rstrip(",") for a in re.findall(r"Stream #0:\d+.*?: Audio: (.*)", text))
-    return VideoInfo(path, container, codec, int(size.group(1)), int(size.group(2)),
+    return VideoInfo(path, container, codec, width, height,
                      exact_rate(_parse_rate(rate.group(1), rate.group(2))), duration, audio)
 
 
@@ -188,8 +196,11 @@ def probe(path) -> VideoInfo:
         raise VideoError(f"{path}: permission denied")
     if path.stat().st_size == 0:
         raise VideoError(f"{path}: empty file")
-    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)],
-                          capture_output=True, start_new_session=True, timeout=60)
+    try:
+        proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)],
+                              capture_output=True, start_new_session=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        raise VideoError(f"{path}: ffmpeg took over a minute to open it") from None
     text = proc.stderr.decode("utf-8", "replace")
     if "Input #0" not in text:
         lines = [_clean(ln) for ln in text.splitlines() if ln.strip()]

@@ -213,6 +213,23 @@ def test_output_rules(run_cli, tmp_path):
     assert probe(tmp_path / "out.mp4").width == 128
 
 
+def test_rotated_phone_video_comes_out_upright(tmp_path):
+    """A display matrix (phones) makes ffmpeg decode frames turned upright: sizes swap."""
+    frames = make_clip(tmp_path / "flat.mp4", n=6)
+    subprocess.run([FFMPEG, "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
+                    "-display_rotation", "90", "-i", str(tmp_path / "flat.mp4"), "-c", "copy",
+                    str(tmp_path / "rot.mp4")], check=True)
+    assert (probe(tmp_path / "rot.mp4").width, probe(tmp_path / "rot.mp4").height) == (48, 64)
+    stats = upscale_video(tmp_path / "rot.mp4", tmp_path / "out.mp4", 2, backend="reference",
+                          batch=6, crf=8)
+    out = decode_all(tmp_path / "out.mp4")
+    assert stats.frames == 6 and len(out) == 6 and out[0].shape == (128, 96, 3)
+    upright = np.rot90(frames[0], k=1)  # "rotation of 90 degrees": counter-clockwise
+    ok = psnr(out[0], upscale(np.ascontiguousarray(upright), 2, backend="reference"))
+    wrong = psnr(out[0], upscale(np.ascontiguousarray(np.rot90(frames[0], k=-1)), 2, backend="reference"))
+    assert ok > 30 and ok > wrong + 3, (ok, wrong)
+
+
 def test_exact_rate():
     assert exact_rate(25.0) == 25
     assert exact_rate(29.97) == Fraction(30000, 1001)
