@@ -479,7 +479,7 @@ _CUDA_DLPACK_DEVICES = (2, 13)  # DLPack device types kDLCUDA and kDLCUDAManaged
 def is_device_array(obj) -> bool:
     """True for a CuPy array or any object whose ``__dlpack_device__`` is a CUDA device
     (e.g. a torch CUDA tensor). Imports nothing."""
-    if isinstance(obj, np.ndarray) or not hasattr(obj, "__dlpack_device__"):
+    if not hasattr(obj, "__dlpack_device__"):  # numpy arrays answer (kDLCPU, 0)
         return False
     try:
         dev_type, _ = obj.__dlpack_device__()
