@@ -75,23 +75,34 @@ class _SyncRunner:
 
 class _StreamRunner:
     """A streamer with ``depth`` batches in flight (see module doc). Its output buffers
-    are reused, so results are copied out before the next submit."""
+    are reused, so results are copied out before the next submit. A batch the device has
+    no memory for goes through ``fallback`` (a ``_SyncRunner``: tiles, smaller on OOM)."""
 
     reuses_buffers = True
 
-    def __init__(self, streamer):
-        self._s = streamer
+    def __init__(self, streamer, fallback=None):
+        self._s, self._fallback = streamer, fallback
         self.depth = streamer.depth
 
     @property
     def timings(self):
-        return self._s.timings
+        t = dict(self._s.timings)
+        if self._fallback is not None:
+            for k, v in self._fallback.timings.items():
+                t[k] = t.get(k, 0.0) + v
+        return t
 
     def submit(self, planes):
-        return self._s.submit(planes)
+        try:
+            return True, self._s.submit(planes)
+        except MemoryError:  # backends.DeviceOutOfMemory, or CuPy's for the batch buffers
+            if self._fallback is None:
+                raise
+            return False, self._fallback.submit(planes)
 
     def collect(self, token):
-        return np.asarray(self._s.collect(token))
+        streamed, value = token
+        return np.asarray(self._s.collect(value)) if streamed else value
 
 
 class _CudaStreamer:
@@ -158,7 +169,8 @@ def _runner(name: str, model, mode: str):
         from .kernels import cuda_backend
 
         if hasattr(cuda_backend, "run_planes"):
-            return _StreamRunner(_CudaStreamer(backends.prepare(model), mode))
+            return _StreamRunner(_CudaStreamer(backends.prepare(model), mode),
+                                 fallback=_SyncRunner(name, model, mode))
     return _SyncRunner(name, model, mode)
 
 

@@ -42,9 +42,11 @@ from typing import Iterator
 import numpy as np
 
 DEFAULT_CRF = 18
-# Encoders whose quality is set by -crf (lower is better; 0 is lossless for x264/x265).
+# Encoders with a constant-quality setting and its largest value (lower is better): -crf,
+# or -cq for NVIDIA's hardware encoders (a lent GPU: --codec h264_nvenc frees the CPU).
 CRF_CODECS = {"libx264": 51, "libx264rgb": 51, "libx265": 51, "libvpx-vp9": 63,
-              "libaom-av1": 63, "libsvtav1": 63}
+              "libaom-av1": 63, "libsvtav1": 63, "h264_nvenc": 51, "hevc_nvenc": 51,
+              "av1_nvenc": 63}
 # Demuxers of still images: ffmpeg reads them as one-frame videos, `iqlut upscale` is for them.
 _IMAGE_DEMUXERS = re.compile(r"(_pipe|^image2|^apng$|^webp$)")
 
@@ -281,7 +283,7 @@ def _encode_args(size, fps, codec: str, crf: int | None, audio_from, pix_fmt: st
         args += ["-map", "0:v:0"]
     args += ["-c:v", codec, "-pix_fmt", pix_fmt]
     if crf is not None:
-        args += ["-crf", str(crf)]
+        args += ["-cq" if codec.endswith("_nvenc") else "-crf", str(crf)]
         if codec == "libvpx-vp9":
             args += ["-b:v", "0"]  # constant quality mode
     return args

@@ -106,8 +106,11 @@ class HostStreamer:
         self.timings = dict.fromkeys(("upload", "kernels", "download"), 0.0)
         self.in_flight = 0
         self.max_in_flight = 0
+        self.oom_sizes = ()
 
     def submit(self, planes):
+        if planes.shape[0] in self.oom_sizes:
+            raise MemoryError("device out of memory (simulated)")
         slot = self.turn % 2
         self.turn += 1
         out = self.backends.run_planes("reference", self.model, planes)
@@ -131,11 +134,15 @@ def test_two_batches_in_flight_with_reused_buffers(monkeypatch):
 
     model = default_model(2)
     streamer = HostStreamer(model)
-    monkeypatch.setattr(frames_mod, "_runner", lambda name, model, mode: frames_mod._StreamRunner(streamer))
+    streamer.oom_sizes = (8,)  # batches of 8 planes (two RGBA frames) "do not fit the device"
+    fallback = frames_mod._SyncRunner("reference", model, "interp")
+    monkeypatch.setattr(frames_mod, "_runner",
+                        lambda name, model, mode: frames_mod._StreamRunner(streamer, fallback))
     rng = np.random.default_rng(9)
-    frames = mixed_frames(rng, 14)
+    frames = mixed_frames(rng, 14) + [np.full((6, 6, 4), 200, np.uint8)] * 2
     got = list(_generate(iter(frames), model, "reference", 2, "interp", None))
     assert streamer.max_in_flight == 2
+    assert fallback.timings["kernels"] > 0  # the simulated out-of-memory batch went through it
     for i, (f, g) in enumerate(zip(frames, got)):
         assert np.array_equal(g, upscale(f, 2, backend="reference")), f"frame {i}"
 
