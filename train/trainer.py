@@ -43,7 +43,7 @@ class Config:
     seed: int = 0
     batch: int = 16
     patch: int = 36
-    lr: float = 1e-3
+    lr: float = 3e-4
     knot_lr: float = 5e-3
     lam: float = 0.5
     teacher_width: int = 32
@@ -222,7 +222,7 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
                    mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
     last_val = history[-1]["val_psnr"] if history else float("nan")
     t_ckpt = t_val = time.monotonic()
-    loss_ema = None
+    loss_ema = base_ema = None
     while elapsed < cfg.time_budget and not (cfg.max_iters and it >= cfg.max_iters):
         t0 = time.monotonic()
         frac = elapsed / cfg.time_budget if not cfg.max_iters else it / cfg.max_iters
@@ -253,7 +253,10 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
         opt.step()
         it += 1
         lv = float(loss.detach())
+        with torch.no_grad():
+            bv = float(F.mse_loss(net.upsample(x) / 255.0, y))
         loss_ema = lv if loss_ema is None else 0.98 * loss_ema + 0.02 * lv
+        base_ema = bv if base_ema is None else 0.98 * base_ema + 0.02 * bv
         dt = time.monotonic() - t0
         elapsed += dt
         now = time.monotonic()
@@ -266,7 +269,7 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
         if bar is not None:
             bar.n = int(min(elapsed, cfg.time_budget))
             bar.set_postfix(it=it, loss=f"{loss_ema:.2e}",
-                            train_psnr=f"{-10 * math.log10(max(loss_ema, 1e-12)):.2f}",
+                            gain_db=f"{10 * math.log10(base_ema / max(loss_ema, 1e-12)):+.2f}",
                             val=f"{last_val:.2f}", refresh=False)
             bar.update(0)
     if not quantised:
@@ -304,7 +307,8 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
         f"(+{rt_score['psnr'] - bic:.3f}), torch {torch_score['psnr']:.3f} dB, "
         f"export - torch {table['export_minus_torch_db']:+.4f} dB")
     return {"out": str(out), "iterations": it, "elapsed": elapsed, "history": history,
-            "validation": table, "storage_bytes": model.storage_bytes(), "loss": loss_ema}
+            "validation": table, "storage_bytes": model.storage_bytes(), "loss": loss_ema,
+            "base_loss": base_ema}
 
 
 def main(argv=None) -> int:

@@ -22,7 +22,7 @@ def add_arguments(p) -> None:
                    help="iqlut (default) or the ECNN baseline (L=256, no distillation)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--patch", type=int, default=36, help="LR patch size")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--lam", type=float, default=0.5, help="distillation weight (iqlut only)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.add_argument("--val-every", type=float, default=180.0, metavar="SECONDS")

@@ -1,0 +1,101 @@
+"""A tiny training run end to end: it learns, exports a valid model, and the integer
+runtime reproduces the torch forward."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from iqlut_gpu import reference  # noqa: E402
+from iqlut_gpu.model import load_model  # noqa: E402
+from iqlut_gpu.train import data  # noqa: E402
+from iqlut_gpu.train.net import ECNN_ARCH, IQLUT_ARCH, LUTNet, arch_storage  # noqa: E402
+from iqlut_gpu.train.torch_forward import module_from_model  # noqa: E402
+from iqlut_gpu.train.trainer import Config, train  # noqa: E402
+
+from cases import SESSION_SEED  # noqa: E402
+
+TINY_ARCH = [dict(c_in=1, c_out=4, k=3, L=9, residual=False),
+             dict(c_in=4, c_out=4, k=3, L=5, residual=True),
+             dict(c_in=4, c_out=None, k=1, L=5, residual=False)]
+
+
+TEXTURED = ("skimage/brick", "skimage/gravel")  # bundled with scikit-image: always there
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("IQLUT_DATA_CACHE", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def _mse(module, lo, hi):
+    with torch.no_grad():
+        out = module(torch.from_numpy(lo.astype(np.float64))[:, None])[:, 0]
+    return float(((out - torch.from_numpy(hi.astype(np.float64))) ** 2).mean())
+
+
+def test_tiny_training_run_learns_and_exports(cache):
+    torch.set_num_threads(1)
+    seed = SESSION_SEED % 1000
+    out = cache / "tiny_x2.safetensors"
+    cfg = Config(scale=2, out=str(out), time_budget=1e9, max_iters=60, seed=seed, batch=4,
+                 patch=16, lr=3e-4, lam=0.5, teacher_width=8, val_every=1e9, ckpt_every=1e9,
+                 val_crop=48, images=TEXTURED, limit_val=2, arch=[dict(a) for a in TINY_ARCH])
+    summary = train(cfg, progress=False, log=lambda m: None)
+    model = load_model(out)  # the loader accepts it
+    assert model.trained and model.scale == 2
+    assert model.provenance["seed"] == seed and model.provenance["iterations"] == 60
+    # the integer runtime reproduces the torch forward on the validation images
+    assert abs(summary["validation"]["export_minus_torch_db"]) <= 0.05, f"seed {SESSION_SEED}"
+    # lower loss than the starting point (zero last layer: the bicubic base) on training patches
+    hr, lr = data.build_bank(2, names=TEXTURED, log=lambda m: None)
+    lo, hi = data.sample_batch(np.random.default_rng(seed), hr, lr, 2, 16, 16)
+    from iqlut_gpu.model import zero_model
+    before = _mse(module_from_model(zero_model(2, arch=TINY_ARCH)), lo, hi)
+    after = _mse(module_from_model(model), lo, hi)
+    assert after < before, f"seed {SESSION_SEED}: mse {after} !< {before}"
+    # and the NumPy reference runs it, equal to the torch module
+    plane = lo[0]
+    np.testing.assert_array_equal(
+        reference.upscale_plane(model, plane),
+        module_from_model(model)(torch.from_numpy(plane.astype(np.float64))[None, None])[0, 0]
+        .detach().numpy())
+
+
+def test_resume_continues_from_checkpoint(cache):
+    out = cache / "tiny_x3.safetensors"
+    base = dict(scale=3, out=str(out), time_budget=1e9, seed=1, batch=2, patch=12, lam=0.0,
+                val_every=1e9, ckpt_every=0.0, val_crop=48, images=TEXTURED[:1], limit_val=1,
+                arch=[dict(a) for a in TINY_ARCH])
+    train(Config(max_iters=4, **base), progress=False, log=lambda m: None)
+    assert out.with_name(out.name + ".ckpt").exists()
+    s = train(Config(max_iters=7, **base), resume=True, progress=False, log=lambda m: None)
+    assert s["iterations"] == 7
+    assert load_model(out).provenance["iterations"] == 7
+
+
+@pytest.mark.parametrize("kind,arch", [("iqlut", IQLUT_ARCH), ("ecnn", ECNN_ARCH)])
+def test_quantised_net_equals_its_export(kind, arch):
+    torch.manual_seed(SESSION_SEED)
+    net = LUTNet(3, arch, kind=kind)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.01)
+    net.freeze_knots()
+    net.start_quant()
+    model = net.export()
+    x = torch.randint(0, 256, (2, 1, 9, 14)).double()
+    with torch.no_grad():
+        a = net.double()(x)
+        b = module_from_model(model)(x)
+    assert torch.equal(a, b), f"seed {SESSION_SEED}"
+
+
+def test_shipped_architecture_meets_the_storage_rule():
+    for s in (2, 3, 4):
+        iq, ecnn = arch_storage(IQLUT_ARCH, s)
+        assert ecnn / iq >= 15.0
+    assert arch_storage(IQLUT_ARCH, 4)[0] <= 64 * 1024
