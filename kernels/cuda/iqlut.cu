@@ -1,7 +1,8 @@
 // CUDA kernels of IQ-LUT inference, bit-identical to iqlut_gpu.reference.
 //
 // Loaded at run time by kernels/cuda_backend.py (cupy.RawModule, NVRTC), which picks a
-// template specialisation per layer shape, compiles it once per device and memoises it.
+// template specialisation per layer shape, compiles a model's specialisations in one
+// NVRTC run per device and memoises them.
 // The same file is compiled as host C++ by the test suite (tests/cuda_emu/cuda_emu.h
 // supplies threadIdx, blockIdx, __syncthreads, __shared__, __ldg, ...) and checked bit
 // for bit against the NumPy reference on the CPU. So: no CUDA-only headers or
