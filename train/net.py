@@ -50,14 +50,28 @@ def fake_quant(w: torch.Tensor, shift: int) -> torch.Tensor:
     return q * step
 
 
+def linear_init_gain(c_in: int, k: int, residual: bool, zero: bool) -> float:
+    """Std of the random linear filter a layer starts as (0 for the last layer)."""
+    if zero:
+        return 0.0
+    # residual: start near the identity; first layer: features of about the image's
+    # spread; other plain layers: keep the spread of their input (ECNN has no residual)
+    g = 0.1 if residual else (0.5 if c_in == 1 else 1.5)
+    return g / math.sqrt(c_in * k * k)
+
+
 class IQLayer(torch.nn.Module):
     def __init__(self, c_in, c_out, k, L, residual=False, min_gap=1.0, zero_init=False):
         super().__init__()
         self.c_in, self.c_out, self.k, self.L, self.residual = c_in, c_out, k, L, residual
         self.min_gap = float(min_gap)
         self.knot_logits = torch.nn.Parameter(torch.zeros(c_in, L - 1))
-        std = 0.0 if zero_init else 0.5 / math.sqrt(c_in * k * k) / THETA_UNIT * 16
-        self.theta = torch.nn.Parameter(torch.randn(c_out, c_in * L, k, k) * std)
+        # Linear start: knot j of input channel c carries G[o, c] * (s_j - 127.5), so the layer
+        # begins as an ordinary random conv filter bank of its input (smooth in the code).
+        gain = linear_init_gain(c_in, k, residual, zero_init)
+        g = torch.randn(c_out, c_in, 1, k, k) * gain
+        centred = (torch.linspace(0, 255, L) - 127.5).view(1, 1, L, 1, 1)
+        self.theta = torch.nn.Parameter((g * centred).reshape(c_out, c_in * L, k, k) / THETA_UNIT)
         self.beta = torch.nn.Parameter(torch.zeros(c_out))
         self.register_buffer("frozen", torch.tensor(False))
         self.register_buffer("quant", torch.tensor(False))
@@ -138,9 +152,12 @@ class ECNNLayer(torch.nn.Module):
     def __init__(self, c_in, c_out, k, residual=False, zero_init=False):
         super().__init__()
         self.c_in, self.c_out, self.k, self.L, self.residual = c_in, c_out, k, 256, residual
-        std = 0.0 if zero_init else 0.5 / math.sqrt(c_in * k * k) / THETA_UNIT * 16
-        # table[c*256 + x] = window [k, k, c_out] painted by code x of channel c
-        self.theta = torch.nn.Parameter(torch.randn(c_in * 256, k * k * c_out) * std)
+        # table[c*256 + x] = window [k, k, c_out] painted by code x of channel c; the same
+        # linear start as IQLayer (a random conv filter bank, smooth in the code)
+        gain = linear_init_gain(c_in, k, residual, zero_init)
+        g = torch.randn(c_in, 1, k * k * c_out) * gain
+        centred = (torch.arange(256, dtype=torch.float32) - 127.5).view(1, 256, 1)
+        self.theta = torch.nn.Parameter((g * centred).reshape(c_in * 256, k * k * c_out) / THETA_UNIT)
         self.beta = torch.nn.Parameter(torch.zeros(c_out))
         self.register_buffer("quant", torch.tensor(False))
         self.register_buffer("shift", torch.tensor(16))

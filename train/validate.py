@@ -1,0 +1,66 @@
+"""The validation table of the README: bicubic / ECNN / IQ-LUT on the validation split.
+
+``python -m iqlut_gpu.train.validate [--scale N ...] [--models DIR] [--crop PX] [--json]``
+
+Uses the integer runtime (the CPU backend) on the validation images of
+``iqlut_gpu.train.data`` (center crops of at most ``--crop`` pixels a side), the protocol
+of ``iqlut_gpu.evaluate``. Needs no torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..model import load_model
+from . import data
+
+
+def table(scale: int, models_dir: Path, crop: int, backend: str = "cpu") -> dict:
+    from .trainer import Validation, runtime_upscaler
+
+    val = Validation(scale, crop)
+    rows = {"bicubic": {**val.bicubic(), "storage_bytes": 0}}
+    for name in ("ecnn", "iqlut"):
+        path = models_dir / f"{name}_x{scale}.safetensors"
+        if not path.exists():
+            continue
+        model = load_model(path)
+        res = val.score(runtime_upscaler(model, backend))
+        res["storage_bytes"] = model.ecnn_storage_bytes() if name == "ecnn" else model.storage_bytes()
+        res["file_bytes"] = path.stat().st_size
+        res["provenance"] = {k: v for k, v in model.provenance.items() if k != "validation"}
+        rows[name] = res
+    return {"scale": scale, "val_crop": crop, "images": val.names, "rows": rows}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m iqlut_gpu.train.validate")
+    p.add_argument("--scale", type=int, nargs="*", default=[2, 3, 4])
+    p.add_argument("--models", default=str(Path(__file__).resolve().parents[1] / "iqlut_gpu" / "models"),
+                   help="folder with iqlut_xN / ecnn_xN .safetensors")
+    p.add_argument("--crop", type=int, default=data.VAL_CROP)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    models = Path(args.models)
+    if not models.exists():  # installed package: the models sit beside the code
+        from ..model import default_model_path
+        models = default_model_path(4).parent
+    results = [table(s, models, args.crop) for s in args.scale]
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    print(f"| scale | method | Y-PSNR dB | SSIM | storage B | vs bicubic dB |")
+    print(f"|---|---|---|---|---|---|")
+    for r in results:
+        bic = r["rows"]["bicubic"]["psnr"]
+        for name, row in r["rows"].items():
+            print(f"| x{r['scale']} | {name} | {row['psnr']:.3f} | {row['ssim']:.4f} | "
+                  f"{row['storage_bytes']:,} | {row['psnr'] - bic:+.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
