@@ -128,6 +128,7 @@ class VideoInfo:
     fps: Fraction
     duration: float | None          # seconds, None if unknown
     audio: tuple[str, ...] = field(default=())  # codecs of the audio streams
+    stream: int = 0                 # which video stream (ffmpeg's 0:v:N) holds the frames
 
     @property
     def frames_estimate(self) -> int | None:
@@ -161,9 +162,14 @@ def parse_header(text: str, path: Path) -> VideoInfo:
     """A VideoInfo from the ``Input #0`` part of ffmpeg's log (first video stream)."""
     m = re.search(r"Input #0, ([^,]+(?:,[^ ,]+)*), from", text)
     container = m.group(1) if m else "?"
-    video = re.search(r"Stream #0:\d+.*?: Video: (.*)", text)
-    if not video:
-        raise VideoError(f"{path}: no video stream in this file")
+    streams = list(re.finditer(r"Stream #0:\d+.*?: Video: (.*)", text))
+    # cover art of audio files is a one-picture "video" stream: not what a user means
+    moving = [k for k, v in enumerate(streams) if "(attached pic)" not in v.group(1)]
+    if not moving:
+        raise VideoError(f"{path}: no video stream in this file"
+                         + (" (only cover art)" if streams else ""))
+    stream = moving[0]
+    video = streams[stream]
     line = video.group(1)
     codec = line.split()[0].rstrip(",")
     size = re.search(r"[ ,](\d{1,6})x(\d{1,6})[ ,\[]", line + " ")
@@ -184,7 +190,7 @@ def parse_header(text: str, path: Path) -> VideoInfo:
     duration = (int(dur.group(1)) * 3600 + int(dur.group(2)) * 60 + float(dur.group(3))) if dur else None
     audio = tuple(a.split()[0].rstrip(",") for a in re.findall(r"Stream #0:\d+.*?: Audio: (.*)", text))
     return VideoInfo(path, container, codec, width, height,
-                     exact_rate(_parse_rate(rate.group(1), rate.group(2))), duration, audio)
+                     exact_rate(_parse_rate(rate.group(1), rate.group(2))), duration, audio, stream)
 
 
 def probe(path) -> VideoInfo:
@@ -228,7 +234,7 @@ def read_frames(path, info: VideoInfo | None = None, stop: threading.Event | Non
     info = info or probe(path)
     w, h = info.width, info.height
     cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(path),
-           "-map", "0:v:0", "-fps_mode", "passthrough", "-an", "-sn", "-dn",
+           "-map", f"0:v:{info.stream}", "-fps_mode", "passthrough", "-an", "-sn", "-dn",
            "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
     proc = _popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     tail = _StderrTail(proc.stderr)
