@@ -50,6 +50,11 @@ JIT = dict(parallel=True, cache=True, nogil=True, fastmath=False)
 
 MODES = ("interp", "expanded")
 
+# Packed lanes: two int32 accumulators share one int64, each lane kept non-negative by an
+# offset so that a 64-bit add never carries from the low lane into the high one.
+_LANE_OFF = 32768  # added to every expanded window value v in [-32768, 32512]
+_TD_OFF = 255  # added to every knot difference table[i+1] - table[i] in [-255, 255]
+
 
 @njit(inline="always")
 def _clamp(v, lo, hi):
@@ -67,37 +72,43 @@ def _requant(a, shift):
 
 
 @njit(inline="always")
-def _row_accumulate_expanded(x, p, y, etab_t, bias, acc, codes, C):
-    """acc[q, :] = A[:, y, q] of reference.accumulate for every column q (expanded form)."""
+def _row_accumulate_expanded(x, p, y, etab_p, acc, codes):
+    """acc[q, m] = sum over taps of the packed windows read by output column q (expanded form).
+
+    Two output channels share one int64 lane pair; see ``_pack_lanes`` and ``_row_unpack``."""
     c_in, H, W = x.shape[1], x.shape[2], x.shape[3]
-    k = etab_t.shape[1]
+    k = etab_p.shape[1]
     R = k // 2
+    C2 = etab_p.shape[4]
     for q in range(W):
-        for o in range(C):
-            acc[q, o] = bias[o]
+        for m in range(C2):
+            acc[q, m] = 0
     for c in range(c_in):
         for dy in range(k):
             src = x[p, c, _clamp(y - dy + R, 0, H - 1)]
             for j in range(W + 2 * R):  # codes[j] = X[c, sy, clamp(j - R)]
                 codes[j] = src[_clamp(j - R, 0, W - 1)]
             for dx in range(k):
-                tab = etab_t[c, dy, dx]  # [256, C]
+                tab = etab_p[c, dy, dx]  # [256, C2]
                 off = 2 * R - dx  # source column q - (dx - R), padded by R
                 for q in range(W):
                     code = codes[q + off]
-                    for o in range(C):
-                        acc[q, o] += tab[code, o]
+                    for m in range(C2):
+                        acc[q, m] += tab[code, m]
 
 
 @njit(inline="always")
-def _row_accumulate_interp(x, p, y, idx, wt, tb, td, bias, acc, ii, ww, C):
-    """acc[q, :] = A[:, y, q] of reference.accumulate for every column q (interpolating form)."""
+def _row_accumulate_interp(x, p, y, idx, wt, tb_p, td_p, acc, wsum, ii, ww):
+    """Packed accumulation of the interpolating form: per tap ``tb_p[i] + td_p[i] * w`` (both
+    with non-negative lanes), and ``wsum[q]`` = the sum of the weights w read by column q."""
     c_in, H, W = x.shape[1], x.shape[2], x.shape[3]
-    k = tb.shape[1]
+    k = tb_p.shape[1]
     R = k // 2
+    C2 = tb_p.shape[4]
     for q in range(W):
-        for o in range(C):
-            acc[q, o] = bias[o]
+        wsum[q] = 0
+        for m in range(C2):
+            acc[q, m] = 0
     for c in range(c_in):
         for dy in range(k):
             src = x[p, c, _clamp(y - dy + R, 0, H - 1)]
@@ -106,42 +117,51 @@ def _row_accumulate_interp(x, p, y, idx, wt, tb, td, bias, acc, ii, ww, C):
                 ii[j] = idx[c, code]
                 ww[j] = wt[c, code]
             for dx in range(k):
-                b0 = tb[c, dy, dx]  # [L-1, C]
-                d0 = td[c, dy, dx]
+                b0 = tb_p[c, dy, dx]  # [L-1, C2]
+                d0 = td_p[c, dy, dx]
                 off = 2 * R - dx
                 for q in range(W):
                     i = ii[q + off]
                     w = ww[q + off]
-                    for o in range(C):
-                        acc[q, o] += b0[i, o] + d0[i, o] * w
+                    wsum[q] += w
+                    for m in range(C2):
+                        acc[q, m] += b0[i, m] + d0[i, m] * w
 
 
 @njit(inline="always")
-def _row_store_hidden(x, p, y, acc, shift, residual, out):
+def _row_unpack(acc, wsum, q, o, bias, lane_off, w_off):
+    """A[o] at column q from the packed lanes: lane - lane_off - w_off * wsum[q] + bias[o]."""
+    v = acc[q, o >> 1]
+    lane = (v >> 32) if (o & 1) else (v & 0xFFFFFFFF)
+    return np.int32(lane - lane_off - w_off * wsum[q]) + bias[o]
+
+
+@njit(inline="always")
+def _row_store_hidden(x, p, y, acc, wsum, bias, lane_off, w_off, shift, residual, out):
     W = x.shape[3]
-    for o in range(acc.shape[1]):
+    for o in range(bias.shape[0]):
         for q in range(W):
+            a = _row_unpack(acc, wsum, q, o, bias, lane_off, w_off)
             base = np.int32(x[p, o, y, q]) if residual else np.int32(128)
-            out[p, o, y, q] = _clamp(base + _requant(acc[q, o], shift), 0, 255)
+            out[p, o, y, q] = _clamp(base + _requant(a, shift), 0, 255)
 
 
 @njit(inline="always")
-def _row_store_last(plane, p, y, acc, shift, up_off, up_w, up_den, den_shift, out):
+def _row_store_last(plane, p, y, acc, wsum, bias, lane_off, w_off, shift, up_off, up_w, up_den,
+                    den_shift, V, out):
     """Rows y*r .. y*r + r-1 of the output: fixed upsample (reference.fixed_upsample) plus the
-    pixel-shuffled deltas. The separable upsample sum is computed vertical-first; integer sums
-    are exact, so the result equals the reference's double sum."""
+    pixel-shuffled deltas. The separable upsample sum is computed vertical-first into ``V``
+    (int32 [r, W + pads]); integer sums are exact, so the result equals the reference's
+    double sum."""
     H, W = plane.shape[1], plane.shape[2]
     r = up_off.shape[0]
     T = up_w.shape[1]
     lo = 0
-    hi = 0
     for a in range(r):
         lo = min(lo, up_off[a])
-        hi = max(hi, up_off[a] + T - 1)
     pad_l = -lo
-    Wp = W + pad_l + hi
+    Wp = V.shape[1]
     # V[a, j] = sum_i up_w[a, i] * plane[clamp(y + up_off[a] + i), clamp(j - pad_l)]
-    V = np.empty((r, Wp), np.int32)
     for a in range(r):
         for j in range(Wp):
             V[a, j] = 0
@@ -165,69 +185,78 @@ def _row_store_last(plane, p, y, acc, shift, up_off, up_w, up_den, den_shift, ou
                 else:
                     u = (s + half) // d2  # // floors, as in the reference
                 base = _clamp(u, 0, 255)
-                orow[q * r + b] = _clamp(base + _requant(acc[q, a * r + b], shift), 0, 255)
+                delta = _requant(_row_unpack(acc, wsum, q, a * r + b, bias, lane_off, w_off), shift)
+                orow[q * r + b] = _clamp(base + delta, 0, 255)
 
 
 # ----------------------------------------------------------------------------- kernels
+# One prange iteration = one input row of one plane. Scratch rows are allocated per iteration.
 
 
 @njit(**JIT)
-def _k_hidden_interp(x, idx, wt, tb, td, bias, shift, residual, out, C):
-    numba.literally(C)
+def _k_hidden_interp(x, idx, wt, tb_p, td_p, bias, lane_off, shift, residual, out):
     P, H, W = x.shape[0], x.shape[2], x.shape[3]
-    R = tb.shape[1] // 2
+    R = tb_p.shape[1] // 2
     for row in prange(P * H):
         p = row // H
         y = row - p * H
-        acc = np.empty((W, C), np.int32)
+        acc = np.empty((W, tb_p.shape[4]), np.int64)
+        wsum = np.empty(W, np.int64)
         ii = np.empty(W + 2 * R, np.int32)
-        ww = np.empty(W + 2 * R, np.int32)
-        _row_accumulate_interp(x, p, y, idx, wt, tb, td, bias, acc, ii, ww, C)
-        _row_store_hidden(x, p, y, acc, shift, residual, out)
+        ww = np.empty(W + 2 * R, np.int64)
+        _row_accumulate_interp(x, p, y, idx, wt, tb_p, td_p, acc, wsum, ii, ww)
+        _row_store_hidden(x, p, y, acc, wsum, bias, lane_off, _TD_OFF, shift, residual, out)
 
 
 @njit(**JIT)
-def _k_hidden_expanded(x, etab_t, bias, shift, residual, out, C):
-    numba.literally(C)
+def _k_hidden_expanded(x, etab_p, bias, lane_off, shift, residual, out):
     P, H, W = x.shape[0], x.shape[2], x.shape[3]
-    R = etab_t.shape[1] // 2
+    R = etab_p.shape[1] // 2
     for row in prange(P * H):
         p = row // H
         y = row - p * H
-        acc = np.empty((W, C), np.int32)
-        codes = np.empty(W + 2 * R, np.int32)
-        _row_accumulate_expanded(x, p, y, etab_t, bias, acc, codes, C)
-        _row_store_hidden(x, p, y, acc, shift, residual, out)
+        acc = np.empty((W, etab_p.shape[4]), np.int64)
+        wsum = np.zeros(W, np.int64)
+        codes = np.empty(W + 2 * R, np.uint8)
+        _row_accumulate_expanded(x, p, y, etab_p, acc, codes)
+        _row_store_hidden(x, p, y, acc, wsum, bias, lane_off, 0, shift, residual, out)
 
 
 @njit(**JIT)
-def _k_last_interp(x, idx, wt, tb, td, bias, shift, plane, up_off, up_w, up_den, den_shift,
-                   out, C):
-    numba.literally(C)
+def _k_last_interp(x, idx, wt, tb_p, td_p, bias, lane_off, shift, plane, up_off, up_w, up_den,
+                   den_shift, v_width, out):
     P, H, W = x.shape[0], x.shape[2], x.shape[3]
-    R = tb.shape[1] // 2
+    R = tb_p.shape[1] // 2
+    r = up_off.shape[0]
     for row in prange(P * H):
         p = row // H
         y = row - p * H
-        acc = np.empty((W, C), np.int32)
+        acc = np.empty((W, tb_p.shape[4]), np.int64)
+        wsum = np.empty(W, np.int64)
         ii = np.empty(W + 2 * R, np.int32)
-        ww = np.empty(W + 2 * R, np.int32)
-        _row_accumulate_interp(x, p, y, idx, wt, tb, td, bias, acc, ii, ww, C)
-        _row_store_last(plane, p, y, acc, shift, up_off, up_w, up_den, den_shift, out)
+        ww = np.empty(W + 2 * R, np.int64)
+        V = np.empty((r, v_width), np.int32)
+        _row_accumulate_interp(x, p, y, idx, wt, tb_p, td_p, acc, wsum, ii, ww)
+        _row_store_last(plane, p, y, acc, wsum, bias, lane_off, _TD_OFF, shift, up_off, up_w,
+                        up_den, den_shift, V, out)
 
 
 @njit(**JIT)
-def _k_last_expanded(x, etab_t, bias, shift, plane, up_off, up_w, up_den, den_shift, out, C):
-    numba.literally(C)
+def _k_last_expanded(x, etab_p, bias, lane_off, shift, plane, up_off, up_w, up_den, den_shift,
+                     v_width, out):
     P, H, W = x.shape[0], x.shape[2], x.shape[3]
-    R = etab_t.shape[1] // 2
+    R = etab_p.shape[1] // 2
+    r = up_off.shape[0]
     for row in prange(P * H):
         p = row // H
         y = row - p * H
-        acc = np.empty((W, C), np.int32)
-        codes = np.empty(W + 2 * R, np.int32)
-        _row_accumulate_expanded(x, p, y, etab_t, bias, acc, codes, C)
-        _row_store_last(plane, p, y, acc, shift, up_off, up_w, up_den, den_shift, out)
+        acc = np.empty((W, etab_p.shape[4]), np.int64)
+        wsum = np.zeros(W, np.int64)
+        codes = np.empty(W + 2 * R, np.uint8)
+        V = np.empty((r, v_width), np.int32)
+        _row_accumulate_expanded(x, p, y, etab_p, acc, codes)
+        _row_store_last(plane, p, y, acc, wsum, bias, lane_off, 0, shift, up_off, up_w, up_den,
+                        den_shift, V, out)
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -261,15 +290,35 @@ def _kernel_tables(arr: np.ndarray, make):
     return derived
 
 
+def _pack_lanes(v: np.ndarray) -> np.ndarray:
+    """int64 [..., C] with values in [0, 2**31) -> int64 [..., ceil(C/2)]: channel 2m in the low
+    32 bits, channel 2m+1 in the high 32 bits (0 when C is odd)."""
+    C = v.shape[-1]
+    if C % 2:
+        v = np.concatenate([v, np.zeros(v.shape[:-1] + (1,), np.int64)], axis=-1)
+    assert v.min() >= 0 and v.max() < (1 << 31)
+    return np.ascontiguousarray(v[..., 0::2] | (v[..., 1::2] << 32))
+
+
 def _interp_tables(table: np.ndarray):
-    t = table.astype(np.int32).transpose(0, 2, 3, 1, 4)  # [c_in, k, k, L, c_out]
-    tb = np.ascontiguousarray(t[:, :, :, :-1] * 256)
-    td = np.ascontiguousarray(t[:, :, :, 1:] - t[:, :, :, :-1])
+    """(tb_p, td_p) int64 [c_in, k, k, L-1, ceil(c_out/2)]: packed 256*table[i] + _LANE_OFF and
+    table[i+1] - table[i] + _TD_OFF, so that per tap and lane
+    ``tb + td * w == table[i]*(256-w) + table[i+1]*w + _LANE_OFF + _TD_OFF * w``."""
+    t = table.astype(np.int64).transpose(0, 2, 3, 1, 4)  # [c_in, k, k, L, c_out]
+    tb = _pack_lanes(t[:, :, :, :-1] * 256 + _LANE_OFF)
+    td = _pack_lanes(t[:, :, :, 1:] - t[:, :, :, :-1] + _TD_OFF)
     return tb, td
 
 
 def _expanded_tables(etab: np.ndarray):
-    return np.ascontiguousarray(etab.transpose(0, 2, 3, 1, 4))  # [c_in, k, k, 256, c_out]
+    """etab_p int64 [c_in, k, k, 256, ceil(c_out/2)]: packed ``etab + _LANE_OFF`` with the code
+    axis moved inside the tap axes."""
+    return _pack_lanes(etab.astype(np.int64).transpose(0, 2, 3, 1, 4) + _LANE_OFF)
+
+
+def _lane_off(table_shape) -> np.int64:
+    c_in, _, k, _, _ = table_shape
+    return np.int64(_LANE_OFF * c_in * k * k)
 
 
 def _den_shift(up_den: int) -> int:
@@ -277,33 +326,32 @@ def _den_shift(up_den: int) -> int:
     return d2.bit_length() - 1 if d2 & (d2 - 1) == 0 else -1
 
 
-def launch_hidden(x, lut, bias, shift, residual, out, mode="interp", stream=None):
-    """One hidden layer. ``lut`` is ``(idx, wt, table)`` in interp mode, ``etab`` in expanded mode.
+def _v_width(W: int, up_off: np.ndarray, T: int) -> int:
+    return W + max(0, -int(up_off.min())) + max(0, int(up_off.max()) + T - 1)
 
-    ``stream`` is ignored (it keeps the signature equal to ``cuda_backend.launch_hidden``)."""
+
+def launch_hidden(x, lut, bias, shift, residual, out, mode="interp"):
+    """One hidden layer. ``lut`` is ``(idx, wt, table)`` in interp mode, ``etab`` in expanded mode."""
     _need(x, "x", np.uint8, 4)
     _need(bias, "bias", np.int32, 1)
     _need(out, "out", np.uint8, 4)
     if mode == "interp":
         idx, wt, table = lut
         _need(idx, "idx", np.uint8, 2), _need(wt, "wt", np.int32, 2), _need(table, "table", np.int8, 5)
-        tb, td = _kernel_tables(table, _interp_tables)
-        _k_hidden_interp(x, idx, wt, tb, td, bias, np.int64(shift), bool(residual), out,
-                         int(table.shape[4]))
+        tb_p, td_p = _kernel_tables(table, _interp_tables)
+        _k_hidden_interp(x, idx, wt, tb_p, td_p, bias, _lane_off(table.shape), np.int64(shift),
+                         bool(residual), out)
     elif mode == "expanded":
         _need(lut, "etab", np.int16, 5)
-        etab_t = _kernel_tables(lut, _expanded_tables)
-        _k_hidden_expanded(x, etab_t, bias, np.int64(shift), bool(residual), out, int(lut.shape[4]))
+        etab_p = _kernel_tables(lut, _expanded_tables)
+        _k_hidden_expanded(x, etab_p, bias, _lane_off(lut.shape), np.int64(shift), bool(residual), out)
     else:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     return out
 
 
-def launch_last(x, lut, bias, shift, plane, up_off, up_w, up_den, out, mode="interp",
-                stream=None):
-    """The last layer fused with the fixed upsample and the pixel shuffle.
-
-    ``stream`` is ignored (it keeps the signature equal to ``cuda_backend.launch_last``)."""
+def launch_last(x, lut, bias, shift, plane, up_off, up_w, up_den, out, mode="interp"):
+    """The last layer fused with the fixed upsample and the pixel shuffle."""
     _need(x, "x", np.uint8, 4)
     _need(bias, "bias", np.int32, 1)
     _need(plane, "plane", np.uint8, 3)
@@ -311,17 +359,18 @@ def launch_last(x, lut, bias, shift, plane, up_off, up_w, up_den, out, mode="int
     _need(up_w, "up_w", np.int32, 2)
     _need(out, "out", np.uint8, 3)
     den_shift = np.int64(_den_shift(up_den))
+    v_width = np.int64(_v_width(x.shape[3], up_off, up_w.shape[1]))
     if mode == "interp":
         idx, wt, table = lut
         _need(idx, "idx", np.uint8, 2), _need(wt, "wt", np.int32, 2), _need(table, "table", np.int8, 5)
-        tb, td = _kernel_tables(table, _interp_tables)
-        _k_last_interp(x, idx, wt, tb, td, bias, np.int64(shift), plane, up_off, up_w,
-                       np.int64(up_den), den_shift, out, int(table.shape[4]))
+        tb_p, td_p = _kernel_tables(table, _interp_tables)
+        _k_last_interp(x, idx, wt, tb_p, td_p, bias, _lane_off(table.shape), np.int64(shift), plane,
+                       up_off, up_w, np.int64(up_den), den_shift, v_width, out)
     elif mode == "expanded":
         _need(lut, "etab", np.int16, 5)
-        etab_t = _kernel_tables(lut, _expanded_tables)
-        _k_last_expanded(x, etab_t, bias, np.int64(shift), plane, up_off, up_w, np.int64(up_den),
-                         den_shift, out, int(lut.shape[4]))
+        etab_p = _kernel_tables(lut, _expanded_tables)
+        _k_last_expanded(x, etab_p, bias, _lane_off(lut.shape), np.int64(shift), plane, up_off,
+                         up_w, np.int64(up_den), den_shift, v_width, out)
     else:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     return out
