@@ -6,8 +6,11 @@ import numpy as np
 
 from . import backends
 from .model import SCALES, Model, default_model, load_model
+from .tiling import run_tiled
 
 MODES = ("interp", "expanded")
+DEFAULT_TILE = 1024  # input pixels per tile side; larger images are processed in tiles
+MIN_TILE = 32
 
 
 def _as_model(model, scale: int) -> Model:
@@ -61,6 +64,28 @@ def from_planes(planes: np.ndarray, layout: tuple) -> np.ndarray:
     return out
 
 
+def run_planes_bounded(name: str, model: Model, planes: np.ndarray, mode: str = "interp",
+                       tile: int | None = None) -> np.ndarray:
+    """``backends.run_planes`` with bounded memory: planes larger than ``tile`` pixels on a
+    side are processed in tiles with halos (bit-identical, see ``iqlut_gpu.tiling``); if a
+    device runs out of memory the tile is halved and the work retried.
+    """
+    tile = DEFAULT_TILE if tile is None else int(tile)
+    if tile < 1:
+        raise ValueError(f"tile must be positive, got {tile}")
+    _, H, W = planes.shape
+    while True:
+        try:
+            if H <= tile and W <= tile:
+                return np.asarray(backends.run_planes(name, model, planes, mode))
+            return run_tiled(lambda p: backends.run_planes(name, model, p, mode), planes,
+                             model.scale, tile, model.receptive_radius)
+        except backends.DeviceOutOfMemory:
+            if tile <= MIN_TILE:
+                raise
+            tile = max(MIN_TILE, min(tile, max(H, W)) // 2)
+
+
 def _upscale_on_device(images, model: Model, name: str, mode: str):
     """Device arrays stay on the device (CUDA backend; kept in this one helper).
 
@@ -79,7 +104,7 @@ def _upscale_on_device(images, model: Model, name: str, mode: str):
 
 
 def upscale(images, scale: int = 4, *, model=None, backend: str = "auto",
-            mode: str = "interp") -> np.ndarray:
+            mode: str = "interp", tile: int | None = None) -> np.ndarray:
     """Upscale uint8 images by ``scale`` with an IQ-LUT model.
 
     images: uint8 ``(H,W)``, ``(H,W,3)``, ``(H,W,4)`` or a batch ``(N,H,W,C)``; returns the
@@ -87,7 +112,8 @@ def upscale(images, scale: int = 4, *, model=None, backend: str = "auto",
     shipped default of that scale. ``backend``: "auto", "cpu", "cuda" or "reference"
     (``IQLUT_BACKEND`` overrides "auto"). ``mode``: "interp" (two table reads per source
     pixel, small tables) or "expanded" (tables expanded at load time, one read); both give
-    identical results.
+    identical results. ``tile``: images larger than this many pixels on a side are
+    processed in tiles with halos, bit-identically, to bound memory (default 1024).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -97,5 +123,4 @@ def upscale(images, scale: int = 4, *, model=None, backend: str = "auto",
     if on_device is not None:
         return on_device
     planes, layout = to_planes(images)
-    out = backends.run_planes(name, model, planes, mode)
-    return from_planes(np.asarray(out), layout)
+    return from_planes(run_planes_bounded(name, model, planes, mode, tile), layout)

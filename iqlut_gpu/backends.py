@@ -25,6 +25,10 @@ class BackendUnavailable(RuntimeError):
     """The requested backend cannot run here; the message says why."""
 
 
+class DeviceOutOfMemory(MemoryError):
+    """A backend ran out of device memory; callers retry with smaller tiles."""
+
+
 class BackendFallbackWarning(RuntimeWarning):
     """``backend="auto"`` could not use CUDA and fell back to the CPU (issued once)."""
 
