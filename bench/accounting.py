@@ -1,0 +1,56 @@
+"""Work accounting: what each kernel must do per pixel, from the model's shapes alone.
+
+Counted per LR (input) pixel of one plane, per layer, then summed for the model and also
+given per HR output pixel (divide by r*r). ``taps = c_in * k * k`` source codes per
+output position.
+
+- ``table_entries``: table values read. interp: two knot rows per tap (``2 * taps * c_out``
+  int8, plus one knot index/weight pair per tap); expanded: one row (``taps * c_out`` int16).
+- ``macs``: interp: ``2 * taps * c_out`` multiply-adds (``t[i]*(256-w) + t[i+1]*w``);
+  expanded: ``taps * c_out`` adds. The last layer adds the fixed upsample:
+  ``r*r * T*T`` multiply-adds in the reference's double-sum form.
+- ``dram_bytes``: plane traffic if each layer streams its input and output once: hidden
+  ``c_in + c_out`` bytes, last ``c_in + 1`` (the base plane) ``+ r*r`` bytes.
+- ``cpu_lane_adds``: what the Numba kernels actually execute in their inner loop: two output
+  channels share one int64 add (packed lanes), ``taps * ceil(c_out / 2)`` adds per pixel
+  (interp: each also has one multiply and one more add).
+"""
+
+from __future__ import annotations
+
+from iqlut_gpu.reference import upsample_filter
+
+
+def layer_work(layer, mode: str, scale: int | None = None, upsample: str | None = None) -> dict:
+    taps = layer.c_in * layer.k * layer.k
+    c_out = layer.c_out
+    lanes = (c_out + 1) // 2
+    if mode == "interp":
+        entries, macs, entry_bytes = 2 * taps * c_out, 2 * taps * c_out, 1
+    else:
+        entries, macs, entry_bytes = taps * c_out, taps * c_out, 2
+    w = {"taps": taps, "table_entries": entries, "table_bytes": entries * entry_bytes,
+         "macs": macs, "cpu_lane_adds": taps * lanes}
+    if scale is None:
+        w["dram_bytes"] = layer.c_in + c_out
+    else:
+        _, up_w, _ = upsample_filter(scale, upsample)
+        T = up_w.shape[1]
+        w["macs"] += scale * scale * T * T
+        w["dram_bytes"] = layer.c_in + 1 + scale * scale
+    return w
+
+
+def model_work(model, mode: str) -> dict:
+    """Per LR pixel of one plane: per-layer list and totals; per HR pixel totals too."""
+    layers = []
+    n = len(model.layers)
+    for i, layer in enumerate(model.layers):
+        last = i == n - 1
+        layers.append(layer_work(layer, mode, model.scale if last else None,
+                                 model.upsample if last else None))
+    keys = ("taps", "table_entries", "table_bytes", "macs", "cpu_lane_adds", "dram_bytes")
+    total = {k: sum(w[k] for w in layers) for k in keys}
+    r2 = model.scale * model.scale
+    per_hr = {k: round(v / r2, 2) for k, v in total.items()}
+    return {"per_lr_pixel": total, "per_hr_pixel": per_hr, "layers": layers}

@@ -1,0 +1,374 @@
+"""The benchmark runner: ``python -m bench [--quick] [--filter TEXT] [--list] ...``.
+
+For each selected case of ``bench.registry``: set up (inputs, tables), warm up (one call:
+Numba compiles or loads its cache, CUDA compiles), then time repeats until at least
+``--repeats`` runs and ``--min-time`` seconds (heavy CPU cases stop at 3 runs), each
+synchronised (CUDA events on a GPU, wall clock otherwise; process CPU time is recorded
+too, since this machine may be shared). Reported: median, min, max and the
+interquartile spread, output megapixels per second, the error against the NumPy
+reference on a crop, the work accounting and the achieved fraction of the measured
+machine limits. Cases that cannot run here are recorded as skipped with the reason.
+
+Writes ``bench/results/<machine>_<quick|full>.json`` and a PNG plot of throughput
+against size (and time against batch) next to it, and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+from . import accounting, machine, registry
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _time_case(case, run, repeats: int, min_time: float, max_runs: int) -> dict:
+    run.run()
+    run.sync()  # warm-up: compile / load caches, first-touch allocations
+    walls, cpus = [], []
+    timer = None
+    if run.device_timer == "cupy":
+        import cupy
+
+        timer = (cupy.cuda.Event, lambda a, b: cupy.cuda.get_elapsed_time(a, b) / 1e3)
+    elif run.device_timer == "torch":
+        import torch
+
+        timer = (lambda: torch.cuda.Event(enable_timing=True), lambda a, b: a.elapsed_time(b) / 1e3)
+    limit = 3 if case.heavy else max_runs
+    t_start = time.perf_counter()
+    out = None
+    while len(walls) < limit and (len(walls) < repeats or time.perf_counter() - t_start < min_time):
+        c0 = time.process_time()
+        if timer is not None:
+            start, stop = timer[0](), timer[0]()
+            start.record()
+            out = run.run()
+            stop.record()
+            stop.synchronize()
+            walls.append(timer[1](start, stop))
+        else:
+            t0 = time.perf_counter()
+            out = run.run()
+            run.sync()
+            walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+        if case.heavy and len(walls) >= 1 and walls[0] > 20:
+            break
+    q = np.percentile(walls, [25, 75]) if len(walls) > 1 else (walls[0], walls[0])
+    med = statistics.median(walls)
+    res = {"runs": len(walls), "median_s": med, "min_s": min(walls), "max_s": max(walls),
+           "iqr_s": float(q[1] - q[0]), "spread_pct": round(100 * (max(walls) - min(walls)) / med, 1),
+           "cpu_median_s": statistics.median(cpus),
+           "out_mpix_per_s": case.out_pixels / med / 1e6,
+           "in_mpix_per_s": case.batch * case.size[0] * case.size[1] / med / 1e6}
+    try:
+        res["error"] = run.check(out)
+    except Exception as e:  # a failing check is a result, not a crash
+        res["error"] = {"check_failed": f"{type(e).__name__}: {e}"}
+    return res
+
+
+def _work(case, res, limits) -> dict | None:
+    """Work per pixel and achieved fraction of the measured limits for kernel cases."""
+    if case.backend not in ("cpu", "cuda"):
+        return None
+    model = registry.bench_model(case.scale)
+    if case.layer is None:
+        w = accounting.model_work(model, case.mode)["per_lr_pixel"]
+    else:
+        n = case.layer
+        last = n == len(model.layers) - 1
+        w = accounting.layer_work(model.layers[n], case.mode, case.scale if last else None,
+                                  model.upsample if last else None)
+    lr_px = case.planes * case.size[0] * case.size[1]
+    t = res["median_s"]
+    out = {"per_lr_pixel_per_plane": w,
+           "table_entries_per_s": w["table_entries"] * lr_px / t,
+           "macs_per_s": w["macs"] * lr_px / t,
+           "dram_bytes_per_s": w["dram_bytes"] * lr_px / t}
+    if case.backend == "cpu" and limits.get("cpu"):
+        import numba
+
+        threads = numba.get_num_threads()
+        lim = limits["cpu"]
+        lane_adds_core = w["cpu_lane_adds"] * lr_px / t / threads
+        out["threads"] = threads
+        out["fraction_of_l1_table_add_rate_per_core"] = round(lane_adds_core / (lim["l1_table_add_gops"] * 1e9), 3)
+        out["fraction_of_copy_bandwidth_per_core"] = round(out["dram_bytes_per_s"] / threads / (lim["copy_gbs"] * 1e9), 4)
+    if case.backend == "cuda" and limits.get("gpu"):
+        out["fraction_of_d2d_copy_bandwidth"] = round(out["dram_bytes_per_s"] / (limits["gpu"]["d2d_copy_gbs"] * 1e9), 4)
+    return out
+
+
+def _find(results, name):
+    for r in results:
+        if r["name"] == name and "median_s" in r:
+            return r
+    return None
+
+
+def goals(results) -> dict:
+    """The issue's goals, as ratios within this run (x4, 320x180 -> 1280x720 RGB)."""
+    size = "{}x{}".format(*registry.GOAL_SIZE)
+    torch_cpu = _find(results, f"baseline/torch-cpu/x4/{size}/b1")
+    cv = _find(results, f"baseline/opencv/x4/{size}/b1")
+    ref = _find(results, f"baseline/reference/x4/{size}/b1")
+    out = {}
+    for mode in registry.MODES:
+        nb = _find(results, f"model/cpu/{mode}/x4/{size}/b1")
+        if nb is None:
+            continue
+        g = {"numba_ms": round(nb["median_s"] * 1e3, 2)}
+        if torch_cpu:
+            g["torch_cpu_ms"] = round(torch_cpu["median_s"] * 1e3, 1)
+            g["speedup_vs_torch_cpu"] = round(torch_cpu["median_s"] / nb["median_s"], 2)
+            g["goal_at_least_10x_faster_than_torch_cpu"] = g["speedup_vs_torch_cpu"] >= 10
+        if cv:
+            g["opencv_bicubic_ms"] = round(cv["median_s"] * 1e3, 3)
+            g["time_vs_opencv"] = round(nb["median_s"] / cv["median_s"], 1)
+            g["goal_at_most_60x_opencv"] = g["time_vs_opencv"] <= 60
+        if ref:
+            g["reference_ms"] = round(ref["median_s"] * 1e3, 1)
+            g["speedup_vs_reference"] = round(ref["median_s"] / nb["median_s"], 1)
+        out[mode] = g
+    return out
+
+
+def scaling(results) -> dict:
+    """Time per input pixel over sizes >= 256x256 for each backend/mode (x4, batch 1), and
+    time per frame over batch sizes. Linear within 20%: max/min of ns per pixel <= 1.2."""
+    out = {}
+    for backend in ("cpu", "cuda"):
+        for mode in registry.MODES:
+            pts = []
+            for r in results:
+                c = r.get("case", {})
+                if (c.get("backend") == backend and c.get("mode") == mode and c.get("scale") == 4
+                        and c.get("batch") == 1 and c.get("layer") is None
+                        and c.get("group") in ("size", "model") and "median_s" in r):
+                    W, H = c["size"]
+                    pts.append((W * H, r["median_s"]))
+            pts.sort()
+            big = [(px, t) for px, t in pts if px >= 256 * 256]
+            entry = {"ns_per_input_pixel": {str(px): round(t / px / 3 * 1e9, 2) for px, t in pts}}
+            if len(big) >= 2:
+                per = [t / px for px, t in big]
+                entry["max_over_min_ns_per_pixel_from_256x256"] = round(max(per) / min(per), 3)
+                entry["linear_within_20pct"] = max(per) / min(per) <= 1.2
+            bat = sorted((r["case"]["batch"], r["median_s"]) for r in results
+                         if r.get("case", {}).get("backend") == backend
+                         and r["case"].get("mode") == mode and r["case"].get("layer") is None
+                         and r["case"].get("group") in ("batch", "model") and r["case"].get("scale") == 4
+                         and tuple(r["case"]["size"]) == registry.GOAL_SIZE and "median_s" in r)
+            if bat:
+                entry["ms_per_frame_by_batch"] = {str(b): round(t / b * 1e3, 2) for b, t in bat}
+            if pts or bat:
+                out[f"{backend}/{mode}"] = entry
+    return out
+
+
+def _case_dict(case) -> dict:
+    return {"group": case.group, "backend": case.backend, "mode": case.mode, "scale": case.scale,
+            "size": list(case.size), "batch": case.batch, "layer": case.layer,
+            "planes": case.planes, "out_pixels": case.out_pixels}
+
+
+def plot(results, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
+    series: dict = {}
+    for r in results:
+        c = r.get("case", {})
+        if "median_s" not in r or c.get("scale") != 4 or c.get("batch") != 1 or c.get("layer") is not None:
+            continue
+        if c["group"] not in ("size", "model", "baseline"):
+            continue
+        label = c["backend"] + (f" {c['mode']}" if c.get("mode") else "")
+        W, H = c["size"]
+        series.setdefault(label, []).append((W * H, r["out_mpix_per_s"]))
+    for label, pts in sorted(series.items()):
+        pts.sort()
+        ax1.plot([p for p, _ in pts], [v for _, v in pts], "o-", label=label)
+    ax1.set_xscale("log")
+    ax1.set_yscale("log")
+    ax1.set_xlabel("input pixels per frame (x4, RGB, batch 1)")
+    ax1.set_ylabel("output megapixels / s")
+    ax1.set_title("throughput vs size")
+    ax1.grid(True, which="both", alpha=0.3)
+    ax1.legend(fontsize=8)
+    bseries: dict = {}
+    for r in results:
+        c = r.get("case", {})
+        if ("median_s" not in r or c.get("layer") is not None or c.get("scale") != 4
+                or tuple(c.get("size", ())) != registry.GOAL_SIZE or c["group"] not in ("batch", "model", "baseline")):
+            continue
+        if c["backend"] in ("reference",) or c["backend"].startswith("torch"):
+            continue
+        label = c["backend"] + (f" {c['mode']}" if c.get("mode") else "")
+        bseries.setdefault(label, []).append((c["batch"], r["median_s"] / c["batch"] * 1e3))
+    for label, pts in sorted(bseries.items()):
+        pts.sort()
+        ax2.plot([b for b, _ in pts], [v for _, v in pts], "o-", label=label)
+    ax2.set_xscale("log", base=2)
+    ax2.set_yscale("log")
+    ax2.set_xlabel("batch (RGB frames, 320x180 -> 1280x720)")
+    ax2.set_ylabel("ms per frame")
+    ax2.set_title("time per frame vs batch")
+    ax2.grid(True, which="both", alpha=0.3)
+    ax2.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _table(results) -> str:
+    lines = [f"{'case':58s} {'median ms':>10s} {'spread%':>8s} {'out MP/s':>9s} {'err':>5s}"]
+    for r in results:
+        if "median_s" in r:
+            e = r.get("error") or {}
+            err = str(e.get("max_abs_err", "-")) if isinstance(e, dict) else "-"
+            lines.append(f"{r['name']:58s} {r['median_s'] * 1e3:10.2f} {r['spread_pct']:8.1f} "
+                         f"{r['out_mpix_per_s']:9.2f} {err:>5s}")
+        else:
+            lines.append(f"{r['name']:58s} {'skipped' if 'skipped' in r else 'FAILED':>10s}  "
+                         f"{(r.get('skipped') or r.get('failed', ''))[:70]}")
+    return "\n".join(lines)
+
+
+def select(cases, quick: bool, filters, groups, no_gpu: bool):
+    out = []
+    for c in cases:
+        if quick and not c.quick:
+            continue
+        if filters and not all(f in c.name for f in filters):
+            continue
+        if groups and c.group not in groups:
+            continue
+        if no_gpu and c.device == "gpu":
+            continue
+        out.append(c)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="the quick subset (about a minute)")
+    p.add_argument("--filter", action="append", default=[], metavar="TEXT",
+                   help="only cases whose name contains TEXT (repeatable: all must match)")
+    p.add_argument("--group", action="append", default=[],
+                   choices=("model", "layer", "size", "batch", "baseline"))
+    p.add_argument("--list", action="store_true", help="list the selected cases and exit")
+    p.add_argument("--repeats", type=int, default=5, help="minimum timed runs per case (default 5)")
+    p.add_argument("--min-time", type=float, default=1.0,
+                   help="keep repeating until this many seconds per case (default 1)")
+    p.add_argument("--max-runs", type=int, default=50)
+    p.add_argument("--no-gpu", action="store_true", help="skip GPU cases without probing")
+    p.add_argument("--no-limits", action="store_true", help="skip the machine-limit microbenchmarks")
+    p.add_argument("--threads", type=int, help="Numba threads (default: Numba's default)")
+    p.add_argument("--out", type=Path, help="JSON path (default bench/results/<machine>_<quick|full>.json)")
+    p.add_argument("--no-plot", action="store_true")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    cases = select(registry.registry(), args.quick, args.filter, args.group, args.no_gpu)
+    if args.list:
+        for c in cases:
+            print(c.name + ("  [quick]" if c.quick else ""))
+        print(f"{len(cases)} cases", file=sys.stderr)
+        return 0
+    if not cases:
+        print("bench: no case matches the selection", file=sys.stderr)
+        return 1
+    if args.threads:
+        import numba
+
+        numba.set_num_threads(args.threads)
+    t_all = time.perf_counter()
+    info = machine.describe()
+    limits = {}
+    if not args.no_limits:
+        limits["cpu"] = machine.cpu_limits(quick=args.quick)
+        limits["gpu"] = machine.gpu_limits()
+    gpu_reason = info.get("gpu_unavailable")
+    results = []
+    for i, case in enumerate(cases):
+        entry = {"name": case.name, "case": _case_dict(case)}
+        print(f"[{i + 1}/{len(cases)}] {case.name} ...", end=" ", file=sys.stderr, flush=True)
+        try:
+            if case.device == "gpu" and (args.no_gpu or gpu_reason) and case.backend == "cuda":
+                raise registry.Skip(gpu_reason or "--no-gpu")
+            run = registry.setup(case)
+            entry.update(_time_case(case, run, args.repeats, args.min_time, args.max_runs))
+            entry["notes"] = run.notes
+            w = _work(case, entry, limits)
+            if w:
+                entry["work"] = w
+            print(f"{entry['median_s'] * 1e3:.2f} ms", file=sys.stderr)
+        except registry.Skip as e:
+            entry["skipped"] = str(e)
+            print(f"skipped: {e}", file=sys.stderr)
+        except Exception as e:
+            entry["failed"] = f"{type(e).__name__}: {e}"
+            entry["traceback"] = traceback.format_exc(limit=5)
+            print(f"FAILED: {e}", file=sys.stderr)
+        results.append(entry)
+    doc = {
+        "kind": "iqlut-bench", "version": 1,
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "quick": args.quick, "machine": info, "limits": limits,
+        "loadavg_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "wall_s": round(time.perf_counter() - t_all, 1),
+        "goals": goals(results), "scaling": scaling(results),
+        "work_per_model": {f"x{s}/{m}": accounting.model_work(registry.bench_model(s), m)
+                           for s in registry.SCALES for m in registry.MODES},
+        "results": results,
+    }
+    tag = machine.machine_tag(info)
+    path = args.out or RESULTS / f"{tag}_{'quick' if args.quick else 'full'}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1, default=_json_default))
+    os.replace(tmp, path)
+    print(_table(results))
+    print("goals:", json.dumps(doc["goals"], indent=1))
+    print("scaling:", json.dumps(doc["scaling"], indent=1))
+    print(f"wrote {path}")
+    if not args.no_plot:
+        png = path.with_suffix(".png")
+        title = (f"iqlut bench on {info['cpu_model']} ({info['cpu_affinity']} cores"
+                 + (f", {info['gpu']['name']}" if info.get("gpu") else ", no GPU")
+                 + f"), {doc['created_utc']}, load {info['loadavg_at_start'][0]:.1f}")
+        plot(results, png, title)
+        print(f"wrote {png}")
+    return 0
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.bool_):
+        return bool(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
