@@ -17,24 +17,24 @@ Launcher arguments (all C-contiguous):
 - ``up_off`` int32 [r], ``up_w`` int32 [r, T], ``up_den`` int (reference.upsample_filter)
 - ``out``   uint8 [P, c_out, H, W] (hidden) or uint8 [P, H*r, W*r] (last)
 
-Kernel-side tables (derived once per lut by ``_kernel_tables`` and memoised), laid out so
-that one tap ``(c, dy, dx)`` reads one small contiguous slice that stays in L1 while a
-whole row of outputs is accumulated:
+Kernel-side tables (derived once per lut by ``_kernel_tables`` and memoised). Two output
+channels are packed into one int64 (``lo + hi * 2**32``, see ``_lane``) so that one 64-bit
+add does two channel adds, and the k window columns of one (channel, dy) are one
+contiguous row, so that a source pixel paints its whole window row with one contiguous,
+vectorisable loop of ``k * ceil(c_out/2)`` adds:
 
-- expanded: ``etab_t`` int16 [c_in, k, k, 256, c_out]   (``etab`` with the code axis moved in)
-- interp:   ``tb`` int32 [c_in, k, k, L-1, c_out] = 256 * table[c, i]
-            ``td`` int32 [c_in, k, k, L-1, c_out] = table[c, i+1] - table[c, i]
-  so that ``table[i] * (256 - w) + table[i+1] * w == tb[i] + td[i] * w`` exactly
-  (integer identity; every term fits int32).
+- expanded: ``etab_p`` int64 [c_in, k(dy), 256, k(dx) * ceil(c_out/2)]  (packed ``etab``)
+- interp:   ``tb_p``, ``td_p`` int64 [c_in, k(dy), L-1, k(dx) * ceil(c_out/2)]: packed
+            ``256 * table[i]`` and ``table[i+1] - table[i]``, so that
+            ``table[i] * (256 - w) + table[i+1] * w == tb[i] + td[i] * w`` exactly.
 
 One ``prange`` iteration computes one output row of one plane (all columns, all output
 channels; for the last layer the r output rows of that input row): iterations write
-disjoint rows, so no synchronisation is needed. Inside it the accumulator is an int32
-[W, c_out] row buffer (``A`` of reference.accumulate; |A| < 2**31 because the loader bounds
-bias and the window count). The edge clamp of the source row and columns is done once
-per (channel, dy) into a padded row of codes (or of knot indices and weights). ``c_out``
-is passed as a literal so the innermost loop over output channels has a compile-time
-length and becomes straight vector code.
+disjoint rows, so no synchronisation is needed. Inside it the row accumulator is built in
+scatter order (each padded source column paints its window row, see
+``_row_accumulate_expanded``), which sums exactly the terms of reference.accumulate; the
+edge clamp is applied once per source row. |A| < 2**31 because the loader bounds the bias
+and the window count, so every packed lane is recovered exactly.
 """
 
 from __future__ import annotations
@@ -50,11 +50,6 @@ JIT = dict(parallel=True, cache=True, nogil=True, fastmath=False)
 
 MODES = ("interp", "expanded")
 
-# Packed lanes: two int32 accumulators share one int64, each lane kept non-negative by an
-# offset so that a 64-bit add never carries from the low lane into the high one.
-_LANE_OFF = 32768  # added to every expanded window value v in [-32768, 32512]
-_TD_OFF = 255  # added to every knot difference table[i+1] - table[i] in [-255, 255]
-
 
 @njit(inline="always")
 def _clamp(v, lo, hi):
@@ -69,86 +64,93 @@ def _requant(a, shift):
 
 
 # ----------------------------------------------------------------------------- row pieces
+# Packed lanes: output channels 2m and 2m+1 share one int64 ``lo + hi * 2**32`` (lo, hi
+# signed). Sums and products by a scalar act on both lanes exactly (plain integer
+# arithmetic), and since every lane sum stays inside (-2**31, 2**31) the lanes are
+# recovered exactly by ``_lane``. One int64 add does two channel adds.
+
+_U = np.uint64  # unsigned indices: no negative-index wraparound code in the inner loops
 
 
 @njit(inline="always")
-def _row_accumulate_expanded(x, p, y, etab_p, acc, codes):
-    """acc[q, m] = sum over taps of the packed windows read by output column q (expanded form).
+def _lane(v, hi):
+    """The low (hi=False) or high (hi=True) signed lane of a packed int64 sum."""
+    lo = ((v & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000
+    return np.int32((v - lo) >> 32) if hi else np.int32(lo)
 
-    Two output channels share one int64 lane pair; see ``_pack_lanes`` and ``_row_unpack``."""
+
+@njit(inline="always")
+def _row_accumulate_expanded(x, p, y, etab_p, acc, C2):
+    """Scatter form of reference.accumulate for output row y: every padded source column j
+    of every source row paints its window row ``v(code)[dy, :, :]`` (k*C2 packed int64,
+    contiguous) onto ``acc[(j .. j+k-1), :]``. acc: int64 flat [(W + 4R) * C2]; position
+    q' = q + 2R holds output column q (others collect edge terms and are ignored), so
+
+        acc[q'] = sum_c sum_dy sum_dx v_c(X[c, clamp(y - dy + R), clamp(q - dx + R)])[dy, dx]
+
+    which is the reference's gather written source-first."""
     c_in, H, W = x.shape[1], x.shape[2], x.shape[3]
     k = etab_p.shape[1]
     R = k // 2
-    C2 = etab_p.shape[4]
-    for q in range(W):
-        for m in range(C2):
-            acc[q, m] = 0
+    KC = _U(etab_p.shape[3])  # k * C2
+    uC2 = _U(C2)
+    for i in range(acc.shape[0]):
+        acc[i] = 0
     for c in range(c_in):
         for dy in range(k):
             src = x[p, c, _clamp(y - dy + R, 0, H - 1)]
-            for j in range(W + 2 * R):  # codes[j] = X[c, sy, clamp(j - R)]
-                codes[j] = src[_clamp(j - R, 0, W - 1)]
-            for dx in range(k):
-                tab = etab_p[c, dy, dx]  # [256, C2]
-                off = 2 * R - dx  # source column q - (dx - R), padded by R
-                for q in range(W):
-                    code = codes[q + off]
-                    for m in range(C2):
-                        acc[q, m] += tab[code, m]
+            tabs = etab_p[c, dy].reshape(-1)  # [256 * KC]
+            for j in range(W + 2 * R):
+                t = _U(src[_clamp(j - R, 0, W - 1)]) * KC
+                a = _U(j) * uC2
+                for m in range(KC):
+                    acc[a + m] += tabs[t + m]
 
 
 @njit(inline="always")
-def _row_accumulate_interp(x, p, y, idx, wt, tb_p, td_p, acc, wsum, ii, ww):
-    """Packed accumulation of the interpolating form: per tap ``tb_p[i] + td_p[i] * w`` (both
-    with non-negative lanes), and ``wsum[q]`` = the sum of the weights w read by column q."""
+def _row_accumulate_interp(x, p, y, idx, wt, tb_p, td_p, acc, C2):
+    """As ``_row_accumulate_expanded``, the window computed from the knot rows:
+    ``v = tb_p[i] + td_p[i] * w`` with ``tb = 256 * table[i]``, ``td = table[i+1] - table[i]``
+    (``table[i]*(256-w) + table[i+1]*w``, exactly)."""
     c_in, H, W = x.shape[1], x.shape[2], x.shape[3]
     k = tb_p.shape[1]
     R = k // 2
-    C2 = tb_p.shape[4]
-    for q in range(W):
-        wsum[q] = 0
-        for m in range(C2):
-            acc[q, m] = 0
+    KC = _U(tb_p.shape[3])
+    uC2 = _U(C2)
+    for i in range(acc.shape[0]):
+        acc[i] = 0
     for c in range(c_in):
         for dy in range(k):
             src = x[p, c, _clamp(y - dy + R, 0, H - 1)]
+            tb = tb_p[c, dy].reshape(-1)  # [(L-1) * KC]
+            td = td_p[c, dy].reshape(-1)
             for j in range(W + 2 * R):
                 code = src[_clamp(j - R, 0, W - 1)]
-                ii[j] = idx[c, code]
-                ww[j] = wt[c, code]
-            for dx in range(k):
-                b0 = tb_p[c, dy, dx]  # [L-1, C2]
-                d0 = td_p[c, dy, dx]
-                off = 2 * R - dx
-                for q in range(W):
-                    i = ii[q + off]
-                    w = ww[q + off]
-                    wsum[q] += w
-                    for m in range(C2):
-                        acc[q, m] += b0[i, m] + d0[i, m] * w
+                t = _U(idx[c, code]) * KC
+                w = np.int64(wt[c, code])
+                a = _U(j) * uC2
+                for m in range(KC):
+                    acc[a + m] += tb[t + m] + td[t + m] * w
 
 
 @njit(inline="always")
-def _row_unpack(acc, wsum, q, o, bias, lane_off, w_off):
-    """A[o] at column q from the packed lanes: lane - lane_off - w_off * wsum[q] + bias[o]."""
-    v = acc[q, o >> 1]
-    lane = (v >> 32) if (o & 1) else (v & 0xFFFFFFFF)
-    return np.int32(lane - lane_off - w_off * wsum[q]) + bias[o]
+def _row_unpack(acc, q, o, bias, R, C2):
+    """A[o] at output column q: the packed lane plus the bias."""
+    return _lane(acc[(q + 2 * R) * C2 + (o >> 1)], (o & 1) == 1) + bias[o]
 
 
 @njit(inline="always")
-def _row_store_hidden(x, p, y, acc, wsum, bias, lane_off, w_off, shift, residual, out):
+def _row_store_hidden(x, p, y, acc, bias, R, C2, shift, residual, out):
     W = x.shape[3]
     for o in range(bias.shape[0]):
         for q in range(W):
-            a = _row_unpack(acc, wsum, q, o, bias, lane_off, w_off)
+            a = _row_unpack(acc, q, o, bias, R, C2)
             base = np.int32(x[p, o, y, q]) if residual else np.int32(128)
             out[p, o, y, q] = _clamp(base + _requant(a, shift), 0, 255)
 
 
 @njit(inline="always")
-def _row_store_last(plane, p, y, acc, wsum, bias, lane_off, w_off, shift, up_off, up_w, up_den,
-                    den_shift, V, out):
+def _row_store_last(plane, p, y, acc, bias, R, C2, shift, up_off, up_w, up_den, den_shift, V, out):
     """Rows y*r .. y*r + r-1 of the output: fixed upsample (reference.fixed_upsample) plus the
     pixel-shuffled deltas. The separable upsample sum is computed vertical-first into ``V``
     (int32 [r, W + pads]); integer sums are exact, so the result equals the reference's
@@ -185,78 +187,74 @@ def _row_store_last(plane, p, y, acc, wsum, bias, lane_off, w_off, shift, up_off
                 else:
                     u = (s + half) // d2  # // floors, as in the reference
                 base = _clamp(u, 0, 255)
-                delta = _requant(_row_unpack(acc, wsum, q, a * r + b, bias, lane_off, w_off), shift)
+                delta = _requant(_row_unpack(acc, q, a * r + b, bias, R, C2), shift)
                 orow[q * r + b] = _clamp(base + delta, 0, 255)
 
 
 # ----------------------------------------------------------------------------- kernels
-# One prange iteration = one input row of one plane. Scratch rows are allocated per iteration.
+# One prange iteration = one input row of one plane; scratch rows are allocated per
+# iteration. acc: int64 [(W + 4R) * C2] packed lanes (see _row_accumulate_expanded).
 
 
 @njit(**JIT)
-def _k_hidden_interp(x, idx, wt, tb_p, td_p, bias, lane_off, shift, residual, out):
+def _k_hidden_interp(x, idx, wt, tb_p, td_p, bias, shift, residual, out):
     P, H, W = x.shape[0], x.shape[2], x.shape[3]
-    R = tb_p.shape[1] // 2
+    k = tb_p.shape[1]
+    R = k // 2
+    C2 = tb_p.shape[3] // k
     for row in prange(P * H):
         p = row // H
         y = row - p * H
-        acc = np.empty((W, tb_p.shape[4]), np.int64)
-        wsum = np.empty(W, np.int64)
-        ii = np.empty(W + 2 * R, np.int32)
-        ww = np.empty(W + 2 * R, np.int64)
-        _row_accumulate_interp(x, p, y, idx, wt, tb_p, td_p, acc, wsum, ii, ww)
-        _row_store_hidden(x, p, y, acc, wsum, bias, lane_off, _TD_OFF, shift, residual, out)
+        acc = np.empty((W + 4 * R) * C2, np.int64)
+        _row_accumulate_interp(x, p, y, idx, wt, tb_p, td_p, acc, C2)
+        _row_store_hidden(x, p, y, acc, bias, R, C2, shift, residual, out)
 
 
 @njit(**JIT)
-def _k_hidden_expanded(x, etab_p, bias, lane_off, shift, residual, out):
+def _k_hidden_expanded(x, etab_p, bias, shift, residual, out):
     P, H, W = x.shape[0], x.shape[2], x.shape[3]
-    R = etab_p.shape[1] // 2
+    k = etab_p.shape[1]
+    R = k // 2
+    C2 = etab_p.shape[3] // k
     for row in prange(P * H):
         p = row // H
         y = row - p * H
-        acc = np.empty((W, etab_p.shape[4]), np.int64)
-        wsum = np.zeros(W, np.int64)
-        codes = np.empty(W + 2 * R, np.uint8)
-        _row_accumulate_expanded(x, p, y, etab_p, acc, codes)
-        _row_store_hidden(x, p, y, acc, wsum, bias, lane_off, 0, shift, residual, out)
+        acc = np.empty((W + 4 * R) * C2, np.int64)
+        _row_accumulate_expanded(x, p, y, etab_p, acc, C2)
+        _row_store_hidden(x, p, y, acc, bias, R, C2, shift, residual, out)
 
 
 @njit(**JIT)
-def _k_last_interp(x, idx, wt, tb_p, td_p, bias, lane_off, shift, plane, up_off, up_w, up_den,
+def _k_last_interp(x, idx, wt, tb_p, td_p, bias, shift, plane, up_off, up_w, up_den,
                    den_shift, v_width, out):
     P, H, W = x.shape[0], x.shape[2], x.shape[3]
-    R = tb_p.shape[1] // 2
+    k = tb_p.shape[1]
+    R = k // 2
+    C2 = tb_p.shape[3] // k
     r = up_off.shape[0]
     for row in prange(P * H):
         p = row // H
         y = row - p * H
-        acc = np.empty((W, tb_p.shape[4]), np.int64)
-        wsum = np.empty(W, np.int64)
-        ii = np.empty(W + 2 * R, np.int32)
-        ww = np.empty(W + 2 * R, np.int64)
+        acc = np.empty((W + 4 * R) * C2, np.int64)
         V = np.empty((r, v_width), np.int32)
-        _row_accumulate_interp(x, p, y, idx, wt, tb_p, td_p, acc, wsum, ii, ww)
-        _row_store_last(plane, p, y, acc, wsum, bias, lane_off, _TD_OFF, shift, up_off, up_w,
-                        up_den, den_shift, V, out)
+        _row_accumulate_interp(x, p, y, idx, wt, tb_p, td_p, acc, C2)
+        _row_store_last(plane, p, y, acc, bias, R, C2, shift, up_off, up_w, up_den, den_shift, V, out)
 
 
 @njit(**JIT)
-def _k_last_expanded(x, etab_p, bias, lane_off, shift, plane, up_off, up_w, up_den, den_shift,
-                     v_width, out):
+def _k_last_expanded(x, etab_p, bias, shift, plane, up_off, up_w, up_den, den_shift, v_width, out):
     P, H, W = x.shape[0], x.shape[2], x.shape[3]
-    R = etab_p.shape[1] // 2
+    k = etab_p.shape[1]
+    R = k // 2
+    C2 = etab_p.shape[3] // k
     r = up_off.shape[0]
     for row in prange(P * H):
         p = row // H
         y = row - p * H
-        acc = np.empty((W, etab_p.shape[4]), np.int64)
-        wsum = np.zeros(W, np.int64)
-        codes = np.empty(W + 2 * R, np.uint8)
+        acc = np.empty((W + 4 * R) * C2, np.int64)
         V = np.empty((r, v_width), np.int32)
-        _row_accumulate_expanded(x, p, y, etab_p, acc, codes)
-        _row_store_last(plane, p, y, acc, wsum, bias, lane_off, 0, shift, up_off, up_w, up_den,
-                        den_shift, V, out)
+        _row_accumulate_expanded(x, p, y, etab_p, acc, C2)
+        _row_store_last(plane, p, y, acc, bias, R, C2, shift, up_off, up_w, up_den, den_shift, V, out)
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -291,34 +289,30 @@ def _kernel_tables(arr: np.ndarray, make):
 
 
 def _pack_lanes(v: np.ndarray) -> np.ndarray:
-    """int64 [..., C] with values in [0, 2**31) -> int64 [..., ceil(C/2)]: channel 2m in the low
-    32 bits, channel 2m+1 in the high 32 bits (0 when C is odd)."""
+    """int64 [..., C] (|values| < 2**31) -> int64 [..., ceil(C/2)]: ``v[2m] + v[2m+1] * 2**32``
+    (the high lane is 0 when C is odd)."""
     C = v.shape[-1]
     if C % 2:
         v = np.concatenate([v, np.zeros(v.shape[:-1] + (1,), np.int64)], axis=-1)
-    assert v.min() >= 0 and v.max() < (1 << 31)
-    return np.ascontiguousarray(v[..., 0::2] | (v[..., 1::2] << 32))
+    return np.ascontiguousarray(v[..., 0::2] + (v[..., 1::2] << 32))
 
 
 def _interp_tables(table: np.ndarray):
-    """(tb_p, td_p) int64 [c_in, k, k, L-1, ceil(c_out/2)]: packed 256*table[i] + _LANE_OFF and
-    table[i+1] - table[i] + _TD_OFF, so that per tap and lane
-    ``tb + td * w == table[i]*(256-w) + table[i+1]*w + _LANE_OFF + _TD_OFF * w``."""
-    t = table.astype(np.int64).transpose(0, 2, 3, 1, 4)  # [c_in, k, k, L, c_out]
-    tb = _pack_lanes(t[:, :, :, :-1] * 256 + _LANE_OFF)
-    td = _pack_lanes(t[:, :, :, 1:] - t[:, :, :, :-1] + _TD_OFF)
-    return tb, td
+    """(tb_p, td_p) int64 [c_in, k(dy), L-1, k(dx) * ceil(c_out/2)]: packed ``256 * table[i]``
+    and ``table[i+1] - table[i]``, one contiguous window row per (channel, dy, knot)."""
+    t = table.astype(np.int64).transpose(0, 2, 1, 3, 4)  # [c_in, dy, L, dx, c_out]
+    c_in, k, L = t.shape[:3]
+    tb = _pack_lanes(t[:, :, :-1] * 256)
+    td = _pack_lanes(t[:, :, 1:] - t[:, :, :-1])
+    return tb.reshape(c_in, k, L - 1, -1), td.reshape(c_in, k, L - 1, -1)
 
 
 def _expanded_tables(etab: np.ndarray):
-    """etab_p int64 [c_in, k, k, 256, ceil(c_out/2)]: packed ``etab + _LANE_OFF`` with the code
-    axis moved inside the tap axes."""
-    return _pack_lanes(etab.astype(np.int64).transpose(0, 2, 3, 1, 4) + _LANE_OFF)
-
-
-def _lane_off(table_shape) -> np.int64:
-    c_in, _, k, _, _ = table_shape
-    return np.int64(_LANE_OFF * c_in * k * k)
+    """etab_p int64 [c_in, k(dy), 256, k(dx) * ceil(c_out/2)]: packed ``etab``, one contiguous
+    window row per (channel, dy, code)."""
+    e = etab.astype(np.int64).transpose(0, 2, 1, 3, 4)  # [c_in, dy, 256, dx, c_out]
+    c_in, k = e.shape[:2]
+    return _pack_lanes(e).reshape(c_in, k, 256, -1)
 
 
 def _den_shift(up_den: int) -> int:
@@ -339,12 +333,11 @@ def launch_hidden(x, lut, bias, shift, residual, out, mode="interp"):
         idx, wt, table = lut
         _need(idx, "idx", np.uint8, 2), _need(wt, "wt", np.int32, 2), _need(table, "table", np.int8, 5)
         tb_p, td_p = _kernel_tables(table, _interp_tables)
-        _k_hidden_interp(x, idx, wt, tb_p, td_p, bias, _lane_off(table.shape), np.int64(shift),
-                         bool(residual), out)
+        _k_hidden_interp(x, idx, wt, tb_p, td_p, bias, np.int64(shift), bool(residual), out)
     elif mode == "expanded":
         _need(lut, "etab", np.int16, 5)
         etab_p = _kernel_tables(lut, _expanded_tables)
-        _k_hidden_expanded(x, etab_p, bias, _lane_off(lut.shape), np.int64(shift), bool(residual), out)
+        _k_hidden_expanded(x, etab_p, bias, np.int64(shift), bool(residual), out)
     else:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     return out
@@ -364,13 +357,13 @@ def launch_last(x, lut, bias, shift, plane, up_off, up_w, up_den, out, mode="int
         idx, wt, table = lut
         _need(idx, "idx", np.uint8, 2), _need(wt, "wt", np.int32, 2), _need(table, "table", np.int8, 5)
         tb_p, td_p = _kernel_tables(table, _interp_tables)
-        _k_last_interp(x, idx, wt, tb_p, td_p, bias, _lane_off(table.shape), np.int64(shift), plane,
-                       up_off, up_w, np.int64(up_den), den_shift, v_width, out)
+        _k_last_interp(x, idx, wt, tb_p, td_p, bias, np.int64(shift), plane, up_off, up_w,
+                       np.int64(up_den), den_shift, v_width, out)
     elif mode == "expanded":
         _need(lut, "etab", np.int16, 5)
         etab_p = _kernel_tables(lut, _expanded_tables)
-        _k_last_expanded(x, etab_p, bias, _lane_off(lut.shape), np.int64(shift), plane, up_off,
-                         up_w, np.int64(up_den), den_shift, v_width, out)
+        _k_last_expanded(x, etab_p, bias, np.int64(shift), plane, up_off, up_w, np.int64(up_den),
+                         den_shift, v_width, out)
     else:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     return out
