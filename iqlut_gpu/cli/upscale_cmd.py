@@ -1,8 +1,8 @@
 """``iqlut upscale INPUT... -o OUT``: upscale image files and folders of images.
 
-Many files are processed in batches: up to ``--batch`` files (and at most
-``BATCH_PIXELS`` input pixels, so a batch of large photos stays small) are read while the
-previous batch is being upscaled; files of the same size and channel count go to the
+Many files are processed in batches: up to ``--batch`` files (and about ``BATCH_PIXELS``
+input pixels, so a batch of large photos stays small) are read while the previous batch
+is being upscaled; files of the same size and channel count go to the
 backend in one call. A file that cannot be read or written is reported on one line and
 the others continue; the exit code is 1 if any file failed.
 """
@@ -76,27 +76,23 @@ def _check_target(src: Path, dst: Path, overwrite: bool) -> None:
         raise ImageError(f"{dst.parent}: output folder does not exist")
 
 
-def _batches(jobs: list, batch: int):
-    """Consecutive runs of jobs: at most ``batch`` files and about BATCH_PIXELS pixels each.
-
-    The pixel count is only known after reading, so a run is closed by the file count
-    here and split further in ``_read_batch``.
-    """
-    for i in range(0, len(jobs), batch):
-        yield jobs[i:i + batch]
-
-
-def _read_batch(jobs, overwrite: bool) -> list:
-    """[(src, dst, image or ImageError)] for one batch of jobs (runs in the reader thread)."""
+def _read_batch(jobs, batch: int, overwrite: bool) -> list:
+    """The next batch from the iterator ``jobs``: [(src, dst, image or ImageError)], at most
+    ``batch`` files and, past the first, at most about BATCH_PIXELS input pixels (so read-ahead
+    memory stays bounded for large photos). Runs in the reader thread."""
     from ..io import ImageError, read_image
 
-    out = []
+    out, pixels = [], 0
     for src, dst in jobs:
         try:
             _check_target(src, dst, overwrite)
-            out.append((src, dst, read_image(src)))
+            image = read_image(src)
+            pixels += image.shape[0] * image.shape[1]
+            out.append((src, dst, image))
         except ImageError as e:
             out.append((src, dst, e))
+        if len(out) >= batch or pixels >= BATCH_PIXELS:
+            break
     return out
 
 
@@ -147,13 +143,15 @@ def run(args) -> int:
         if progress:
             progress.update(1)
 
-    batches = list(_batches(jobs, args.batch))
+    todo = iter(jobs)  # consumed by the one reader thread only, a batch at a time
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="iqlut-read") as reader:
-        ahead = reader.submit(_read_batch, batches[0], args.overwrite)
-        for k in range(len(batches)):
+        ahead = reader.submit(_read_batch, todo, args.batch, args.overwrite)
+        while True:
             items = ahead.result()
-            if k + 1 < len(batches):  # read the next batch while this one is upscaled
-                ahead = reader.submit(_read_batch, batches[k + 1], args.overwrite)
+            if not items:
+                break
+            # read the next batch while this one is upscaled
+            ahead = reader.submit(_read_batch, todo, args.batch, args.overwrite)
             for src, dst, image in items:
                 if isinstance(image, ImageError):
                     report(image)
