@@ -223,55 +223,62 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
     last_val = history[-1]["val_psnr"] if history else float("nan")
     t_ckpt = t_val = time.monotonic()
     loss_ema = base_ema = None
-    while elapsed < cfg.time_budget and not (cfg.max_iters and it >= cfg.max_iters):
-        t0 = time.monotonic()
-        frac = elapsed / cfg.time_budget if not cfg.max_iters else it / cfg.max_iters
-        if not quantised and frac >= QUANT_AT:
-            net.freeze_knots()
-            net.start_quant()
-            quantised = True
-            opt = torch.optim.Adam([{"params": other, "lr": cfg.lr, "base": cfg.lr}])
-            log(f"iteration {it}: knots frozen, int8 tables (shifts "
-                f"{[int(layer.shift) for layer in net.layers]})")
-        for g in opt.param_groups:
-            g["lr"] = g["base"] * _lr_factor(frac)
-        lo, hi = data.sample_batch(rng, hr_bank, lr_bank, cfg.scale, cfg.batch, cfg.patch)
-        x = torch.from_numpy(lo.astype(np.float32))[:, None].to(device)
-        y = torch.from_numpy(hi.astype(np.float32))[:, None].to(device) / 255.0
-        pred = net(x) / 255.0
-        loss = F.mse_loss(pred, y)
-        total = loss
-        if teacher is not None:
-            tpred = teacher(x) / 255.0
-            tloss = F.mse_loss(tpred, y)
-            topt.zero_grad(set_to_none=True)
-            tloss.backward()
-            topt.step()
-            total = loss + cfg.lam * F.mse_loss(pred, tpred.detach())
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        opt.step()
-        it += 1
-        lv = float(loss.detach())
-        with torch.no_grad():
-            bv = float(F.mse_loss(net.upsample(x) / 255.0, y))
-        loss_ema = lv if loss_ema is None else 0.98 * loss_ema + 0.02 * lv
-        base_ema = bv if base_ema is None else 0.98 * base_ema + 0.02 * bv
-        dt = time.monotonic() - t0
-        elapsed += dt
-        now = time.monotonic()
-        if now - t_val >= cfg.val_every:
-            last_val = validate()
-            t_val = time.monotonic()
-        if now - t_ckpt >= cfg.ckpt_every:
-            save_checkpoint(ckpt_path, state())
-            t_ckpt = time.monotonic()
+    try:
+        while elapsed < cfg.time_budget and not (cfg.max_iters and it >= cfg.max_iters):
+            t0 = time.monotonic()
+            frac = elapsed / cfg.time_budget if not cfg.max_iters else it / cfg.max_iters
+            if not quantised and frac >= QUANT_AT:
+                net.freeze_knots()
+                net.start_quant()
+                quantised = True
+                opt = torch.optim.Adam([{"params": other, "lr": cfg.lr, "base": cfg.lr}])
+                log(f"iteration {it}: knots frozen, int8 tables (shifts "
+                    f"{[int(layer.shift) for layer in net.layers]})")
+            for g in opt.param_groups:
+                g["lr"] = g["base"] * _lr_factor(frac)
+            lo, hi = data.sample_batch(rng, hr_bank, lr_bank, cfg.scale, cfg.batch, cfg.patch)
+            x = torch.from_numpy(lo.astype(np.float32))[:, None].to(device)
+            y = torch.from_numpy(hi.astype(np.float32))[:, None].to(device) / 255.0
+            pred = net(x) / 255.0
+            loss = F.mse_loss(pred, y)
+            total = loss
+            if teacher is not None:
+                tpred = teacher(x) / 255.0
+                tloss = F.mse_loss(tpred, y)
+                topt.zero_grad(set_to_none=True)
+                tloss.backward()
+                topt.step()
+                total = loss + cfg.lam * F.mse_loss(pred, tpred.detach())
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            opt.step()
+            it += 1
+            lv = float(loss.detach())
+            with torch.no_grad():
+                bv = float(F.mse_loss(net.upsample(x) / 255.0, y))
+            loss_ema = lv if loss_ema is None else 0.98 * loss_ema + 0.02 * lv
+            base_ema = bv if base_ema is None else 0.98 * base_ema + 0.02 * bv
+            dt = time.monotonic() - t0
+            elapsed += dt
+            now = time.monotonic()
+            if now - t_val >= cfg.val_every:
+                last_val = validate()
+                t_val = time.monotonic()
+            if now - t_ckpt >= cfg.ckpt_every:
+                save_checkpoint(ckpt_path, state())
+                t_ckpt = time.monotonic()
+            if bar is not None:
+                bar.n = int(min(elapsed, cfg.time_budget))
+                bar.set_postfix(it=it, loss=f"{loss_ema:.2e}",
+                                gain_db=f"{10 * math.log10(base_ema / max(loss_ema, 1e-12)):+.2f}",
+                                val=f"{last_val:.2f}", refresh=False)
+                bar.update(0)
+    except KeyboardInterrupt:  # keep what was learned: --resume continues from here
+        save_checkpoint(ckpt_path, state())
         if bar is not None:
-            bar.n = int(min(elapsed, cfg.time_budget))
-            bar.set_postfix(it=it, loss=f"{loss_ema:.2e}",
-                            gain_db=f"{10 * math.log10(base_ema / max(loss_ema, 1e-12)):+.2f}",
-                            val=f"{last_val:.2f}", refresh=False)
-            bar.update(0)
+            bar.close()
+        log(f"interrupted at iteration {it}; checkpoint {ckpt_path} (resume with --resume)")
+        raise
     if not quantised:
         net.freeze_knots()
         net.start_quant()
