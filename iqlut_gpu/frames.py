@@ -113,16 +113,18 @@ class _CudaStreamer:
 
     depth = 2
 
-    def __init__(self, prepared, mode: str):
-        import cupy
-        import cupyx
+    def __init__(self, prepared, mode: str, modules=None):
+        if modules is None:  # (tests pass stand-ins for cupy, cupyx and the backend)
+            import cupy
+            import cupyx
 
-        from .kernels import cuda_backend
+            from .kernels import cuda_backend
 
-        self._cp, self._cpx, self._cuda = cupy, cupyx, cuda_backend
+            modules = (cupy, cupyx, cuda_backend)
+        self._cp, self._cpx, self._cuda = modules
         self.prepared, self.mode = prepared, mode
         self.timings = dict.fromkeys(STAGES, 0.0)
-        self._slots = [dict(stream=cupy.cuda.Stream(non_blocking=True), shape=None)
+        self._slots = [dict(stream=self._cp.cuda.Stream(non_blocking=True), shape=None)
                        for _ in range(self.depth)]
         self._turn = 0
 
@@ -237,13 +239,19 @@ def _generate(frames, model, name, batch, mode, stats) -> Iterator[np.ndarray]:
         frame = _check_frame(frame, index)
         index += 1
         if pending and frame.shape != pending[0].shape:
+            while len(inflight) >= runner.depth:  # a runner holds at most `depth` batches
+                yield from finish()
             submit()
         pending.append(frame)
         if len(pending) == batch:
+            while len(inflight) >= runner.depth:
+                yield from finish()
             submit()
-        while len(inflight) >= runner.depth:
+        while len(inflight) >= runner.depth:  # hand out what is done; keep depth-1 running
             yield from finish()
     if pending:
+        while len(inflight) >= runner.depth:
+            yield from finish()
         submit()
     while inflight:
         yield from finish()

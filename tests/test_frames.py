@@ -165,3 +165,86 @@ def test_cuda_stream_runner_matches_reference():
             assert np.array_equal(g, upscale(f, model.scale, model=model, backend="reference")), \
                 f"seed {seed} frame {i}"
         assert stats["kernels"] > 0 and stats["upload"] > 0 and stats["download"] > 0
+
+
+class FakeCuda:
+    """Host stand-ins for the parts of cupy, cupyx and cuda_backend that _CudaStreamer uses.
+    Work "queued on a stream" runs at once, but the host output buffer is filled only when
+    the stream is synchronised, so a missing wait shows up as wrong frames."""
+
+    def __init__(self, model):
+        from iqlut_gpu import backends
+
+        self.backends, self.model = backends, model
+        self.log = []
+        fake = self
+
+        class Stream:
+            def __init__(self, non_blocking=False):
+                self.pending = []
+
+            def synchronize(self):
+                for fn in self.pending:
+                    fn()
+                self.pending.clear()
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return False
+
+        class Event:
+            def record(self, stream):
+                self.stream = stream
+
+            def synchronize(self):
+                self.stream.synchronize()
+
+        class DeviceArray(np.ndarray):
+            def set(self, host, stream=None):
+                fake.log.append("upload")
+                self[...] = host
+
+            def get(self, stream=None, out=None, blocking=True):
+                fake.log.append("download")
+                data = np.array(self)
+                stream.pending.append(lambda: out.__setitem__(Ellipsis, data))
+
+        class cuda:  # noqa: N801 - mirrors cupy.cuda
+            pass
+
+        cuda.Stream, cuda.Event = Stream, Event
+        cuda.get_elapsed_time = staticmethod(lambda a, b: 1.0)
+        self.cuda = cuda
+        self.empty = lambda shape, dtype: np.empty(shape, dtype).view(DeviceArray)
+        self.empty_pinned = lambda shape, dtype: np.empty(shape, dtype)
+        self.DeviceArray = DeviceArray
+
+    def run_planes(self, prepared, planes, mode, stream=None):
+        assert isinstance(planes, self.DeviceArray) and stream is not None
+        self.log.append("kernels")
+        return self.backends.run_planes("reference", prepared.model, np.asarray(planes),
+                                        mode).view(self.DeviceArray)
+
+
+def test_cuda_streamer_sequence_on_host_stand_ins(monkeypatch):
+    """_CudaStreamer's own logic (pinned buffers per slot, reallocation when the batch
+    shape changes, upload/kernels/download queued per stream, wait before reading) run
+    without a GPU through stand-ins; the GPU test above runs the real thing."""
+    from iqlut_gpu import backends
+    from iqlut_gpu import frames as frames_mod
+
+    model = default_model(2)
+    fake = FakeCuda(model)
+    streamer = frames_mod._CudaStreamer(backends.prepare(model), "interp",
+                                        modules=(fake, fake, fake))
+    monkeypatch.setattr(frames_mod, "_runner", lambda name, model, mode: frames_mod._StreamRunner(
+        streamer, frames_mod._SyncRunner("reference", model, mode)))
+    frames = mixed_frames(np.random.default_rng(4), 13)
+    stats = {}
+    got = list(_generate(iter(frames), model, "cuda", 2, "interp", stats))
+    for i, (f, g) in enumerate(zip(frames, got)):
+        assert np.array_equal(g, upscale(f, 2, backend="reference")), f"frame {i}"
+    assert fake.log[:3] == ["upload", "kernels", "download"] and len(fake.log) % 3 == 0
+    assert stats["kernels"] > 0 and stats["upload"] > 0 and stats["download"] > 0
