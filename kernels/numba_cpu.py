@@ -150,10 +150,11 @@ def _row_store_hidden(x, p, y, acc, bias, R, C2, shift, residual, out):
 
 
 @njit(inline="always")
-def _row_store_last(plane, p, y, acc, bias, R, C2, shift, up_off, up_w, up_den, den_shift, V, out):
+def _row_store_last(plane, p, y, acc, bias, R, C2, shift, up_off, up_w, up_den, den_shift, V, S,
+                    out):
     """Rows y*r .. y*r + r-1 of the output: fixed upsample (reference.fixed_upsample) plus the
     pixel-shuffled deltas. The separable upsample sum is computed vertical-first into ``V``
-    (int32 [r, W + pads]); integer sums are exact, so the result equals the reference's
+    (int32 [r, W + pads]), then horizontally into ``S`` (int32 [W]); integer sums are exact, so the result equals the reference's
     double sum."""
     H, W = plane.shape[1], plane.shape[2]
     r = up_off.shape[0]
@@ -172,23 +173,34 @@ def _row_store_last(plane, p, y, acc, bias, R, C2, shift, up_off, up_w, up_den, 
             src = plane[p, _clamp(y + up_off[a] + i, 0, H - 1)]
             for j in range(Wp):
                 V[a, j] += wy * np.int32(src[_clamp(j - pad_l, 0, W - 1)])
-    d2 = up_den * up_den
-    half = d2 // 2
+    d2 = np.int32(up_den * up_den)
+    half = np.int32(d2 // 2)
+    # |sums| <= 255 * (sum |w|)**2 < 2**31 for every upsample (bicubic: sum |w| < 320)
     for a in range(r):
         orow = out[p, y * r + a]
-        for q in range(W):
-            for b in range(r):
-                s = np.int64(0)
-                base_j = q + up_off[b] + pad_l
-                for t in range(T):
-                    s += np.int64(up_w[b, t]) * np.int64(V[a, base_j + t])
-                if den_shift >= 0:
-                    u = (s + half) >> den_shift  # == floor division by a power of two
-                else:
-                    u = (s + half) // d2  # // floors, as in the reference
-                base = _clamp(u, 0, 255)
-                delta = _requant(_row_unpack(acc, q, a * r + b, bias, R, C2), shift)
-                orow[q * r + b] = _clamp(base + delta, 0, 255)
+        vrow = V[a]
+        for b in range(r):
+            o = a * r + b
+            hi = (o & 1) == 1
+            col = o >> 1
+            bo = bias[o]
+            # S[q] = sum_t up_w[b, t] * V[a, q + up_off[b] + pad_l + t]  (contiguous, vectorisable)
+            for q in range(W):
+                S[q] = 0
+            for t in range(T):
+                wb = up_w[b, t]
+                off = _U(up_off[b] + pad_l + t)
+                for q in range(W):
+                    S[q] += wb * vrow[_U(q) + off]
+            if den_shift >= 0:
+                for q in range(W):
+                    S[q] = (S[q] + half) >> den_shift  # == floor division by a power of two
+            else:
+                for q in range(W):
+                    S[q] = (S[q] + half) // d2  # // floors, as in the reference
+            for q in range(W):
+                delta = _requant(_lane(acc[(q + 2 * R) * C2 + col], hi) + bo, shift)
+                orow[q * r + b] = _clamp(_clamp(S[q], 0, 255) + delta, 0, 255)
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -237,8 +249,10 @@ def _k_last_interp(x, idx, wt, tb_p, td_p, bias, shift, plane, up_off, up_w, up_
         y = row - p * H
         acc = np.empty((W + 4 * R) * C2, np.int64)
         V = np.empty((r, v_width), np.int32)
+        S = np.empty(W, np.int32)
         _row_accumulate_interp(x, p, y, idx, wt, tb_p, td_p, acc, C2)
-        _row_store_last(plane, p, y, acc, bias, R, C2, shift, up_off, up_w, up_den, den_shift, V, out)
+        _row_store_last(plane, p, y, acc, bias, R, C2, shift, up_off, up_w, up_den, den_shift, V, S,
+                        out)
 
 
 @njit(**JIT)
@@ -253,8 +267,10 @@ def _k_last_expanded(x, etab_p, bias, shift, plane, up_off, up_w, up_den, den_sh
         y = row - p * H
         acc = np.empty((W + 4 * R) * C2, np.int64)
         V = np.empty((r, v_width), np.int32)
+        S = np.empty(W, np.int32)
         _row_accumulate_expanded(x, p, y, etab_p, acc, C2)
-        _row_store_last(plane, p, y, acc, bias, R, C2, shift, up_off, up_w, up_den, den_shift, V, out)
+        _row_store_last(plane, p, y, acc, bias, R, C2, shift, up_off, up_w, up_den, den_shift, V, S,
+                        out)
 
 
 # ----------------------------------------------------------------------------- launchers
