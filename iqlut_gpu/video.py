@@ -187,8 +187,11 @@ def parse_header(text: str, path: Path) -> VideoInfo:
     if not rate:
         raise VideoError(f"{path}: its video stream has no known frame rate")
     dur = re.search(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", text)
-    duration = (int(dur.group(1)) * 3600 + int(dur.group(2)) * 60 + float(dur.group(3))) if dur else None
-    audio = tuple(a.split()[0].rstrip(",") for a in re.findall(r"Stream #0:\d+.*?: Audio: (.*)", text))
+    duration = None
+    if dur:
+        duration = int(dur.group(1)) * 3600 + int(dur.group(2)) * 60 + float(dur.group(3))
+    audio = tuple(a.split()[0].rstrip(",")
+                  for a in re.findall(r"Stream #0:\d+.*?: Audio: (.*)", text))
     return VideoInfo(path, container, codec, width, height,
                      exact_rate(_parse_rate(rate.group(1), rate.group(2))), duration, audio, stream)
 
@@ -314,7 +317,8 @@ def check_encoder(dst, size, fps, *, codec: str = "libx264", crf: int | None = N
                "-frames:v", "2", "-t", f"{2 / float(fps):.6f}", str(scratch)]
         proc = subprocess.run(cmd, capture_output=True, start_new_session=True, timeout=120)
     if proc.returncode != 0:
-        lines = [_clean(ln) for ln in proc.stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
+        text = proc.stderr.decode("utf-8", "replace")
+        lines = [_clean(ln) for ln in text.splitlines() if ln.strip()]
         why = _reason(lines).replace(str(scratch), str(dst))
         what = f"{codec} video" + (f" with {audio_from}'s audio copied" if audio_from else "")
         raise VideoError(f"{dst}: cannot write {what} into a {dst.suffix or 'suffix-less'} file "
@@ -336,7 +340,8 @@ class VideoWriter:
         self.name = name or self.path
         w, h = size
         cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
-               "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(fps), "-i", "pipe:0"]
+               "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(fps),
+               "-i", "pipe:0"]
         cmd += _encode_args(size, fps, codec, crf, audio_from, pix_fmt)
         cmd += [str(self.path)]
         self.frames = 0
