@@ -100,12 +100,18 @@ def _work(case, res, limits) -> dict | None:
     if case.backend == "cpu" and limits.get("cpu"):
         import numba
 
-        threads = numba.get_num_threads()
+        # per core: work divided by the process CPU time (all threads), which stays honest
+        # when the machine is shared and the threads do not all get a core
+        cpu_s = max(res["cpu_median_s"], 1e-9)
         lim = limits["cpu"]
-        lane_adds_core = w["cpu_lane_adds"] * lr_px / t / threads
-        out["threads"] = threads
-        out["fraction_of_l1_table_add_rate_per_core"] = round(lane_adds_core / (lim["l1_table_add_gops"] * 1e9), 3)
-        out["fraction_of_copy_bandwidth_per_core"] = round(out["dram_bytes_per_s"] / threads / (lim["copy_gbs"] * 1e9), 4)
+        out["threads"] = numba.get_num_threads()
+        out["cpu_lane_adds_per_core_s"] = w["cpu_lane_adds"] * lr_px / cpu_s
+        out["fraction_of_l1_table_add_rate_per_core"] = round(
+            out["cpu_lane_adds_per_core_s"] / (lim["l1_table_add_gops"] * 1e9), 3)
+        out["fraction_of_int32_add_rate_per_core"] = round(
+            w["cpu_lane_adds"] * 2 * lr_px / cpu_s / (lim["int32_add_gops"] * 1e9), 3)
+        out["fraction_of_copy_bandwidth_per_core"] = round(
+            w["dram_bytes"] * lr_px / cpu_s / (lim["copy_gbs"] * 1e9), 4)
     if case.backend == "cuda" and limits.get("gpu"):
         out["fraction_of_d2d_copy_bandwidth"] = round(out["dram_bytes_per_s"] / (limits["gpu"]["d2d_copy_gbs"] * 1e9), 4)
     return out
@@ -161,7 +167,7 @@ def scaling(results) -> dict:
                     pts.append((W * H, r["median_s"]))
             pts.sort()
             big = [(px, t) for px, t in pts if px >= 256 * 256]
-            entry = {"ns_per_input_pixel": {str(px): round(t / px / 3 * 1e9, 2) for px, t in pts}}
+            entry = {"ns_per_plane_pixel_by_input_pixels": {str(px): round(t / px / 3 * 1e9, 2) for px, t in pts}}
             if len(big) >= 2:
                 per = [t / px for px, t in big]
                 entry["max_over_min_ns_per_pixel_from_256x256"] = round(max(per) / min(per), 3)
@@ -210,7 +216,8 @@ def plot(results, path: Path, title: str) -> None:
     ax1.set_ylabel("output megapixels / s")
     ax1.set_title("throughput vs size")
     ax1.grid(True, which="both", alpha=0.3)
-    ax1.legend(fontsize=8)
+    if series:
+        ax1.legend(fontsize=8)
     bseries: dict = {}
     for r in results:
         c = r.get("case", {})
@@ -230,7 +237,8 @@ def plot(results, path: Path, title: str) -> None:
     ax2.set_ylabel("ms per frame")
     ax2.set_title("time per frame vs batch")
     ax2.grid(True, which="both", alpha=0.3)
-    ax2.legend(fontsize=8)
+    if bseries:
+        ax2.legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -267,27 +275,20 @@ def select(cases, quick: bool, filters, groups, no_gpu: bool):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from iqlut_gpu.cli.bench_cmd import add_bench_arguments
+
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="the quick subset (about a minute)")
-    p.add_argument("--filter", action="append", default=[], metavar="TEXT",
-                   help="only cases whose name contains TEXT (repeatable: all must match)")
-    p.add_argument("--group", action="append", default=[],
-                   choices=("model", "layer", "size", "batch", "baseline"))
-    p.add_argument("--list", action="store_true", help="list the selected cases and exit")
-    p.add_argument("--repeats", type=int, default=5, help="minimum timed runs per case (default 5)")
-    p.add_argument("--min-time", type=float, default=1.0,
-                   help="keep repeating until this many seconds per case (default 1)")
-    p.add_argument("--max-runs", type=int, default=50)
-    p.add_argument("--no-gpu", action="store_true", help="skip GPU cases without probing")
-    p.add_argument("--no-limits", action="store_true", help="skip the machine-limit microbenchmarks")
-    p.add_argument("--threads", type=int, help="Numba threads (default: Numba's default)")
-    p.add_argument("--out", type=Path, help="JSON path (default bench/results/<machine>_<quick|full>.json)")
-    p.add_argument("--no-plot", action="store_true")
+    add_bench_arguments(p)
     return p
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return run(build_parser().parse_args(argv), argv)
+
+
+def run(args, argv) -> int:
+    """Run the selected cases (``args`` as parsed by ``build_parser``); returns the exit code."""
     cases = select(registry.registry(), args.quick, args.filter, args.group, args.no_gpu)
     if args.list:
         for c in cases:
@@ -333,7 +334,7 @@ def main(argv=None) -> int:
     doc = {
         "kind": "iqlut-bench", "version": 1,
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m bench " + " ".join(argv),
         "quick": args.quick, "machine": info, "limits": limits,
         "loadavg_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "wall_s": round(time.perf_counter() - t_all, 1),

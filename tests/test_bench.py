@@ -1,0 +1,113 @@
+"""Smoke tests of the benchmark registry and runner (bench/ in the checkout): seconds, not speed."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench import registry, runner  # noqa: E402
+
+
+def test_registry_covers_the_issue():
+    cases = registry.registry()
+    names = [c.name for c in cases]
+    assert len(names) == len(set(names))
+    groups = {c.group for c in cases}
+    assert groups == {"model", "layer", "size", "batch", "baseline"}
+    kernels = [c for c in cases if c.backend in ("cpu", "cuda")]
+    for backend in ("cpu", "cuda"):
+        for mode in ("interp", "expanded"):
+            mine = [c for c in kernels if c.backend == backend and c.mode == mode]
+            assert {c.scale for c in mine if c.group == "model"} == {2, 3, 4}
+            assert {c.layer for c in mine if c.group == "layer"} == {0, 1, 2, 3}
+            sizes = {c.size for c in mine if c.group in ("size", "model")}
+            assert (64, 64) in sizes and (3840, 2160) in sizes and (320, 180) in sizes
+            assert len({c.batch for c in mine if c.group in ("batch", "model")}) >= 4
+    baselines = {c.backend for c in cases if c.group == "baseline"}
+    assert baselines == {"opencv", "torch-cpu", "torch-cuda", "reference"}
+    quick = {c.name for c in cases if c.quick}
+    for name in ("model/cpu/interp/x4/320x180/b1", "model/cpu/expanded/x4/320x180/b1",
+                 "baseline/opencv/x4/320x180/b1", "baseline/torch-cpu/x4/320x180/b1"):
+        assert name in quick, name
+
+
+def test_bench_model_has_default_architecture():
+    from iqlut_gpu.model import DEFAULT_ARCH
+
+    for scale in (2, 3, 4):
+        m = registry.bench_model(scale)
+        assert len(m.layers) == len(DEFAULT_ARCH)
+        assert m.layers[-1].c_out == scale * scale
+        assert any(np.any(layer.table != 0) for layer in m.layers)
+
+
+def test_runner_writes_valid_json_and_plot(tmp_path):
+    out = tmp_path / "r.json"
+    rc = runner.main(["--filter", "x4/64x64/b1", "--filter", "opencv", "--repeats", "2",
+                      "--min-time", "0", "--no-limits", "--no-gpu", "--out", str(out)])
+    assert rc == 0
+    doc = json.loads(out.read_text())
+    assert doc["kind"] == "iqlut-bench" and doc["machine"]["cpu_model"]
+    assert doc["machine"]["versions"]["numpy"] == np.__version__
+    ran = [r for r in doc["results"] if "median_s" in r]
+    assert ran, doc["results"]
+    for r in ran:
+        assert r["runs"] >= 2 and 0 < r["min_s"] <= r["median_s"] <= r["max_s"]
+        assert r["out_mpix_per_s"] > 0
+    assert out.with_suffix(".png").stat().st_size > 1000
+
+
+def test_runner_kernel_case_checks_against_reference(tmp_path):
+    out = tmp_path / "k.json"
+    rc = runner.main(["--filter", "size/cpu/expanded/x4/64x64", "--repeats", "1", "--min-time", "0",
+                      "--no-limits", "--no-gpu", "--no-plot", "--out", str(out)])
+    assert rc == 0
+    doc = json.loads(out.read_text())
+    (r,) = doc["results"]
+    assert r["error"]["max_abs_err"] == 0 and r["error"]["checked_values"] > 0, r["error"]
+    w = r["work"]["per_lr_pixel_per_plane"]
+    assert w["table_entries"] > 0 and w["macs"] >= w["table_entries"]
+
+
+def test_goal_and_scaling_summaries_from_results():
+    def res(name, group, backend, mode, size, t, batch=1):
+        return {"name": name, "median_s": t,
+                "case": {"group": group, "backend": backend, "mode": mode, "scale": 4,
+                         "size": list(size), "batch": batch, "layer": None}}
+
+    results = [res("model/cpu/interp/x4/320x180/b1", "model", "cpu", "interp", (320, 180), 0.05),
+               res("baseline/torch-cpu/x4/320x180/b1", "baseline", "torch-cpu", None, (320, 180), 1.0),
+               res("baseline/opencv/x4/320x180/b1", "baseline", "opencv", None, (320, 180), 0.001),
+               res("size/cpu/interp/x4/256x256/b1", "size", "cpu", "interp", (256, 256), 0.05 * 65536 / 57600),
+               res("size/cpu/interp/x4/640x360/b1", "size", "cpu", "interp", (640, 360), 0.2 * 1.3)]
+    g = runner.goals(results)["interp"]
+    assert g["speedup_vs_torch_cpu"] == 20 and g["goal_at_least_10x_faster_than_torch_cpu"]
+    assert g["time_vs_opencv"] == 50 and g["goal_at_most_60x_opencv"]
+    s = runner.scaling(results)["cpu/interp"]
+    assert s["max_over_min_ns_per_pixel_from_256x256"] == pytest.approx(1.3, abs=0.01)
+    assert s["linear_within_20pct"] is False
+
+
+def test_cli_bench_lists_cases_from_checkout():
+    p = subprocess.run([sys.executable, "-m", "iqlut_gpu", "bench", "--list", "--quick"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "model/cpu/interp/x4/320x180/b1" in p.stdout
+
+
+def test_cli_bench_outside_checkout_says_how(tmp_path):
+    from iqlut_gpu.cli import bench_cmd
+
+    if bench_cmd.find_checkout() is not None and (Path(bench_cmd.__file__).resolve().parents[2] == ROOT):
+        # editable install: the package itself sits in the checkout, so it is always found
+        assert bench_cmd.find_checkout() == ROOT
+        return
+    p = subprocess.run([sys.executable, "-m", "iqlut_gpu", "bench", "--list"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert p.returncode == 1 and "checkout" in p.stderr and "Traceback" not in p.stderr
