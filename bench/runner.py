@@ -147,6 +147,13 @@ def goals(results) -> dict:
         if ref:
             g["reference_ms"] = round(ref["median_s"] * 1e3, 1)
             g["speedup_vs_reference"] = round(ref["median_s"] / nb["median_s"], 1)
+        # the same ratios on process CPU time (all threads): the work each one costs, less
+        # sensitive to other load when the machine is shared
+        if nb.get("cpu_median_s"):
+            if torch_cpu and torch_cpu.get("cpu_median_s"):
+                g["cpu_time_speedup_vs_torch_cpu"] = round(torch_cpu["cpu_median_s"] / nb["cpu_median_s"], 2)
+            if cv and cv.get("cpu_median_s"):
+                g["cpu_time_vs_opencv"] = round(nb["cpu_median_s"] / cv["cpu_median_s"], 1)
         out[mode] = g
     return out
 
@@ -164,14 +171,19 @@ def scaling(results) -> dict:
                         and c.get("batch") == 1 and c.get("layer") is None
                         and c.get("group") in ("size", "model") and "median_s" in r):
                     W, H = c["size"]
-                    pts.append((W * H, r["median_s"]))
+                    pts.append((W * H, r["median_s"], r.get("cpu_median_s")))
             pts.sort()
-            big = [(px, t) for px, t in pts if px >= 256 * 256]
-            entry = {"ns_per_plane_pixel_by_input_pixels": {str(px): round(t / px / 3 * 1e9, 2) for px, t in pts}}
+            big = [p for p in pts if p[0] >= 256 * 256]
+            entry = {"ns_per_plane_pixel_by_input_pixels": {str(px): round(t / px / 3 * 1e9, 2) for px, t, _ in pts}}
             if len(big) >= 2:
-                per = [t / px for px, t in big]
+                per = [t / px for px, t, _ in big]
                 entry["max_over_min_ns_per_pixel_from_256x256"] = round(max(per) / min(per), 3)
                 entry["linear_within_20pct"] = max(per) / min(per) <= 1.2
+                if all(cpu for _, _, cpu in big):
+                    # the same on process CPU time: less sensitive to other load on a shared machine
+                    cper = [cpu / px for px, _, cpu in big]
+                    entry["cpu_time_max_over_min_from_256x256"] = round(max(cper) / min(cper), 3)
+                    entry["cpu_time_linear_within_20pct"] = max(cper) / min(cper) <= 1.2
             bat = sorted((r["case"]["batch"], r["median_s"]) for r in results
                          if r.get("case", {}).get("backend") == backend
                          and r["case"].get("mode") == mode and r["case"].get("layer") is None
@@ -337,6 +349,7 @@ def run(args, argv) -> int:
         "command": "python -m bench " + " ".join(argv),
         "quick": args.quick, "machine": info, "limits": limits,
         "loadavg_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "numba_threading_layer": _threading_layer(),
         "wall_s": round(time.perf_counter() - t_all, 1),
         "goals": goals(results), "scaling": scaling(results),
         "work_per_model": {f"x{s}/{m}": accounting.model_work(registry.bench_model(s), m)
@@ -361,6 +374,15 @@ def run(args, argv) -> int:
         plot(results, png, title)
         print(f"wrote {png}")
     return 0
+
+
+def _threading_layer():
+    try:
+        import numba
+
+        return numba.threading_layer()
+    except Exception:  # no parallel Numba function ran in this process
+        return None
 
 
 def _json_default(o):

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import weakref
 
-import numba
 import numpy as np
 from numba import njit, prange
 
