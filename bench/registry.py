@@ -161,8 +161,8 @@ class Run:
     run: callable
     sync: callable = lambda: None
     check: callable = lambda out: None  # -> dict of error figures, or None
-    events: tuple | None = None  # (start_event_factory) for CUDA timing
-    device_timer: str | None = None  # "cupy" | "torch"
+    device_timer: str | None = None  # "cupy" | "torch": time with CUDA events
+    stream: object = None  # the cupy stream the work is queued on (events are recorded on it)
     notes: dict = field(default_factory=dict)
 
 
@@ -317,12 +317,13 @@ def _setup_cuda(case, model, prep, planes) -> Run:
     dev_planes = cupy.asarray(planes)
     tables = cuda_backend.device_tables(prep, case.mode)
     sync = stream.synchronize
+    cupy.cuda.runtime.deviceSynchronize()  # uploads (null stream) done before the timed stream
     if case.layer is None:
         def run():
             return cuda_backend.run_planes(prep, dev_planes, case.mode, stream=stream)
 
         return Run(run, sync=sync, check=_model_crop_check(model, planes, cupy.asnumpy, r),
-                   device_timer="cupy", notes={"stream": "non-blocking"})
+                   device_timer="cupy", stream=stream, notes={"stream": "non-blocking"})
     n = case.layer
     layer = model.layers[n]
     x_host = _layer_inputs(model, n, planes)
@@ -343,8 +344,9 @@ def _setup_cuda(case, model, prep, planes) -> Run:
                                             up_off, up_w, prep.up_den, out, case.mode,
                                             stream=stream)
 
+    cupy.cuda.runtime.deviceSynchronize()
     return Run(run, sync=sync, check=_layer_check(model, n, x_host, planes, cupy.asnumpy),
-               device_timer="cupy")
+               device_timer="cupy", stream=stream)
 
 
 def _setup_torch(case, model, planes) -> Run:

@@ -52,9 +52,10 @@ def _time_case(case, run, repeats: int, min_time: float, max_runs: int) -> dict:
         c0 = time.process_time()
         if timer is not None:
             start, stop = timer[0](), timer[0]()
-            start.record()
+            # events on the stream the work is queued on (None: the current stream)
+            start.record(run.stream) if run.stream is not None else start.record()
             out = run.run()
-            stop.record()
+            stop.record(run.stream) if run.stream is not None else stop.record()
             stop.synchronize()
             walls.append(timer[1](start, stop))
         else:
