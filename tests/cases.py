@@ -11,7 +11,7 @@ import secrets
 
 import numpy as np
 
-from iqlut_gpu.model import UPSAMPLES, Layer, Model
+from iqlut_gpu.model import DEFAULT_ARCH, UPSAMPLES, Layer, Model
 
 SESSION_SEED = int(os.environ.get("IQLUT_TEST_SEED") or secrets.randbits(32))
 
@@ -50,6 +50,23 @@ def random_model(rng, scale: int | None = None, upsample: str | None = None) -> 
     layers.append(random_layer(rng, c, scale * scale, int(rng.choice([1, 3])),
                                int(rng.integers(2, 18)), False))
     return Model(scale=scale, upsample=upsample, layers=tuple(layers))
+
+
+def default_arch_model(rng, scale: int) -> Model:
+    """DESIGN.md's starting architecture (the shipped models' shape) with random tables."""
+    layers, c = [], 1
+    for spec in DEFAULT_ARCH:
+        c_out = spec["c_out"] or scale * scale
+        layers.append(random_layer(rng, c, c_out, spec["k"], spec["L"], spec["residual"],
+                                   shift=int(rng.integers(6, 12))))
+        c = c_out
+    return Model(scale=scale, upsample="bicubic", layers=tuple(layers))
+
+
+def extreme_planes() -> np.ndarray:
+    """Planes of only 0, only 255, and alternating 0/255 columns."""
+    return np.stack([np.zeros((6, 5), np.uint8), np.full((6, 5), 255, np.uint8),
+                     np.tile(np.array([0, 255], np.uint8), (6, 3))[:, :5]])
 
 
 def random_planes(rng, n: int, h: int, w: int) -> np.ndarray:

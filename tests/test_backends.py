@@ -31,19 +31,8 @@ def test_cpu_matches_reference_random_models(scale, upsample):
 
 
 def test_cpu_matches_reference_default_architecture_random_tables():
-    from iqlut_gpu.model import DEFAULT_ARCH
-
     for seed, rng in cases.case_rngs(2, salt=99):
-        scale = int(rng.choice([2, 3, 4]))
-        layers, c = [], 1
-        for spec in DEFAULT_ARCH:
-            c_out = spec["c_out"] or scale * scale
-            layers.append(cases.random_layer(rng, c, c_out, spec["k"], spec["L"], spec["residual"],
-                                             shift=int(rng.integers(6, 12))))
-            c = c_out
-        from iqlut_gpu.model import Model
-
-        model = Model(scale=scale, upsample="bicubic", layers=tuple(layers))
+        model = cases.default_arch_model(rng, int(rng.choice([2, 3, 4])))
         planes = cases.random_planes(rng, 2, 11, 14)
         _check("cpu", model, planes, seed, "default architecture")
 
@@ -51,9 +40,7 @@ def test_cpu_matches_reference_default_architecture_random_tables():
 def test_cpu_extreme_codes_everywhere():
     for seed, rng in cases.case_rngs(3, salt=7):
         model = cases.random_model(rng)
-        planes = np.stack([np.zeros((6, 5), np.uint8), np.full((6, 5), 255, np.uint8),
-                           np.tile(np.array([0, 255], np.uint8), (6, 3))[:, :5]])
-        _check("cpu", model, planes, seed, "codes 0/255")
+        _check("cpu", model, cases.extreme_planes(), seed, "codes 0/255")
 
 
 def test_shipped_default_models_run_on_cpu_like_reference():

@@ -7,18 +7,7 @@ import pytest
 
 import cases
 from iqlut_gpu import api, backends, upscale
-from iqlut_gpu.model import DEFAULT_ARCH, Model
 from iqlut_gpu.tiling import spans
-
-
-def arch_model(rng, scale):
-    layers, c = [], 1
-    for spec in DEFAULT_ARCH:
-        c_out = spec["c_out"] or scale * scale
-        layers.append(cases.random_layer(rng, c, c_out, spec["k"], spec["L"], spec["residual"],
-                                         shift=int(rng.integers(7, 11))))
-        c = c_out
-    return Model(scale=scale, upsample="bicubic", layers=tuple(layers))
 
 
 def test_spans_cover_exactly_once():
@@ -34,7 +23,7 @@ def test_spans_cover_exactly_once():
 def test_tiled_equals_untiled(backend):
     for seed, rng in cases.case_rngs(3, salt=41):
         scale = int(rng.choice([2, 3, 4]))
-        model = arch_model(rng, scale) if rng.random() < 0.5 else cases.random_model(rng, scale)
+        model = cases.default_arch_model(rng, scale) if rng.random() < 0.5 else cases.random_model(rng, scale)
         h, w = int(rng.integers(9, 30)), int(rng.integers(9, 30))
         img = rng.integers(0, 256, size=(h, w, 3)).astype(np.uint8)
         whole = upscale(img, scale, model=model, backend=backend, tile=10_000)
@@ -45,7 +34,7 @@ def test_tiled_equals_untiled(backend):
 
 def test_large_image_peak_memory_is_bounded():
     rng = np.random.default_rng()
-    model = arch_model(rng, 2)
+    model = cases.default_arch_model(rng, 2)
     H = W = 1500
     img = rng.integers(0, 256, size=(H, W)).astype(np.uint8)
     upscale(img[:40, :40], 2, model=model, backend="cpu")  # compile outside the measurement

@@ -11,25 +11,10 @@ from functools import lru_cache
 import numpy as np
 
 import cases
-from iqlut_gpu.model import DEFAULT_ARCH, UPSAMPLES, Model, default_model
+from iqlut_gpu.model import UPSAMPLES, default_model
 
 GROUPS = ([f"x{s}-{u}" for s in (2, 3, 4) for u in UPSAMPLES]
           + ["default-arch", "extreme", "shipped"])
-
-
-def _default_arch_model(rng, scale):
-    layers, c = [], 1
-    for spec in DEFAULT_ARCH:
-        c_out = spec["c_out"] or scale * scale
-        layers.append(cases.random_layer(rng, c, c_out, spec["k"], spec["L"], spec["residual"],
-                                         shift=int(rng.integers(6, 12))))
-        c = c_out
-    return Model(scale=scale, upsample="bicubic", layers=tuple(layers))
-
-
-def _extreme_planes():
-    return np.stack([np.zeros((6, 5), np.uint8), np.full((6, 5), 255, np.uint8),
-                     np.tile(np.array([0, 255], np.uint8), (6, 3))[:, :5]])
 
 
 @lru_cache(maxsize=None)
@@ -45,10 +30,10 @@ def all_cases():
                     out.append((group, seed, model, cases.random_planes(rng, 3, h, w), f"{h}x{w}"))
     for seed, rng in cases.case_rngs(3, salt=1099):
         scale = int(rng.choice([2, 3, 4]))
-        out.append(("default-arch", seed, _default_arch_model(rng, scale),
+        out.append(("default-arch", seed, cases.default_arch_model(rng, scale),
                     cases.random_planes(rng, 2, 11, 14), f"x{scale} 11x14"))
     for seed, rng in cases.case_rngs(3, salt=1007):
-        out.append(("extreme", seed, cases.random_model(rng), _extreme_planes(), "codes 0/255"))
+        out.append(("extreme", seed, cases.random_model(rng), cases.extreme_planes(), "codes 0/255"))
     for scale in (2, 3, 4):
         rng = np.random.default_rng()
         out.append(("shipped", "n/a", default_model(scale),
