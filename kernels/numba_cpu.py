@@ -20,13 +20,17 @@ Launcher arguments (all C-contiguous):
 Kernel-side tables (derived once per lut by ``_kernel_tables`` and memoised). Two output
 channels are packed into one int64 (``lo + hi * 2**32``, see ``_lane``) so that one 64-bit
 add does two channel adds, and the k window columns of one (channel, dy) are one
-contiguous row, so that a source pixel paints its whole window row with one contiguous,
-vectorisable loop of ``k * ceil(c_out/2)`` adds:
+contiguous row, zero-padded to a multiple of ``VEC`` int64, so that a source pixel paints
+its whole window row with a few 256-bit vector steps (``_vadd``, ``_vadd_mul``: small
+Numba intrinsics, since LLVM's own vectorisation of these short runtime-length loops
+costs more in checks than it saves):
 
-- expanded: ``etab_p`` int64 [c_in, k(dy), 256, k(dx) * ceil(c_out/2)]  (packed ``etab``)
-- interp:   ``tb_p``, ``td_p`` int64 [c_in, k(dy), L-1, k(dx) * ceil(c_out/2)]: packed
-            ``256 * table[i]`` and ``table[i+1] - table[i]``, so that
-            ``table[i] * (256 - w) + table[i+1] * w == tb[i] + td[i] * w`` exactly.
+- expanded: ``etab_p`` int64 [c_in, k(dy), 256, KC]  (packed ``etab``)
+- interp:   ``tb_p``, ``td_p`` int64 [c_in, k(dy), L-1, KC]: packed ``256 * table[i]`` and
+            ``table[i+1] - table[i]``, so that
+            ``table[i] * (256 - w) + table[i+1] * w == tb[i] + td[i] * w`` exactly;
+
+with ``KC = k * ceil(c_out/2)`` rounded up to a multiple of ``VEC``.
 
 One ``prange`` iteration computes one output row of one plane (all columns, all output
 channels; for the last layer the r output rows of that input row): iterations write
@@ -42,7 +46,9 @@ from __future__ import annotations
 import weakref
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 # Compile flags in one place: parallel prange, on-disk cache, no Python objects.
 JIT = dict(parallel=True, cache=True, nogil=True, fastmath=False)
@@ -69,6 +75,40 @@ def _requant(a, shift):
 # recovered exactly by ``_lane``. One int64 add does two channel adds.
 
 _U = np.uint64  # unsigned indices: no negative-index wraparound code in the inner loops
+VEC = 4  # int64 lanes per vector step (one 256-bit register); window rows are padded to it
+
+
+def _vec_codegen(fused_mul: bool):
+    def codegen(context, builder, signature, args):
+        vt = ir.VectorType(ir.IntType(64), VEC)
+        acc = context.make_array(signature.args[0])(context, builder, args[0])
+        pa = builder.bitcast(builder.gep(acc.data, [args[1]]), vt.as_pointer())
+        tb = context.make_array(signature.args[2])(context, builder, args[2])
+        v = builder.load(builder.bitcast(builder.gep(tb.data, [args[3]]), vt.as_pointer()), align=8)
+        if fused_mul:
+            td = context.make_array(signature.args[4])(context, builder, args[4])
+            d = builder.load(builder.bitcast(builder.gep(td.data, [args[3]]), vt.as_pointer()), align=8)
+            w = builder.insert_element(ir.Constant(vt, None), args[5], ir.Constant(ir.IntType(32), 0))
+            w = builder.shuffle_vector(w, w, ir.Constant(ir.VectorType(ir.IntType(32), VEC), [0] * VEC))
+            v = builder.add(v, builder.mul(d, w))
+        a = builder.load(pa, align=8)
+        builder.store(builder.add(a, v), pa, align=8)
+        return context.get_dummy_value()
+
+    return codegen
+
+
+@intrinsic
+def _vadd(typingctx, acc, ai, tab, ti):
+    """``acc[ai:ai+VEC] += tab[ti:ti+VEC]`` as one vector step (int64 1-D C arrays; the caller
+    guarantees both ranges are inside the arrays)."""
+    return types.void(acc, ai, tab, ti), _vec_codegen(False)
+
+
+@intrinsic
+def _vadd_mul(typingctx, acc, ai, tb, ti, td, w):
+    """``acc[ai:ai+VEC] += tb[ti:ti+VEC] + td[ti:ti+VEC] * w`` as one vector step (int64)."""
+    return types.void(acc, ai, tb, ti, td, w), _vec_codegen(True)
 
 
 @njit(inline="always")
@@ -82,7 +122,8 @@ def _lane(v, hi):
 def _row_accumulate_expanded(x, p, y, etab_p, acc, C2):
     """Scatter form of reference.accumulate for output row y: every padded source column j
     of every source row paints its window row ``v(code)[dy, :, :]`` (k*C2 packed int64,
-    contiguous) onto ``acc[(j .. j+k-1), :]``. acc: int64 flat [(W + 4R) * C2]; position
+    contiguous, zero-padded to KC) onto ``acc[(j .. j+k-1), :]``. acc: int64 flat
+    [(W + 4R) * C2 + VEC]; position
     q' = q + 2R holds output column q (others collect edge terms and are ignored), so
 
         acc[q'] = sum_c sum_dy sum_dx v_c(X[c, clamp(y - dy + R), clamp(q - dx + R)])[dy, dx]
@@ -91,7 +132,7 @@ def _row_accumulate_expanded(x, p, y, etab_p, acc, C2):
     c_in, H, W = x.shape[1], x.shape[2], x.shape[3]
     k = etab_p.shape[1]
     R = k // 2
-    KC = _U(etab_p.shape[3])  # k * C2
+    KC = _U(etab_p.shape[3])  # k * C2 rounded up to a multiple of VEC
     uC2 = _U(C2)
     for i in range(acc.shape[0]):
         acc[i] = 0
@@ -102,8 +143,8 @@ def _row_accumulate_expanded(x, p, y, etab_p, acc, C2):
             for j in range(W + 2 * R):
                 t = _U(src[_clamp(j - R, 0, W - 1)]) * KC
                 a = _U(j) * uC2
-                for m in range(KC):
-                    acc[a + m] += tabs[t + m]
+                for m in range(_U(0), KC, _U(VEC)):
+                    _vadd(acc, a + m, tabs, t + m)
 
 
 @njit(inline="always")
@@ -128,8 +169,8 @@ def _row_accumulate_interp(x, p, y, idx, wt, tb_p, td_p, acc, C2):
                 t = _U(idx[c, code]) * KC
                 w = np.int64(wt[c, code])
                 a = _U(j) * uC2
-                for m in range(KC):
-                    acc[a + m] += tb[t + m] + td[t + m] * w
+                for m in range(_U(0), KC, _U(VEC)):
+                    _vadd_mul(acc, a + m, tb, t + m, td, w)
 
 
 @njit(inline="always")
@@ -204,7 +245,8 @@ def _row_store_last(plane, p, y, acc, bias, R, C2, shift, up_off, up_w, up_den, 
 
 # ----------------------------------------------------------------------------- kernels
 # One prange iteration = one input row of one plane; scratch rows are allocated per
-# iteration. acc: int64 [(W + 4R) * C2] packed lanes (see _row_accumulate_expanded).
+# iteration. acc: int64 [(W + 4R) * C2 + VEC] packed lanes (see _row_accumulate_expanded);
+# C2 = ceil(c_out / 2) packed int64 per column.
 
 
 @njit(**JIT)
@@ -212,11 +254,11 @@ def _k_hidden_interp(x, idx, wt, tb_p, td_p, bias, shift, residual, out):
     P, H, W = x.shape[0], x.shape[2], x.shape[3]
     k = tb_p.shape[1]
     R = k // 2
-    C2 = tb_p.shape[3] // k
+    C2 = (bias.shape[0] + 1) // 2
     for row in prange(P * H):
         p = row // H
         y = row - p * H
-        acc = np.empty((W + 4 * R) * C2, np.int64)
+        acc = np.empty((W + 4 * R) * C2 + VEC, np.int64)
         _row_accumulate_interp(x, p, y, idx, wt, tb_p, td_p, acc, C2)
         _row_store_hidden(x, p, y, acc, bias, R, C2, shift, residual, out)
 
@@ -226,11 +268,11 @@ def _k_hidden_expanded(x, etab_p, bias, shift, residual, out):
     P, H, W = x.shape[0], x.shape[2], x.shape[3]
     k = etab_p.shape[1]
     R = k // 2
-    C2 = etab_p.shape[3] // k
+    C2 = (bias.shape[0] + 1) // 2
     for row in prange(P * H):
         p = row // H
         y = row - p * H
-        acc = np.empty((W + 4 * R) * C2, np.int64)
+        acc = np.empty((W + 4 * R) * C2 + VEC, np.int64)
         _row_accumulate_expanded(x, p, y, etab_p, acc, C2)
         _row_store_hidden(x, p, y, acc, bias, R, C2, shift, residual, out)
 
@@ -241,12 +283,12 @@ def _k_last_interp(x, idx, wt, tb_p, td_p, bias, shift, plane, up_off, up_w, up_
     P, H, W = x.shape[0], x.shape[2], x.shape[3]
     k = tb_p.shape[1]
     R = k // 2
-    C2 = tb_p.shape[3] // k
+    C2 = (bias.shape[0] + 1) // 2
     r = up_off.shape[0]
     for row in prange(P * H):
         p = row // H
         y = row - p * H
-        acc = np.empty((W + 4 * R) * C2, np.int64)
+        acc = np.empty((W + 4 * R) * C2 + VEC, np.int64)
         V = np.empty((r, v_width), np.int32)
         S = np.empty(W, np.int32)
         _row_accumulate_interp(x, p, y, idx, wt, tb_p, td_p, acc, C2)
@@ -259,12 +301,12 @@ def _k_last_expanded(x, etab_p, bias, shift, plane, up_off, up_w, up_den, den_sh
     P, H, W = x.shape[0], x.shape[2], x.shape[3]
     k = etab_p.shape[1]
     R = k // 2
-    C2 = etab_p.shape[3] // k
+    C2 = (bias.shape[0] + 1) // 2
     r = up_off.shape[0]
     for row in prange(P * H):
         p = row // H
         y = row - p * H
-        acc = np.empty((W + 4 * R) * C2, np.int64)
+        acc = np.empty((W + 4 * R) * C2 + VEC, np.int64)
         V = np.empty((r, v_width), np.int32)
         S = np.empty(W, np.int32)
         _row_accumulate_expanded(x, p, y, etab_p, acc, C2)
@@ -313,21 +355,31 @@ def _pack_lanes(v: np.ndarray) -> np.ndarray:
 
 
 def _interp_tables(table: np.ndarray):
-    """(tb_p, td_p) int64 [c_in, k(dy), L-1, k(dx) * ceil(c_out/2)]: packed ``256 * table[i]``
-    and ``table[i+1] - table[i]``, one contiguous window row per (channel, dy, knot)."""
+    """(tb_p, td_p) int64 [c_in, k(dy), L-1, KC]: packed ``256 * table[i]`` and
+    ``table[i+1] - table[i]``, one contiguous (padded) window row per (channel, dy, knot)."""
     t = table.astype(np.int64).transpose(0, 2, 1, 3, 4)  # [c_in, dy, L, dx, c_out]
     c_in, k, L = t.shape[:3]
     tb = _pack_lanes(t[:, :, :-1] * 256)
     td = _pack_lanes(t[:, :, 1:] - t[:, :, :-1])
-    return tb.reshape(c_in, k, L - 1, -1), td.reshape(c_in, k, L - 1, -1)
+    return _pad_rows(tb.reshape(c_in, k, L - 1, -1)), _pad_rows(td.reshape(c_in, k, L - 1, -1))
 
 
 def _expanded_tables(etab: np.ndarray):
-    """etab_p int64 [c_in, k(dy), 256, k(dx) * ceil(c_out/2)]: packed ``etab``, one contiguous
-    window row per (channel, dy, code)."""
+    """etab_p int64 [c_in, k(dy), 256, KC]: packed ``etab``, one contiguous (padded) window row
+    per (channel, dy, code)."""
     e = etab.astype(np.int64).transpose(0, 2, 1, 3, 4)  # [c_in, dy, 256, dx, c_out]
     c_in, k = e.shape[:2]
-    return _pack_lanes(e).reshape(c_in, k, 256, -1)
+    return _pad_rows(_pack_lanes(e).reshape(c_in, k, 256, -1))
+
+
+def _pad_rows(a: np.ndarray) -> np.ndarray:
+    """Zero-pad the last axis (a window row) to a multiple of VEC: the vector steps then
+    add zeros past the window, onto accumulator slots that hold other columns (harmless)."""
+    n = a.shape[-1]
+    pad = -n % VEC
+    if pad == 0:
+        return np.ascontiguousarray(a)
+    return np.ascontiguousarray(np.concatenate([a, np.zeros(a.shape[:-1] + (pad,), a.dtype)], axis=-1))
 
 
 def _den_shift(up_den: int) -> int:
