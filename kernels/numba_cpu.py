@@ -391,8 +391,10 @@ def _v_width(W: int, up_off: np.ndarray, T: int) -> int:
     return W + max(0, -int(up_off.min())) + max(0, int(up_off.max()) + T - 1)
 
 
-def launch_hidden(x, lut, bias, shift, residual, out, mode="interp"):
-    """One hidden layer. ``lut`` is ``(idx, wt, table)`` in interp mode, ``etab`` in expanded mode."""
+def launch_hidden(x, lut, bias, shift, residual, out, mode="interp", stream=None):
+    """One hidden layer. ``lut`` is ``(idx, wt, table)`` in interp mode, ``etab`` in expanded mode.
+    ``stream`` is ignored on the CPU (the CUDA launcher takes the same arguments); the call
+    returns when ``out`` is written."""
     _need(x, "x", np.uint8, 4)
     _need(bias, "bias", np.int32, 1)
     _need(out, "out", np.uint8, 4)
@@ -410,8 +412,10 @@ def launch_hidden(x, lut, bias, shift, residual, out, mode="interp"):
     return out
 
 
-def launch_last(x, lut, bias, shift, plane, up_off, up_w, up_den, out, mode="interp"):
-    """The last layer fused with the fixed upsample and the pixel shuffle."""
+def launch_last(x, lut, bias, shift, plane, up_off, up_w, up_den, out, mode="interp",
+                stream=None):
+    """The last layer fused with the fixed upsample and the pixel shuffle (``stream``: as in
+    ``launch_hidden``)."""
     _need(x, "x", np.uint8, 4)
     _need(bias, "bias", np.int32, 1)
     _need(plane, "plane", np.uint8, 3)
