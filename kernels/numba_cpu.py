@@ -32,13 +32,14 @@ costs more in checks than it saves):
 
 with ``KC = k * ceil(c_out/2)`` rounded up to a multiple of ``VEC``.
 
-One ``prange`` iteration computes one output row of one plane (all columns, all output
-channels; for the last layer the r output rows of that input row): iterations write
-disjoint rows, so no synchronisation is needed. Inside it the row accumulator is built in
-scatter order (each padded source column paints its window row, see
-``_row_accumulate_expanded``), which sums exactly the terms of reference.accumulate; the
-edge clamp is applied once per source row. |A| < 2**31 because the loader bounds the bias
-and the window count, so every packed lane is recovered exactly.
+One ``prange`` iteration computes a band of ``BAND`` output rows of one plane (all
+columns, all output channels; for the last layer the r output rows of each input row):
+iterations write disjoint rows, so no synchronisation is needed. Inside it the row
+accumulators are built in scatter order (each padded source column paints its window
+row, see ``_band_accumulate_expanded``), which sums exactly the terms of
+reference.accumulate; the edge clamp is applied once per source row, and each table slice
+is reused by all rows of the band while it is in cache. |A| < 2**31 because the loader
+bounds the bias and the window count, so every packed lane is recovered exactly.
 """
 
 from __future__ import annotations
@@ -119,37 +120,40 @@ def _lane(v, hi):
 
 
 @njit(inline="always")
-def _row_accumulate_expanded(x, p, y, etab_p, acc, C2):
-    """Scatter form of reference.accumulate for output row y: every padded source column j
-    of every source row paints its window row ``v(code)[dy, :, :]`` (k*C2 packed int64,
-    contiguous, zero-padded to KC) onto ``acc[(j .. j+k-1), :]``. acc: int64 flat
-    [(W + 4R) * C2 + VEC]; position
-    q' = q + 2R holds output column q (others collect edge terms and are ignored), so
+def _band_accumulate_expanded(x, p, y0, nrows, etab_p, acc, C2):
+    """Scatter form of reference.accumulate for output rows y0 .. y0+nrows-1: every padded
+    source column j of every source row paints its window row ``v(code)[dy, :, :]`` (k*C2
+    packed int64, contiguous, zero-padded to KC) onto ``acc[b, (j .. j+k-1), :]``.
+    acc: int64 [BAND, (W + 4R) * C2 + VEC]; in row b, position q' = q + 2R holds output
+    column q of output row y = y0 + b (other positions collect edge terms and are ignored):
 
-        acc[q'] = sum_c sum_dy sum_dx v_c(X[c, clamp(y - dy + R), clamp(q - dx + R)])[dy, dx]
+        acc[b, q'] = sum_c sum_dy sum_dx v_c(X[c, clamp(y - dy + R), clamp(q - dx + R)])[dy, dx]
 
-    which is the reference's gather written source-first."""
+    which is the reference's gather written source-first. The (c, dy) loops are outside
+    the band's rows so that each table slice is reused by every row of the band while it
+    is in cache."""
     c_in, H, W = x.shape[1], x.shape[2], x.shape[3]
     k = etab_p.shape[1]
     R = k // 2
     KC = _U(etab_p.shape[3])  # k * C2 rounded up to a multiple of VEC
     uC2 = _U(C2)
-    for i in range(acc.shape[0]):
-        acc[i] = 0
+    acc[:nrows] = 0
     for c in range(c_in):
         for dy in range(k):
-            src = x[p, c, _clamp(y - dy + R, 0, H - 1)]
             tabs = etab_p[c, dy].reshape(-1)  # [256 * KC]
-            for j in range(W + 2 * R):
-                t = _U(src[_clamp(j - R, 0, W - 1)]) * KC
-                a = _U(j) * uC2
-                for m in range(_U(0), KC, _U(VEC)):
-                    _vadd(acc, a + m, tabs, t + m)
+            for b in range(nrows):
+                src = x[p, c, _clamp(y0 + b - dy + R, 0, H - 1)]
+                arow = acc[b]
+                for j in range(W + 2 * R):
+                    t = _U(src[_clamp(j - R, 0, W - 1)]) * KC
+                    a = _U(j) * uC2
+                    for m in range(_U(0), KC, _U(VEC)):
+                        _vadd(arow, a + m, tabs, t + m)
 
 
 @njit(inline="always")
-def _row_accumulate_interp(x, p, y, idx, wt, tb_p, td_p, acc, C2):
-    """As ``_row_accumulate_expanded``, the window computed from the knot rows:
+def _band_accumulate_interp(x, p, y0, nrows, idx, wt, tb_p, td_p, acc, C2):
+    """As ``_band_accumulate_expanded``, the window computed from the knot rows:
     ``v = tb_p[i] + td_p[i] * w`` with ``tb = 256 * table[i]``, ``td = table[i+1] - table[i]``
     (``table[i]*(256-w) + table[i+1]*w``, exactly)."""
     c_in, H, W = x.shape[1], x.shape[2], x.shape[3]
@@ -157,20 +161,21 @@ def _row_accumulate_interp(x, p, y, idx, wt, tb_p, td_p, acc, C2):
     R = k // 2
     KC = _U(tb_p.shape[3])
     uC2 = _U(C2)
-    for i in range(acc.shape[0]):
-        acc[i] = 0
+    acc[:nrows] = 0
     for c in range(c_in):
         for dy in range(k):
-            src = x[p, c, _clamp(y - dy + R, 0, H - 1)]
             tb = tb_p[c, dy].reshape(-1)  # [(L-1) * KC]
             td = td_p[c, dy].reshape(-1)
-            for j in range(W + 2 * R):
-                code = src[_clamp(j - R, 0, W - 1)]
-                t = _U(idx[c, code]) * KC
-                w = np.int64(wt[c, code])
-                a = _U(j) * uC2
-                for m in range(_U(0), KC, _U(VEC)):
-                    _vadd_mul(acc, a + m, tb, t + m, td, w)
+            for b in range(nrows):
+                src = x[p, c, _clamp(y0 + b - dy + R, 0, H - 1)]
+                arow = acc[b]
+                for j in range(W + 2 * R):
+                    code = src[_clamp(j - R, 0, W - 1)]
+                    t = _U(idx[c, code]) * KC
+                    w = np.int64(wt[c, code])
+                    a = _U(j) * uC2
+                    for m in range(_U(0), KC, _U(VEC)):
+                        _vadd_mul(arow, a + m, tb, t + m, td, w)
 
 
 @njit(inline="always")
@@ -244,74 +249,84 @@ def _row_store_last(plane, p, y, acc, bias, R, C2, shift, up_off, up_w, up_den, 
 
 
 # ----------------------------------------------------------------------------- kernels
-# One prange iteration = one input row of one plane; scratch rows are allocated per
-# iteration. acc: int64 [(W + 4R) * C2 + VEC] packed lanes (see _row_accumulate_expanded);
-# C2 = ceil(c_out / 2) packed int64 per column.
+# One prange iteration = one band of BAND input rows of one plane; scratch rows are
+# allocated per iteration. acc: int64 [BAND, (W + 4R) * C2 + VEC] packed lanes (see
+# _band_accumulate_expanded); C2 = ceil(c_out / 2) packed int64 per column.
+
+BAND = 8
 
 
 @njit(**JIT)
 def _k_hidden_interp(x, idx, wt, tb_p, td_p, bias, shift, residual, out):
     P, H, W = x.shape[0], x.shape[2], x.shape[3]
-    k = tb_p.shape[1]
-    R = k // 2
+    R = tb_p.shape[1] // 2
     C2 = (bias.shape[0] + 1) // 2
-    for row in prange(P * H):
-        p = row // H
-        y = row - p * H
-        acc = np.empty((W + 4 * R) * C2 + VEC, np.int64)
-        _row_accumulate_interp(x, p, y, idx, wt, tb_p, td_p, acc, C2)
-        _row_store_hidden(x, p, y, acc, bias, R, C2, shift, residual, out)
+    nb = (H + BAND - 1) // BAND
+    for it in prange(P * nb):
+        p = it // nb
+        y0 = (it - p * nb) * BAND
+        nrows = min(BAND, H - y0)
+        acc = np.empty((BAND, (W + 4 * R) * C2 + VEC), np.int64)
+        _band_accumulate_interp(x, p, y0, nrows, idx, wt, tb_p, td_p, acc, C2)
+        for b in range(nrows):
+            _row_store_hidden(x, p, y0 + b, acc[b], bias, R, C2, shift, residual, out)
 
 
 @njit(**JIT)
 def _k_hidden_expanded(x, etab_p, bias, shift, residual, out):
     P, H, W = x.shape[0], x.shape[2], x.shape[3]
-    k = etab_p.shape[1]
-    R = k // 2
+    R = etab_p.shape[1] // 2
     C2 = (bias.shape[0] + 1) // 2
-    for row in prange(P * H):
-        p = row // H
-        y = row - p * H
-        acc = np.empty((W + 4 * R) * C2 + VEC, np.int64)
-        _row_accumulate_expanded(x, p, y, etab_p, acc, C2)
-        _row_store_hidden(x, p, y, acc, bias, R, C2, shift, residual, out)
+    nb = (H + BAND - 1) // BAND
+    for it in prange(P * nb):
+        p = it // nb
+        y0 = (it - p * nb) * BAND
+        nrows = min(BAND, H - y0)
+        acc = np.empty((BAND, (W + 4 * R) * C2 + VEC), np.int64)
+        _band_accumulate_expanded(x, p, y0, nrows, etab_p, acc, C2)
+        for b in range(nrows):
+            _row_store_hidden(x, p, y0 + b, acc[b], bias, R, C2, shift, residual, out)
 
 
 @njit(**JIT)
 def _k_last_interp(x, idx, wt, tb_p, td_p, bias, shift, plane, up_off, up_w, up_den,
                    den_shift, v_width, out):
     P, H, W = x.shape[0], x.shape[2], x.shape[3]
-    k = tb_p.shape[1]
-    R = k // 2
+    R = tb_p.shape[1] // 2
     C2 = (bias.shape[0] + 1) // 2
     r = up_off.shape[0]
-    for row in prange(P * H):
-        p = row // H
-        y = row - p * H
-        acc = np.empty((W + 4 * R) * C2 + VEC, np.int64)
+    nb = (H + BAND - 1) // BAND
+    for it in prange(P * nb):
+        p = it // nb
+        y0 = (it - p * nb) * BAND
+        nrows = min(BAND, H - y0)
+        acc = np.empty((BAND, (W + 4 * R) * C2 + VEC), np.int64)
         V = np.empty((r, v_width), np.int32)
         S = np.empty(W, np.int32)
-        _row_accumulate_interp(x, p, y, idx, wt, tb_p, td_p, acc, C2)
-        _row_store_last(plane, p, y, acc, bias, R, C2, shift, up_off, up_w, up_den, den_shift, V, S,
-                        out)
+        _band_accumulate_interp(x, p, y0, nrows, idx, wt, tb_p, td_p, acc, C2)
+        for b in range(nrows):
+            _row_store_last(plane, p, y0 + b, acc[b], bias, R, C2, shift, up_off, up_w, up_den,
+                            den_shift, V, S, out)
 
 
 @njit(**JIT)
 def _k_last_expanded(x, etab_p, bias, shift, plane, up_off, up_w, up_den, den_shift, v_width, out):
     P, H, W = x.shape[0], x.shape[2], x.shape[3]
-    k = etab_p.shape[1]
-    R = k // 2
+    R = etab_p.shape[1] // 2
     C2 = (bias.shape[0] + 1) // 2
     r = up_off.shape[0]
-    for row in prange(P * H):
-        p = row // H
-        y = row - p * H
-        acc = np.empty((W + 4 * R) * C2 + VEC, np.int64)
+    nb = (H + BAND - 1) // BAND
+    for it in prange(P * nb):
+        p = it // nb
+        y0 = (it - p * nb) * BAND
+        nrows = min(BAND, H - y0)
+        acc = np.empty((BAND, (W + 4 * R) * C2 + VEC), np.int64)
         V = np.empty((r, v_width), np.int32)
         S = np.empty(W, np.int32)
-        _row_accumulate_expanded(x, p, y, etab_p, acc, C2)
-        _row_store_last(plane, p, y, acc, bias, R, C2, shift, up_off, up_w, up_den, den_shift, V, S,
-                        out)
+        _band_accumulate_expanded(x, p, y0, nrows, etab_p, acc, C2)
+        for b in range(nrows):
+            _row_store_last(plane, p, y0 + b, acc[b], bias, R, C2, shift, up_off, up_w, up_den,
+                            den_shift, V, S, out)
 
 
 # ----------------------------------------------------------------------------- launchers
