@@ -8,7 +8,7 @@ from . import backends
 from .model import SCALES, Model, default_model, load_model
 from .tiling import run_tiled
 
-MODES = ("interp", "expanded")
+MODES = backends.MODES
 DEFAULT_TILE = 1024  # input pixels per tile side; larger images are processed in tiles
 MIN_TILE = 32
 
@@ -64,7 +64,7 @@ def from_planes(planes: np.ndarray, layout: tuple) -> np.ndarray:
     return out
 
 
-def run_planes_bounded(name: str, model: Model, planes: np.ndarray, mode: str = "interp",
+def run_planes_bounded(name: str, model: Model, planes: np.ndarray, mode: str = "auto",
                        tile: int | None = None) -> np.ndarray:
     """``backends.run_planes`` with bounded memory: planes larger than ``tile`` pixels on a
     side are processed in tiles with halos (bit-identical, see ``iqlut_gpu.tiling``); if a
@@ -104,14 +104,15 @@ def _upscale_on_device(images, model: Model, name: str, mode: str):
 
 
 def upscale(images, scale: int = 4, *, model=None, backend: str = "auto",
-            mode: str = "interp", tile: int | None = None) -> np.ndarray:
+            mode: str = "auto", tile: int | None = None) -> np.ndarray:
     """Upscale uint8 images by ``scale`` with an IQ-LUT model.
 
     images: uint8 ``(H,W)``, ``(H,W,3)``, ``(H,W,4)`` or a batch ``(N,H,W,C)``; returns the
     same layout ``scale`` times larger. ``model``: a ``Model``, a path, or None for the
     shipped default of that scale. ``backend``: "auto", "cpu", "cuda" or "reference"
     (``IQLUT_BACKEND`` overrides "auto"). ``mode``: "interp" (two table reads per source
-    pixel, small tables) or "expanded" (tables expanded at load time, one read); both give
+    pixel, small tables), "expanded" (tables expanded at load time, one read) or "auto"
+    (the faster one for the backend: expanded on the CPU, interp on the GPU); all give
     identical results. ``tile``: images larger than this many pixels on a side are
     processed in tiles with halos, bit-identically, to bound memory (default 1024).
     """

@@ -171,13 +171,14 @@ def _runner(name: str, model, mode: str):
         from .kernels import cuda_backend
 
         if hasattr(cuda_backend, "run_planes"):
-            return _StreamRunner(_CudaStreamer(backends.prepare(model), mode),
+            return _StreamRunner(_CudaStreamer(backends.prepare(model),
+                                               backends.concrete_mode(name, mode)),
                                  fallback=_SyncRunner(name, model, mode))
     return _SyncRunner(name, model, mode)
 
 
 def upscale_frames(frames: Iterable[np.ndarray], scale: int = 4, *, model=None,
-                   backend: str = "auto", batch: int = DEFAULT_BATCH, mode: str = "interp",
+                   backend: str = "auto", batch: int = DEFAULT_BATCH, mode: str = "auto",
                    stats: dict | None = None) -> Iterator[np.ndarray]:
     """Yield each frame of ``frames`` upscaled by ``scale``, in order.
 

@@ -456,7 +456,7 @@ def check_output_path(src: Path, dst: Path, overwrite: bool) -> None:
 
 
 def upscale_video(src, dst, scale: int = 4, *, model=None, backend: str = "auto",
-                  batch: int = 4, mode: str = "interp", codec: str | None = None,
+                  batch: int = 4, mode: str = "auto", codec: str | None = None,
                   crf: int | None = None, overwrite: bool = False, progress=None,
                   queue_batches: int = 2) -> VideoStats:
     """Upscale the video ``src`` into ``dst``: same frame rate, same frame count, audio copied.

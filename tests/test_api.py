@@ -116,3 +116,13 @@ def test_model_path_accepted(tmp_path, rng):
     img = rng.integers(0, 256, size=(3, 3)).astype(np.uint8)
     assert np.array_equal(upscale(img, 2, model=path, backend="cpu"),
                           reference.fixed_upsample(img, 2, "bilinear").astype(np.uint8))
+
+
+def test_auto_mode_picks_the_measured_winner_and_all_modes_agree(rng):
+    assert backends.concrete_mode("cpu", "auto") == "expanded"
+    assert backends.concrete_mode("cuda", "auto") == "interp"
+    assert backends.concrete_mode("cpu", "interp") == "interp"
+    img = rng.integers(0, 256, size=(7, 9, 3)).astype(np.uint8)
+    model = iqlut_gpu.default_model(2)
+    results = [upscale(img, 2, model=model, backend="cpu", mode=m) for m in ("auto", "interp", "expanded")]
+    assert all(np.array_equal(results[0], r) for r in results[1:])

@@ -16,8 +16,9 @@ def add_model_args(p) -> None:
 def add_backend_args(p) -> None:
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="compute backend (default: auto; IQLUT_BACKEND overrides auto)")
-    p.add_argument("--mode", choices=("interp", "expanded"), default="interp",
-                   help="table mode: interpolating (small) or expanded at load time (same result)")
+    p.add_argument("--mode", choices=("auto", "interp", "expanded"), default="auto",
+                   help="table mode: interpolating (small), expanded at load time, or auto "
+                   "(expanded on the CPU, interp on the GPU); the result is the same")
 
 
 def resolve_model(args):
