@@ -9,7 +9,7 @@ from safetensors.numpy import save
 
 import cases
 from iqlut_gpu import ModelError, load_model, save_model
-from iqlut_gpu.model import Layer, Model, model_from_bytes, model_to_bytes, zero_model
+from iqlut_gpu.model import DEFAULT_ARCH, Layer, Model, model_from_bytes, model_to_bytes, zero_model
 
 
 def split(data: bytes):
@@ -75,9 +75,16 @@ def test_round_trip_is_exact(tmp_path):
 
 
 def test_storage_matches_design_figures():
-    model = zero_model(4)
+    # DESIGN.md's starting architecture (L = 17 everywhere) at x4: 43,153 B vs ECNN 641,184 B
+    all17 = tuple(dict(spec, L=17) for spec in DEFAULT_ARCH)
+    model = zero_model(4, arch=all17)
     assert model.storage_bytes() == 43_153
     assert model.ecnn_storage_bytes() == 641_184
+    # the shipped architecture (L = 17, 16, 16, 16) is at least 15x smaller than ECNN
+    for scale in (2, 3, 4):
+        shipped = zero_model(scale)
+        assert shipped.ecnn_storage_bytes() >= 15 * shipped.storage_bytes()
+    assert zero_model(4).storage_bytes() == 40_825 <= 64 * 1024
 
 
 def test_valid_bytes_load(valid):

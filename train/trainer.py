@@ -131,6 +131,8 @@ def runtime_upscaler(model, backend: str = "cpu"):
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
+    """Atomic write. The state holds only tensors, numbers, strings, lists and dicts, so
+    it loads back with ``torch.load(weights_only=True)``: no pickled objects are run."""
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
@@ -173,7 +175,7 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
 
     elapsed, it, history, quantised = 0.0, 0, [], False
     if resume and ckpt_path.exists():
-        st = torch.load(ckpt_path, map_location=device, weights_only=False)
+        st = torch.load(ckpt_path, map_location=device, weights_only=True)
         if st["config"]["scale"] != cfg.scale or st["config"]["kind"] != cfg.kind:
             raise ValueError(f"checkpoint {ckpt_path} is for another scale/kind")
         net.load_state_dict(st["net"])
