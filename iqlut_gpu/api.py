@@ -100,7 +100,8 @@ def _upscale_on_device(images, model: Model, name: str, mode: str):
     if name != "cuda":
         raise backends.BackendUnavailable(
             f"images are on a CUDA device but backend {name!r} was chosen; use 'cuda' or 'auto'")
-    return cuda_backend.upscale_device(images, backends.prepare(model), mode)
+    return cuda_backend.upscale_device(images, backends.prepare(model),
+                                       backends.concrete_mode(name, mode))
 
 
 def upscale(images, scale: int = 4, *, model=None, backend: str = "auto",
