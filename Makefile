@@ -7,6 +7,9 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 # The CPU build of torch for the training extra (an unpinned torch pulls a multi-GB CUDA build).
 TORCH  ?= torch==2.13.0
+# CuPy for the tests: it imports without a GPU and brings NVRTC, so the suite also compiles
+# the CUDA kernels the way the GPU backend does. On a CUDA 13 machine: make test CUDA=cuda13
+CUDA   ?= cuda12
 DEMO_IN  := iqlut_gpu/data/astronaut_256.png
 DEMO_OUT := out/astronaut_256_x4.png
 
@@ -20,7 +23,7 @@ $(VENV)/.base: setup.cfg pyproject.toml
 
 $(VENV)/.test: $(VENV)/.base
 	$(PIP) install --quiet "$(TORCH)"
-	$(PIP) install --quiet -e ".[test,train,video,bench]"
+	$(PIP) install --quiet -e ".[test,train,video,bench,$(CUDA)]"
 	touch $@
 
 demo: $(VENV)/.base
