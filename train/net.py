@@ -60,7 +60,30 @@ def linear_init_gain(c_in: int, k: int, residual: bool, zero: bool) -> float:
     return g / math.sqrt(c_in * k * k)
 
 
-class IQLayer(torch.nn.Module):
+class _QuantTable(torch.nn.Module):
+    """What IQLayer and ECNNLayer share: float tables ``theta`` and biases ``beta`` (in units
+    of THETA_UNIT), int8 fake quantisation with a per-layer power-of-two ``shift`` once
+    ``start_quant`` has run (the ``quant`` and ``shift`` buffers)."""
+
+    def float_weight(self) -> torch.Tensor:
+        return self.theta * THETA_UNIT
+
+    @torch.no_grad()
+    def start_quant(self) -> None:
+        self.shift.fill_(choose_shift(float(self.float_weight().abs().max())))
+        self.quant.fill_(True)
+
+    def weight_bias(self):
+        w = self.float_weight()
+        b = self.beta * THETA_UNIT
+        if bool(self.quant):
+            S = int(self.shift)
+            w = fake_quant(w, S)
+            b = ste_round(b * 2.0 ** S) / 2.0 ** S
+        return w, b
+
+
+class IQLayer(_QuantTable):
     def __init__(self, c_in, c_out, k, L, residual=False, min_gap=1.0, zero_init=False):
         super().__init__()
         self.c_in, self.c_out, self.k, self.L, self.residual = c_in, c_out, k, L, residual
@@ -105,23 +128,6 @@ class IQLayer(torch.nn.Module):
         self.frozen.fill_(True)
         self.knot_logits.requires_grad_(False)
 
-    def float_weight(self) -> torch.Tensor:
-        return self.theta * THETA_UNIT
-
-    @torch.no_grad()
-    def start_quant(self) -> None:
-        self.shift.fill_(choose_shift(float(self.float_weight().abs().max())))
-        self.quant.fill_(True)
-
-    def weight_bias(self):
-        w = self.float_weight()
-        b = self.beta * THETA_UNIT
-        if bool(self.quant):
-            S = int(self.shift)
-            w = fake_quant(w, S)
-            b = ste_round(b * 2.0 ** S) / 2.0 ** S
-        return w, b
-
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Two-hot encoding of (already padded) codes; exact integer weights once frozen."""
         if bool(self.frozen):
@@ -146,7 +152,7 @@ class IQLayer(torch.nn.Module):
                      shift=S, residual=self.residual)
 
 
-class ECNNLayer(torch.nn.Module):
+class ECNNLayer(_QuantTable):
     """ECNN: a 256-entry lookup per input code (uniform knots), gather form."""
 
     def __init__(self, c_in, c_out, k, residual=False, zero_init=False):
@@ -161,20 +167,6 @@ class ECNNLayer(torch.nn.Module):
         self.beta = torch.nn.Parameter(torch.zeros(c_out))
         self.register_buffer("quant", torch.tensor(False))
         self.register_buffer("shift", torch.tensor(16))
-
-    @torch.no_grad()
-    def start_quant(self) -> None:
-        self.shift.fill_(choose_shift(float((self.theta * THETA_UNIT).abs().max())))
-        self.quant.fill_(True)
-
-    def weight_bias(self):
-        w = self.theta * THETA_UNIT
-        b = self.beta * THETA_UNIT
-        if bool(self.quant):
-            S = int(self.shift)
-            w = fake_quant(w, S)
-            b = ste_round(b * 2.0 ** S) / 2.0 ** S
-        return w, b
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         w, b = self.weight_bias()
