@@ -133,3 +133,13 @@ def test_info_json_and_text(run_cli):
 def test_info_bad_model(run_cli, tmp_path):
     (tmp_path / "m.safetensors").write_bytes(b"junk")
     assert_clean_failure(run_cli("info", tmp_path / "m.safetensors"), "m.safetensors")
+
+
+def test_closed_pipe_is_not_reported_as_an_error(tmp_path):
+    import subprocess
+    import sys
+
+    for reader in ("head -1", "head -c 0"):
+        proc = subprocess.run(f"{sys.executable} -m iqlut_gpu info --scale 4 --json | {reader}",
+                              shell=True, capture_output=True, text=True, cwd=tmp_path)
+        assert "rror" not in proc.stderr and "Exception" not in proc.stderr, proc.stderr

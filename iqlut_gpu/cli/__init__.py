@@ -53,10 +53,17 @@ def main(argv=None) -> int:
     # add a second stderr line (and break "one line per error").
     warnings.simplefilter("ignore", BackendFallbackWarning)
     try:
-        return int(args.func(args) or EXIT_OK)
+        code = int(args.func(args) or EXIT_OK)
+        sys.stdout.flush()  # a closed pipe shows up here, inside the handlers below
+        return code
     except KeyboardInterrupt:
         print("iqlut: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `iqlut info | head`: the reader left; not an error of ours
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAIL
     except _expected_errors() as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"iqlut {args.command}: error: {msg}", file=sys.stderr)
