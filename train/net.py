@@ -82,6 +82,20 @@ class _QuantTable(torch.nn.Module):
             b = ste_round(b * 2.0 ** S) / 2.0 ** S
         return w, b
 
+    @torch.no_grad()
+    def export(self) -> Layer:
+        """The integer layer: int8 table (``_table_layout`` of the weights in code units
+        times 2**S / 256), bias rounded at 2**S, the layer's knots (``_export_knots``)."""
+        if not bool(self.quant):
+            self.start_quant()
+        S = int(self.shift)
+        w, _ = self.weight_bias()
+        table = self._table_layout(w.detach().double().cpu() * 2.0 ** (S - 8))
+        table = torch.round(table).clamp(-128, 127).numpy().astype(np.int8)
+        bias = np.floor(self.beta.detach().double().cpu().numpy() * THETA_UNIT * 2.0 ** S + 0.5)
+        return Layer(knots=self._export_knots(), table=table, bias=bias.astype(np.int32),
+                     shift=S, residual=self.residual)
+
 
 class IQLayer(_QuantTable):
     def __init__(self, c_in, c_out, k, L, residual=False, min_gap=1.0, zero_init=False):
@@ -139,17 +153,11 @@ class IQLayer(_QuantTable):
         enc = self.encode(pad_codes(x, self.k // 2))
         return ste_round(expanded_conv(enc, w, b, padded=True))
 
-    @torch.no_grad()
-    def export(self) -> Layer:
-        if not bool(self.quant):
-            self.start_quant()
-        S = int(self.shift)
-        w, _ = self.weight_bias()
-        table = weight_to_table(w.detach().double().cpu() * 2.0 ** (S - 8), self.c_in, self.L)
-        table = torch.round(table).clamp(-128, 127).numpy().astype(np.int8)
-        bias = np.floor(self.beta.detach().double().cpu().numpy() * THETA_UNIT * 2.0 ** S + 0.5)
-        return Layer(knots=self.rounded_knots(), table=table, bias=bias.astype(np.int32),
-                     shift=S, residual=self.residual)
+    def _table_layout(self, t: torch.Tensor) -> torch.Tensor:
+        return weight_to_table(t, self.c_in, self.L)
+
+    def _export_knots(self) -> np.ndarray:
+        return self.rounded_knots()
 
 
 class ECNNLayer(_QuantTable):
@@ -186,18 +194,11 @@ class ECNNLayer(_QuantTable):
                 acc = acc + win[:, dy + R, dx + R, :, R - dy:R - dy + H, R - dx:R - dx + W]
         return ste_round(acc)
 
-    @torch.no_grad()
-    def export(self) -> Layer:
-        if not bool(self.quant):
-            self.start_quant()
-        S = int(self.shift)
-        w, _ = self.weight_bias()
-        t = (w.detach().double().cpu() * 2.0 ** (S - 8)).view(self.c_in, 256, self.k, self.k, self.c_out)
-        table = torch.round(t).clamp(-128, 127).numpy().astype(np.int8)
-        bias = np.floor(self.beta.detach().double().cpu().numpy() * THETA_UNIT * 2.0 ** S + 0.5)
-        knots = np.tile(np.arange(256, dtype=np.uint8), (self.c_in, 1))
-        return Layer(knots=knots, table=table, bias=bias.astype(np.int32), shift=S,
-                     residual=self.residual)
+    def _table_layout(self, t: torch.Tensor) -> torch.Tensor:
+        return t.view(self.c_in, 256, self.k, self.k, self.c_out)
+
+    def _export_knots(self) -> np.ndarray:
+        return np.tile(np.arange(256, dtype=np.uint8), (self.c_in, 1))
 
 
 class LUTNet(torch.nn.Module):
