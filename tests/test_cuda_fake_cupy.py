@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cuda_emu import fake_cupy, harness
-from cuda_emu.cuda_cases import group
+from cuda_emu.cuda_cases import CudaBuffer, group
 from iqlut_gpu import backends, reference, upscale
 from iqlut_gpu.backends import Prepared
 from iqlut_gpu.kernels import cuda_backend
@@ -64,16 +64,6 @@ def test_upscale_device_layouts_and_dlpack_without_copy(cupy):
     model = group("shipped")[0][2]
     r = model.scale
     rng = np.random.default_rng()
-
-    class CudaBuffer:  # only the DLPack protocol, like a torch CUDA tensor
-        def __init__(self, arr):
-            self.arr = arr
-
-        def __dlpack__(self, **kw):
-            return self.arr.__dlpack__(**kw)
-
-        def __dlpack_device__(self):
-            return self.arr.__dlpack_device__()
 
     for shape in [(6, 5), (6, 5, 1), (6, 5, 3), (6, 5, 4), (2, 6, 5, 3)]:
         host = rng.integers(0, 256, shape, dtype=np.uint8)

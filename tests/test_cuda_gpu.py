@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cuda_emu.cuda_cases import GROUPS, group
+from cuda_emu.cuda_cases import GROUPS, CudaBuffer, group
 from iqlut_gpu import backends, reference, upscale
 from iqlut_gpu.backends import Prepared
 from iqlut_gpu.kernels import cuda_backend
@@ -72,16 +72,6 @@ def test_gpu_device_arrays_stay_on_device_and_streams_work():
 
 def test_gpu_dlpack_input_is_taken_without_a_copy():
     import cupy
-
-    class CudaBuffer:  # only the DLPack protocol, like a torch CUDA tensor
-        def __init__(self, arr):
-            self.arr = arr
-
-        def __dlpack__(self, **kw):
-            return self.arr.__dlpack__(**kw)
-
-        def __dlpack_device__(self):
-            return self.arr.__dlpack_device__()
 
     arr = cupy.asarray(np.random.default_rng().integers(0, 256, (7, 9, 3), dtype=np.uint8))
     wrapped = CudaBuffer(arr)

@@ -13,6 +13,19 @@ import numpy as np
 import cases
 from iqlut_gpu.model import UPSAMPLES, default_model
 
+class CudaBuffer:
+    """An object with only the DLPack protocol, like a torch CUDA tensor."""
+
+    def __init__(self, arr):
+        self.arr = arr
+
+    def __dlpack__(self, **kw):
+        return self.arr.__dlpack__(**kw)
+
+    def __dlpack_device__(self):
+        return self.arr.__dlpack_device__()
+
+
 GROUPS = ([f"x{s}-{u}" for s in (2, 3, 4) for u in UPSAMPLES]
           + ["default-arch", "extreme", "shipped"])
 
