@@ -203,6 +203,21 @@ def _case_dict(case) -> dict:
             "planes": case.planes, "out_pixels": case.out_pixels}
 
 
+
+def _panel(ax, series: dict, title: str, xlabel: str, ylabel: str, xbase: int) -> None:
+    """One log-log panel: a line per label through its sorted (x, y) points."""
+    for label, pts in sorted(series.items()):
+        pts.sort()
+        ax.plot([x for x, _ in pts], [y for _, y in pts], "o-", label=label)
+    ax.set_xscale("log", base=xbase)
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    if series:
+        ax.legend(fontsize=8)
+
 def plot(results, path: Path, title: str) -> None:
     import matplotlib
 
@@ -220,17 +235,8 @@ def plot(results, path: Path, title: str) -> None:
         label = c["backend"] + (f" {c['mode']}" if c.get("mode") else "")
         W, H = c["size"]
         series.setdefault(label, []).append((W * H, r["out_mpix_per_s"]))
-    for label, pts in sorted(series.items()):
-        pts.sort()
-        ax1.plot([p for p, _ in pts], [v for _, v in pts], "o-", label=label)
-    ax1.set_xscale("log")
-    ax1.set_yscale("log")
-    ax1.set_xlabel("input pixels per frame (x4, RGB, batch 1)")
-    ax1.set_ylabel("output megapixels / s")
-    ax1.set_title("throughput vs size")
-    ax1.grid(True, which="both", alpha=0.3)
-    if series:
-        ax1.legend(fontsize=8)
+    _panel(ax1, series, "throughput vs size", "input pixels per frame (x4, RGB, batch 1)",
+           "output megapixels / s", xbase=10)
     bseries: dict = {}
     for r in results:
         c = r.get("case", {})
@@ -241,17 +247,8 @@ def plot(results, path: Path, title: str) -> None:
             continue
         label = c["backend"] + (f" {c['mode']}" if c.get("mode") else "")
         bseries.setdefault(label, []).append((c["batch"], r["median_s"] / c["batch"] * 1e3))
-    for label, pts in sorted(bseries.items()):
-        pts.sort()
-        ax2.plot([b for b, _ in pts], [v for _, v in pts], "o-", label=label)
-    ax2.set_xscale("log", base=2)
-    ax2.set_yscale("log")
-    ax2.set_xlabel("batch (RGB frames, 320x180 -> 1280x720)")
-    ax2.set_ylabel("ms per frame")
-    ax2.set_title("time per frame vs batch")
-    ax2.grid(True, which="both", alpha=0.3)
-    if bseries:
-        ax2.legend(fontsize=8)
+    _panel(ax2, bseries, "time per frame vs batch", "batch (RGB frames, 320x180 -> 1280x720)",
+           "ms per frame", xbase=2)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
