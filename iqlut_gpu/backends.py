@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import os
 import warnings
-from functools import cached_property
 
 import numpy as np
 
@@ -59,10 +58,6 @@ class Prepared:
             else:
                 raise ValueError(f"mode must be 'interp' or 'expanded', got {mode!r}")
         return self._luts[key]
-
-    @cached_property
-    def halo(self) -> int:
-        return self.model.receptive_radius
 
 
 _PREPARED: dict[int, Prepared] = {}

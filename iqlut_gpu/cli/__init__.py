@@ -13,7 +13,7 @@ import sys
 
 SUBCOMMANDS = ("upscale", "info", "video", "train", "eval", "bench")
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAIL, EXIT_INTERRUPTED = 0, 1, 130  # argparse exits 2 on usage errors
 
 
 class CLIError(Exception):
@@ -24,13 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="iqlut", description="IQ-LUT lookup-table super-resolution")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMANDS:
-        try:
-            module = importlib.import_module(f"{__name__}.{name}_cmd")
-        except ModuleNotFoundError as e:
-            if e.name != f"{__name__}.{name}_cmd":
-                raise
-            continue  # subcommand not built into this version
-        module.add_parser(sub)
+        importlib.import_module(f"{__name__}.{name}_cmd").add_parser(sub)
     return parser
 
 
