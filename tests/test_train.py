@@ -77,6 +77,38 @@ def test_resume_continues_from_checkpoint(cache):
     assert load_model(out).provenance["iterations"] == 7
 
 
+def test_resume_with_a_larger_budget_stretches_the_int8_stage(cache):
+    out = cache / "tiny_x2.safetensors"
+    base = dict(scale=2, out=str(out), time_budget=1e9, seed=3, batch=2, patch=12, lam=0.0,
+                val_every=1e9, ckpt_every=0.0, val_crop=48, images=TEXTURED[:1], limit_val=1,
+                arch=[dict(a) for a in TINY_ARCH])
+    train(Config(max_iters=5, **base), progress=False, log=lambda m: None)  # int8 from it 4
+    ckpt = torch.load(out.with_name(out.name + ".ckpt"), weights_only=True)
+    assert ckpt["quantised"] and ckpt["quant_point"][1] == 4
+    logs = []
+    s = train(Config(max_iters=20, **base), resume=True, progress=False, log=logs.append)
+    assert s["iterations"] == 20
+    ckpt = torch.load(out.with_name(out.name + ".ckpt"), weights_only=True)
+    assert ckpt["quant_point"][1] == 4  # stayed in the int8 stage, which began at iteration 4
+    assert not any("knots frozen" in m for m in logs)
+    assert abs(s["validation"]["export_minus_torch_db"]) <= 0.05
+
+
+def test_lr_schedule_and_suspended_steps():
+    from iqlut_gpu.train.trainer import QUANT_AT, _lr_factor, counted_step_time
+    assert _lr_factor(0.0) == pytest.approx(1.0)
+    assert _lr_factor(QUANT_AT, QUANT_AT) == pytest.approx(0.3)
+    assert _lr_factor(1.0, QUANT_AT) == pytest.approx(0.0)
+    # an extended run (its int8 stage began at 0.3 of the new budget) continues the cosine
+    assert _lr_factor(0.3, 0.3) == pytest.approx(0.3)
+    assert 0.0 < _lr_factor(0.65, 0.3) < 0.3
+    assert _lr_factor(0.65, 0.3) == pytest.approx(0.15)
+    # a step of 600 s when steps take 0.5 s was a suspension: it counts as a usual step
+    assert counted_step_time(600.0, 0.5) == 0.5
+    assert counted_step_time(0.7, 0.5) == 0.7
+    assert counted_step_time(3.0, None) == 3.0
+
+
 @pytest.mark.parametrize("kind,arch", [("iqlut", IQLUT_ARCH), ("ecnn", ECNN_ARCH)])
 def test_quantised_net_equals_its_export(kind, arch):
     torch.manual_seed(SESSION_SEED)

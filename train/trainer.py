@@ -4,7 +4,13 @@ Schedule (fractions of the time budget, so a CPU session and a GPU run follow th
 plan): until ``QUANT_AT`` the student learns knots and float tables (activations are
 already rounded, straight through); then its knots are rounded and frozen, each layer's
 shift is fixed and its tables are int8 fake-quantised for the rest of the budget, with
-the learning rate decaying to zero (cosine). The teacher (a float CNN) trains alongside
+the learning rate decaying to zero (cosine). Resuming with a larger budget (or
+``max_iters``) stretches what is left of the schedule: a run already in its int8 stage
+stays there, and its cosine runs from where it stands to zero at the new end.
+
+The budget counts the seconds spent in training steps (not data preparation, validation
+or checkpoints). A step that took far longer than usual (the process was suspended, the
+laptop slept) is counted at the usual step time. The teacher (a float CNN) trains alongside
 on the same batches; the student's loss is ``MSE(student, HR) + lam * MSE(student,
 teacher)`` (images in 0..1 units). The ECNN baseline follows the same schedule without
 teacher (``lam = 0``) and without learnable knots.
@@ -138,12 +144,26 @@ def save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
-def _lr_factor(frac: float) -> float:
-    """Cosine decay within each stage; the quantised stage restarts at 0.3 of the peak."""
-    if frac < QUANT_AT:
-        return 0.5 * (1 + math.cos(math.pi * frac / QUANT_AT)) * 0.9 + 0.1
-    g = (frac - QUANT_AT) / (1 - QUANT_AT)
-    return 0.3 * 0.5 * (1 + math.cos(math.pi * min(g, 1.0)))
+def _lr_factor(frac: float, quant_frac: float | None = None) -> float:
+    """Cosine decay within each stage; the quantised stage restarts at 0.3 of the peak.
+
+    ``quant_frac`` is where the int8 stage began (None: not yet); it is ``QUANT_AT``
+    unless a resumed run was given a larger budget than the one it started with."""
+    if quant_frac is None:
+        return 0.5 * (1 + math.cos(math.pi * min(frac / QUANT_AT, 1.0))) * 0.9 + 0.1
+    g = (frac - quant_frac) / max(1.0 - quant_frac, 1e-9)
+    return 0.3 * 0.5 * (1 + math.cos(math.pi * min(max(g, 0.0), 1.0)))
+
+
+SUSPENDED_FACTOR = 20.0  # a step this many times slower than usual counts as suspended
+
+
+def counted_step_time(dt: float, usual: float | None) -> float:
+    """The seconds a step counts against the budget: its time, unless it took more than
+    ``SUSPENDED_FACTOR`` times the usual step (and over 10 s), then the usual time."""
+    if usual is not None and dt > 10.0 and dt > SUSPENDED_FACTOR * usual:
+        return usual
+    return dt
 
 
 # ----------------------------------------------------------------------------- training
@@ -174,6 +194,7 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
     topt = torch.optim.Adam(teacher.parameters(), lr=cfg.lr) if teacher is not None else None
 
     elapsed, it, history, quantised = 0.0, 0, [], False
+    quant_point = None  # (elapsed seconds, iteration) when the int8 stage began
     if resume and ckpt_path.exists():
         st = torch.load(ckpt_path, map_location=device, weights_only=True)
         if st["config"]["scale"] != cfg.scale or st["config"]["kind"] != cfg.kind:
@@ -189,9 +210,17 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
             teacher.load_state_dict(st["teacher"])
             topt.load_state_dict(st["topt"])
         elapsed, it, history = st["elapsed"], st["iteration"], st["history"]
+        if quantised:
+            old = st["config"]
+            quant_point = tuple(st.get("quant_point") or (QUANT_AT * old["time_budget"],
+                                                           int(QUANT_AT * old["max_iters"])))
         rng.bit_generator.state = st["np_rng"]
         torch.set_rng_state(st["torch_rng"])
         log(f"resumed from {ckpt_path} at iteration {it}, {elapsed:.0f} s")
+        old_budget = st["config"]["time_budget"]
+        if not cfg.max_iters and cfg.time_budget > old_budget:
+            log(f"budget extended from {old_budget:.0f} to {cfg.time_budget:.0f} s: "
+                f"the rest of the schedule stretches to the new end")
 
     log(f"training {cfg.kind} x{cfg.scale} on {machine()}; budget {cfg.time_budget:.0f} s")
     hr_bank, lr_bank = data.build_bank(cfg.scale, limit=cfg.limit_images or None,
@@ -205,7 +234,8 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
         return {"config": asdict(cfg), "net": net.state_dict(), "opt": opt.state_dict(),
                 "teacher": teacher.state_dict() if teacher is not None else None,
                 "topt": topt.state_dict() if topt is not None else None,
-                "quantised": quantised, "elapsed": elapsed, "iteration": it, "history": history,
+                "quantised": quantised, "quant_point": list(quant_point) if quant_point else None,
+                "elapsed": elapsed, "iteration": it, "history": history,
                 "np_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
 
     def validate() -> float:
@@ -224,7 +254,7 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
                    mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
     last_val = history[-1]["val_psnr"] if history else float("nan")
     t_ckpt = t_val = time.monotonic()
-    loss_ema = base_ema = None
+    loss_ema = base_ema = step_ema = None
     try:
         while elapsed < cfg.time_budget and not (cfg.max_iters and it >= cfg.max_iters):
             t0 = time.monotonic()
@@ -233,11 +263,18 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
                 net.freeze_knots()
                 net.start_quant()
                 quantised = True
+                quant_point = (elapsed, it)
                 opt = torch.optim.Adam([{"params": other, "lr": cfg.lr, "base": cfg.lr}])
                 log(f"iteration {it}: knots frozen, int8 tables (shifts "
                     f"{[int(layer.shift) for layer in net.layers]})")
+            if quant_point is None:
+                quant_frac = None
+            elif cfg.max_iters:
+                quant_frac = min(quant_point[1] / cfg.max_iters, QUANT_AT)
+            else:
+                quant_frac = min(quant_point[0] / cfg.time_budget, QUANT_AT)
             for g in opt.param_groups:
-                g["lr"] = g["base"] * _lr_factor(frac)
+                g["lr"] = g["base"] * _lr_factor(frac, quant_frac)
             lo, hi = data.sample_batch(rng, hr_bank, lr_bank, cfg.scale, cfg.batch, cfg.patch)
             x = torch.from_numpy(lo.astype(np.float32))[:, None].to(device)
             y = torch.from_numpy(hi.astype(np.float32))[:, None].to(device) / 255.0
@@ -260,7 +297,8 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
                 bv = float(F.mse_loss(net.upsample(x) / 255.0, y))
             loss_ema = lv if loss_ema is None else 0.98 * loss_ema + 0.02 * lv
             base_ema = bv if base_ema is None else 0.98 * base_ema + 0.02 * bv
-            dt = time.monotonic() - t0
+            dt = counted_step_time(time.monotonic() - t0, step_ema)
+            step_ema = dt if step_ema is None else 0.95 * step_ema + 0.05 * dt
             elapsed += dt
             now = time.monotonic()
             if now - t_val >= cfg.val_every:
