@@ -12,19 +12,21 @@ output position.
 - ``dram_bytes``: plane traffic if each layer streams its input and output once: hidden
   ``c_in + c_out`` bytes, last ``c_in + 1`` (the base plane) ``+ r*r`` bytes.
 - ``cpu_lane_adds``: what the Numba kernels actually execute in their inner loop: two output
-  channels share one int64 add (packed lanes), ``taps * ceil(c_out / 2)`` adds per pixel
-  (interp: each also has one multiply and one more add).
+  channels share one int64 add (packed lanes), ``taps * C2p`` adds per pixel, where C2p is
+  ``ceil(c_out / 2)`` padded to the kernels' vector width (interp: each also has one
+  multiply and one more add).
 """
 
 from __future__ import annotations
 
+from iqlut_gpu.kernels.numba_cpu import VEC
 from iqlut_gpu.reference import upsample_filter
 
 
 def layer_work(layer, mode: str, scale: int | None = None, upsample: str | None = None) -> dict:
     taps = layer.c_in * layer.k * layer.k
     c_out = layer.c_out
-    lanes = (c_out + 1) // 2
+    lanes = -(-((c_out + 1) // 2) // VEC) * VEC  # packed int64 per column, padded to VEC
     if mode == "interp":
         entries, macs, entry_bytes = 2 * taps * c_out, 2 * taps * c_out, 1
     else:

@@ -19,9 +19,10 @@ Launcher arguments (all C-contiguous):
 
 Kernel-side tables (derived once per lut by ``_kernel_tables`` and memoised). Two output
 channels are packed into one int64 (``lo + hi * 2**32``, see ``_lane``) so that one 64-bit
-add does two channel adds, and the k window columns of one (channel, dy) are one
-contiguous row, zero-padded to a multiple of ``VEC`` int64, so that a source pixel paints
-its whole window row with a few 256-bit vector steps (``_vadd``, ``_vadd_mul``: small
+add does two channel adds; a column's ``C2 = ceil(c_out/2)`` packed values are zero-padded
+to ``C2p``, a multiple of ``VEC``, and the k window columns of one (channel, dy) are one
+contiguous row of ``KC = k * C2p`` int64, so that a source pixel paints its whole window
+row with a few aligned 256-bit vector steps (``_vadd``, ``_vadd_mul``: small
 Numba intrinsics, since LLVM's own vectorisation of these short runtime-length loops
 costs more in checks than it saves):
 
@@ -30,7 +31,10 @@ costs more in checks than it saves):
             ``table[i+1] - table[i]``, so that
             ``table[i] * (256 - w) + table[i+1] * w == tb[i] + td[i] * w`` exactly;
 
-with ``KC = k * ceil(c_out/2)`` rounded up to a multiple of ``VEC``.
+Padding each column (not just the row) keeps every vector step of one source column on
+the same VEC-aligned accumulator slots as its neighbours' steps: with unaligned overlaps
+(c_out = 4 or 9) the CPU cannot forward the previous step's store to the next load, and
+the last layers of x2 and x3 ran 1.5-2.5x slower than with the padding.
 
 One ``prange`` iteration computes a band of ``BAND`` output rows of one plane (all
 columns, all output channels; for the last layer the r output rows of each input row):
@@ -120,11 +124,11 @@ def _lane(v, hi):
 
 
 @njit(inline="always")
-def _band_accumulate_expanded(x, p, y0, nrows, etab_p, acc, C2):
+def _band_accumulate_expanded(x, p, y0, nrows, etab_p, acc, C2p):
     """Scatter form of reference.accumulate for output rows y0 .. y0+nrows-1: every padded
-    source column j of every source row paints its window row ``v(code)[dy, :, :]`` (k*C2
-    packed int64, contiguous, zero-padded to KC) onto ``acc[b, (j .. j+k-1), :]``.
-    acc: int64 [BAND, (W + 4R) * C2 + VEC]; in row b, position q' = q + 2R holds output
+    source column j of every source row paints its window row ``v(code)[dy, :, :]`` (KC =
+    k*C2p packed int64, contiguous) onto ``acc[b, (j .. j+k-1), :]``.
+    acc: int64 [BAND, (W + 4R) * C2p + VEC]; in row b, position q' = q + 2R holds output
     column q of output row y = y0 + b (other positions collect edge terms and are ignored):
 
         acc[b, q'] = sum_c sum_dy sum_dx v_c(X[c, clamp(y - dy + R), clamp(q - dx + R)])[dy, dx]
@@ -135,8 +139,8 @@ def _band_accumulate_expanded(x, p, y0, nrows, etab_p, acc, C2):
     c_in, H, W = x.shape[1], x.shape[2], x.shape[3]
     k = etab_p.shape[1]
     R = k // 2
-    KC = _U(etab_p.shape[3])  # k * C2 rounded up to a multiple of VEC
-    uC2 = _U(C2)
+    KC = _U(etab_p.shape[3])  # k * C2p
+    uC2p = _U(C2p)
     acc[:nrows] = 0
     for c in range(c_in):
         for dy in range(k):
@@ -146,13 +150,13 @@ def _band_accumulate_expanded(x, p, y0, nrows, etab_p, acc, C2):
                 arow = acc[b]
                 for j in range(W + 2 * R):
                     t = _U(src[_clamp(j - R, 0, W - 1)]) * KC
-                    a = _U(j) * uC2
+                    a = _U(j) * uC2p
                     for m in range(_U(0), KC, _U(VEC)):
                         _vadd(arow, a + m, tabs, t + m)
 
 
 @njit(inline="always")
-def _band_accumulate_interp(x, p, y0, nrows, idx, wt, tb_p, td_p, acc, C2):
+def _band_accumulate_interp(x, p, y0, nrows, idx, wt, tb_p, td_p, acc, C2p):
     """As ``_band_accumulate_expanded``, the window computed from the knot rows:
     ``v = tb_p[i] + td_p[i] * w`` with ``tb = 256 * table[i]``, ``td = table[i+1] - table[i]``
     (``table[i]*(256-w) + table[i+1]*w``, exactly)."""
@@ -160,7 +164,7 @@ def _band_accumulate_interp(x, p, y0, nrows, idx, wt, tb_p, td_p, acc, C2):
     k = tb_p.shape[1]
     R = k // 2
     KC = _U(tb_p.shape[3])
-    uC2 = _U(C2)
+    uC2p = _U(C2p)
     acc[:nrows] = 0
     for c in range(c_in):
         for dy in range(k):
@@ -173,29 +177,29 @@ def _band_accumulate_interp(x, p, y0, nrows, idx, wt, tb_p, td_p, acc, C2):
                     code = src[_clamp(j - R, 0, W - 1)]
                     t = _U(idx[c, code]) * KC
                     w = np.int64(wt[c, code])
-                    a = _U(j) * uC2
+                    a = _U(j) * uC2p
                     for m in range(_U(0), KC, _U(VEC)):
                         _vadd_mul(arow, a + m, tb, t + m, td, w)
 
 
 @njit(inline="always")
-def _row_unpack(acc, q, o, bias, R, C2):
+def _row_unpack(acc, q, o, bias, R, C2p):
     """A[o] at output column q: the packed lane plus the bias."""
-    return _lane(acc[(q + 2 * R) * C2 + (o >> 1)], (o & 1) == 1) + bias[o]
+    return _lane(acc[(q + 2 * R) * C2p + (o >> 1)], (o & 1) == 1) + bias[o]
 
 
 @njit(inline="always")
-def _row_store_hidden(x, p, y, acc, bias, R, C2, shift, residual, out):
+def _row_store_hidden(x, p, y, acc, bias, R, C2p, shift, residual, out):
     W = x.shape[3]
     for o in range(bias.shape[0]):
         for q in range(W):
-            a = _row_unpack(acc, q, o, bias, R, C2)
+            a = _row_unpack(acc, q, o, bias, R, C2p)
             base = np.int32(x[p, o, y, q]) if residual else np.int32(128)
             out[p, o, y, q] = _clamp(base + _requant(a, shift), 0, 255)
 
 
 @njit(inline="always")
-def _row_store_last(plane, p, y, acc, bias, R, C2, shift, up_off, up_w, up_den, den_shift, V, S,
+def _row_store_last(plane, p, y, acc, bias, R, C2p, shift, up_off, up_w, up_den, den_shift, V, S,
                     out):
     """Rows y*r .. y*r + r-1 of the output: fixed upsample (reference.fixed_upsample) plus the
     pixel-shuffled deltas. The separable upsample sum is computed vertical-first into ``V``
@@ -244,48 +248,54 @@ def _row_store_last(plane, p, y, acc, bias, R, C2, shift, up_off, up_w, up_den, 
                 for q in range(W):
                     S[q] = (S[q] + half) // d2  # // floors, as in the reference
             for q in range(W):
-                delta = _requant(_lane(acc[(q + 2 * R) * C2 + col], hi) + bo, shift)
+                delta = _requant(_lane(acc[(q + 2 * R) * C2p + col], hi) + bo, shift)
                 orow[q * r + b] = _clamp(_clamp(S[q], 0, 255) + delta, 0, 255)
 
 
 # ----------------------------------------------------------------------------- kernels
 # One prange iteration = one band of BAND input rows of one plane; scratch rows are
-# allocated per iteration. acc: int64 [BAND, (W + 4R) * C2 + VEC] packed lanes (see
-# _band_accumulate_expanded); C2 = ceil(c_out / 2) packed int64 per column.
+# allocated per iteration. acc: int64 [BAND, (W + 4R) * C2p + VEC] packed lanes (see
+# _band_accumulate_expanded); C2p = ceil(c_out / 2) packed int64 per column, padded to VEC.
 
 BAND = 8
+
+
+@njit(inline="always")
+def _c2p(c_out):
+    """Packed int64 per accumulator column: ceil(c_out / 2) rounded up to a multiple of VEC."""
+    return ((c_out + 1) // 2 + VEC - 1) // VEC * VEC
 
 
 @njit(**JIT)
 def _k_hidden_interp(x, idx, wt, tb_p, td_p, bias, shift, residual, out):
     P, H, W = x.shape[0], x.shape[2], x.shape[3]
     R = tb_p.shape[1] // 2
-    C2 = (bias.shape[0] + 1) // 2
+    C2p = _c2p(bias.shape[0])
     nb = (H + BAND - 1) // BAND
     for it in prange(P * nb):
         p = it // nb
         y0 = (it - p * nb) * BAND
         nrows = min(BAND, H - y0)
-        acc = np.empty((BAND, (W + 4 * R) * C2 + VEC), np.int64)
-        _band_accumulate_interp(x, p, y0, nrows, idx, wt, tb_p, td_p, acc, C2)
+        acc = np.empty((BAND, (W + 4 * R) * C2p + VEC), np.int64)
+        _band_accumulate_interp(x, p, y0, nrows, idx, wt, tb_p, td_p, acc, C2p)
         for b in range(nrows):
-            _row_store_hidden(x, p, y0 + b, acc[b], bias, R, C2, shift, residual, out)
+            _row_store_hidden(x, p, y0 + b, acc[b], bias, R, C2p, shift, residual, out)
 
 
 @njit(**JIT)
 def _k_hidden_expanded(x, etab_p, bias, shift, residual, out):
     P, H, W = x.shape[0], x.shape[2], x.shape[3]
     R = etab_p.shape[1] // 2
-    C2 = (bias.shape[0] + 1) // 2
+    C2p = _c2p(bias.shape[0])
     nb = (H + BAND - 1) // BAND
     for it in prange(P * nb):
         p = it // nb
         y0 = (it - p * nb) * BAND
         nrows = min(BAND, H - y0)
-        acc = np.empty((BAND, (W + 4 * R) * C2 + VEC), np.int64)
-        _band_accumulate_expanded(x, p, y0, nrows, etab_p, acc, C2)
+        acc = np.empty((BAND, (W + 4 * R) * C2p + VEC), np.int64)
+        _band_accumulate_expanded(x, p, y0, nrows, etab_p, acc, C2p)
         for b in range(nrows):
-            _row_store_hidden(x, p, y0 + b, acc[b], bias, R, C2, shift, residual, out)
+            _row_store_hidden(x, p, y0 + b, acc[b], bias, R, C2p, shift, residual, out)
 
 
 @njit(**JIT)
@@ -293,19 +303,19 @@ def _k_last_interp(x, idx, wt, tb_p, td_p, bias, shift, plane, up_off, up_w, up_
                    den_shift, v_width, out):
     P, H, W = x.shape[0], x.shape[2], x.shape[3]
     R = tb_p.shape[1] // 2
-    C2 = (bias.shape[0] + 1) // 2
+    C2p = _c2p(bias.shape[0])
     r = up_off.shape[0]
     nb = (H + BAND - 1) // BAND
     for it in prange(P * nb):
         p = it // nb
         y0 = (it - p * nb) * BAND
         nrows = min(BAND, H - y0)
-        acc = np.empty((BAND, (W + 4 * R) * C2 + VEC), np.int64)
+        acc = np.empty((BAND, (W + 4 * R) * C2p + VEC), np.int64)
         V = np.empty((r, v_width), np.int32)
         S = np.empty(W, np.int32)
-        _band_accumulate_interp(x, p, y0, nrows, idx, wt, tb_p, td_p, acc, C2)
+        _band_accumulate_interp(x, p, y0, nrows, idx, wt, tb_p, td_p, acc, C2p)
         for b in range(nrows):
-            _row_store_last(plane, p, y0 + b, acc[b], bias, R, C2, shift, up_off, up_w, up_den,
+            _row_store_last(plane, p, y0 + b, acc[b], bias, R, C2p, shift, up_off, up_w, up_den,
                             den_shift, V, S, out)
 
 
@@ -313,19 +323,19 @@ def _k_last_interp(x, idx, wt, tb_p, td_p, bias, shift, plane, up_off, up_w, up_
 def _k_last_expanded(x, etab_p, bias, shift, plane, up_off, up_w, up_den, den_shift, v_width, out):
     P, H, W = x.shape[0], x.shape[2], x.shape[3]
     R = etab_p.shape[1] // 2
-    C2 = (bias.shape[0] + 1) // 2
+    C2p = _c2p(bias.shape[0])
     r = up_off.shape[0]
     nb = (H + BAND - 1) // BAND
     for it in prange(P * nb):
         p = it // nb
         y0 = (it - p * nb) * BAND
         nrows = min(BAND, H - y0)
-        acc = np.empty((BAND, (W + 4 * R) * C2 + VEC), np.int64)
+        acc = np.empty((BAND, (W + 4 * R) * C2p + VEC), np.int64)
         V = np.empty((r, v_width), np.int32)
         S = np.empty(W, np.int32)
-        _band_accumulate_expanded(x, p, y0, nrows, etab_p, acc, C2)
+        _band_accumulate_expanded(x, p, y0, nrows, etab_p, acc, C2p)
         for b in range(nrows):
-            _row_store_last(plane, p, y0 + b, acc[b], bias, R, C2, shift, up_off, up_w, up_den,
+            _row_store_last(plane, p, y0 + b, acc[b], bias, R, C2p, shift, up_off, up_w, up_den,
                             den_shift, V, S, out)
 
 
@@ -361,11 +371,11 @@ def _kernel_tables(arr: np.ndarray, make):
 
 
 def _pack_lanes(v: np.ndarray) -> np.ndarray:
-    """int64 [..., C] (|values| < 2**31) -> int64 [..., ceil(C/2)]: ``v[2m] + v[2m+1] * 2**32``
-    (the high lane is 0 when C is odd)."""
+    """int64 [..., C] (|values| < 2**31) -> int64 [..., C2p]: ``v[2m] + v[2m+1] * 2**32``
+    (the high lane is 0 when C is odd), zero-padded to C2p (a multiple of VEC) values."""
     C = v.shape[-1]
-    if C % 2:
-        v = np.concatenate([v, np.zeros(v.shape[:-1] + (1,), np.int64)], axis=-1)
+    c2p = ((C + 1) // 2 + VEC - 1) // VEC * VEC
+    v = np.concatenate([v, np.zeros(v.shape[:-1] + (2 * c2p - C,), np.int64)], axis=-1)
     return np.ascontiguousarray(v[..., 0::2] + (v[..., 1::2] << 32))
 
 
@@ -376,7 +386,7 @@ def _interp_tables(table: np.ndarray):
     c_in, k, L = t.shape[:3]
     tb = _pack_lanes(t[:, :, :-1] * 256)
     td = _pack_lanes(t[:, :, 1:] - t[:, :, :-1])
-    return _pad_rows(tb.reshape(c_in, k, L - 1, -1)), _pad_rows(td.reshape(c_in, k, L - 1, -1))
+    return tb.reshape(c_in, k, L - 1, -1), td.reshape(c_in, k, L - 1, -1)
 
 
 def _expanded_tables(etab: np.ndarray):
@@ -384,17 +394,7 @@ def _expanded_tables(etab: np.ndarray):
     per (channel, dy, code)."""
     e = etab.astype(np.int64).transpose(0, 2, 1, 3, 4)  # [c_in, dy, 256, dx, c_out]
     c_in, k = e.shape[:2]
-    return _pad_rows(_pack_lanes(e).reshape(c_in, k, 256, -1))
-
-
-def _pad_rows(a: np.ndarray) -> np.ndarray:
-    """Zero-pad the last axis (a window row) to a multiple of VEC: the vector steps then
-    add zeros past the window, onto accumulator slots that hold other columns (harmless)."""
-    n = a.shape[-1]
-    pad = -n % VEC
-    if pad == 0:
-        return np.ascontiguousarray(a)
-    return np.ascontiguousarray(np.concatenate([a, np.zeros(a.shape[:-1] + (pad,), a.dtype)], axis=-1))
+    return _pack_lanes(e).reshape(c_in, k, 256, -1)
 
 
 def _den_shift(up_den: int) -> int:
