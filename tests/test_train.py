@@ -94,6 +94,30 @@ def test_resume_with_a_larger_budget_stretches_the_int8_stage(cache):
     assert abs(s["validation"]["export_minus_torch_db"]) <= 0.05
 
 
+def test_sigterm_saves_a_checkpoint_like_ctrl_c(cache, monkeypatch):
+    import os
+    import signal
+    out = cache / "tiny_x2.safetensors"
+    real, calls = data.sample_batch, []
+
+    def sample_then_terminate(*a, **kw):
+        calls.append(1)
+        if len(calls) == 3:  # a scheduler's kill arrives during the third step
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(data, "sample_batch", sample_then_terminate)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        train(Config(scale=2, out=str(out), time_budget=1e9, max_iters=50, seed=1, batch=2,
+                     patch=12, lam=0.0, val_every=1e9, ckpt_every=1e9, val_crop=48,
+                     images=TEXTURED[:1], limit_val=1, arch=[dict(a) for a in TINY_ARCH]),
+              progress=False, log=lambda m: None)
+    assert signal.getsignal(signal.SIGTERM) is before  # handler restored
+    ckpt = torch.load(out.with_name(out.name + ".ckpt"), weights_only=True)
+    assert ckpt["iteration"] == 2 and not out.exists()
+
+
 def test_lr_schedule_and_suspended_steps():
     from iqlut_gpu.train.trainer import QUANT_AT, _lr_factor, counted_step_time
     assert _lr_factor(0.0) == pytest.approx(1.0)

@@ -21,7 +21,9 @@ from __future__ import annotations
 import math
 import os
 import platform
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -169,6 +171,24 @@ def counted_step_time(dt: float, usual: float | None) -> float:
 # ----------------------------------------------------------------------------- training
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _catch_sigterm():
+    """SIGTERM (a job scheduler, ``kill``) stops training like Ctrl-C does: checkpoint
+    saved, ``--resume`` continues. Returns the previous handler (None: not installed)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _restore_sigterm(previous) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
+
+
+
 def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -> dict:
     """Train, export ``cfg.out`` (atomically) and return a summary dict."""
     if cfg.threads:
@@ -255,6 +275,7 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
     last_val = history[-1]["val_psnr"] if history else float("nan")
     t_ckpt = t_val = time.monotonic()
     loss_ema = base_ema = step_ema = None
+    previous_term = _catch_sigterm()
     try:
         while elapsed < cfg.time_budget and not (cfg.max_iters and it >= cfg.max_iters):
             t0 = time.monotonic()
@@ -319,6 +340,8 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
             bar.close()
         log(f"interrupted at iteration {it}; checkpoint {ckpt_path} (resume with --resume)")
         raise
+    finally:
+        _restore_sigterm(previous_term)
     if not quantised:
         net.freeze_knots()
         net.start_quant()
