@@ -18,7 +18,7 @@ Launcher arguments (all C-contiguous):
 - ``out``   uint8 [P, c_out, H, W] (hidden) or uint8 [P, H*r, W*r] (last)
 
 Kernel-side tables (derived once per lut by ``_kernel_tables`` and memoised). Two output
-channels are packed into one int64 (``lo + hi * 2**32``, see ``_lane``) so that one 64-bit
+channels are packed into one int64 (``lo + hi * 2**32``, see ``_lane_delta``) so that one 64-bit
 add does two channel adds; a column's ``C2 = ceil(c_out/2)`` packed values are zero-padded
 to ``C2p``, a multiple of ``VEC``, and the k window columns of one (channel, dy) are one
 contiguous row of ``KC = k * C2p`` int64, so that a source pixel paints its whole window
@@ -66,18 +66,11 @@ def _clamp(v, lo, hi):
     return lo if v < lo else (hi if v > hi else v)
 
 
-@njit(inline="always")
-def _requant(a, shift):
-    if shift == 0:
-        return a
-    return (a + (1 << (shift - 1))) >> shift
-
-
 # ----------------------------------------------------------------------------- row pieces
 # Packed lanes: output channels 2m and 2m+1 share one int64 ``lo + hi * 2**32`` (lo, hi
 # signed). Sums and products by a scalar act on both lanes exactly (plain integer
 # arithmetic), and since every lane sum stays inside (-2**31, 2**31) the lanes are
-# recovered exactly by ``_lane``. One int64 add does two channel adds.
+# recovered exactly by ``_lane_delta``. One int64 add does two channel adds.
 
 _U = np.uint64  # unsigned indices: no negative-index wraparound code in the inner loops
 VEC = 4  # int64 lanes per vector step (one 256-bit register); window rows are padded to it
@@ -114,13 +107,6 @@ def _vadd(typingctx, acc, ai, tab, ti):
 def _vadd_mul(typingctx, acc, ai, tb, ti, td, w):
     """``acc[ai:ai+VEC] += tb[ti:ti+VEC] + td[ti:ti+VEC] * w`` as one vector step (int64)."""
     return types.void(acc, ai, tb, ti, td, w), _vec_codegen(True)
-
-
-@njit(inline="always")
-def _lane(v, hi):
-    """The low (hi=False) or high (hi=True) signed lane of a packed int64 sum."""
-    lo = ((v & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000
-    return np.int32((v - lo) >> 32) if hi else np.int32(lo)
 
 
 @njit(inline="always")
@@ -183,19 +169,38 @@ def _band_accumulate_interp(x, p, y0, nrows, idx, wt, tb_p, td_p, acc, C2p):
 
 
 @njit(inline="always")
-def _row_unpack(acc, q, o, bias, R, C2p):
-    """A[o] at output column q: the packed lane plus the bias."""
-    return _lane(acc[(q + 2 * R) * C2p + (o >> 1)], (o & 1) == 1) + bias[o]
+def _lane_delta(v, hi, bo, shift):
+    """``requant(lane + bias)`` of a packed int64 ``v``, with ``bo = bias + 2**(shift-1)``
+    (or ``bias`` when shift is 0) fixed by the caller; ``hi`` is a literal at every call,
+    so each column loop below compiles to a few integer operations without branches."""
+    lo = ((v & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000
+    a = ((v - lo) >> 32) if hi else lo
+    return (a + bo) >> shift
+
+
+@njit(inline="always")
+def _bias_round(bias, o, shift):
+    return np.int64(bias[o]) + (np.int64(1) << (shift - 1) if shift > 0 else np.int64(0))
 
 
 @njit(inline="always")
 def _row_store_hidden(x, p, y, acc, bias, R, C2p, shift, residual, out):
+    """Output row y of every channel: ``clamp(base + requant(A + bias))``."""
     W = x.shape[3]
+    uC2p = _U(C2p)
     for o in range(bias.shape[0]):
-        for q in range(W):
-            a = _row_unpack(acc, q, o, bias, R, C2p)
-            base = np.int32(x[p, o, y, q]) if residual else np.int32(128)
-            out[p, o, y, q] = _clamp(base + _requant(a, shift), 0, 255)
+        col = _U(2 * R * C2p + (o >> 1))  # column q's value is acc[q * C2p + col]
+        bo = _bias_round(bias, o, shift)
+        orow = out[p, o, y]
+        xrow = x[p, o, y]
+        if (o & 1) == 0:
+            for q in range(W):
+                base = np.int64(xrow[q]) if residual else np.int64(128)
+                orow[q] = _clamp(base + _lane_delta(acc[_U(q) * uC2p + col], False, bo, shift), 0, 255)
+        else:
+            for q in range(W):
+                base = np.int64(xrow[q]) if residual else np.int64(128)
+                orow[q] = _clamp(base + _lane_delta(acc[_U(q) * uC2p + col], True, bo, shift), 0, 255)
 
 
 @njit(inline="always")
@@ -224,15 +229,15 @@ def _row_store_last(plane, p, y, acc, bias, R, C2p, shift, up_off, up_w, up_den,
                 V[a, j] += wy * np.int32(src[_clamp(j - pad_l, 0, W - 1)])
     d2 = np.int32(up_den * up_den)
     half = np.int32(d2 // 2)
+    uC2p = _U(C2p)
     # |sums| <= 255 * (sum |w|)**2 < 2**31 for every upsample (bicubic: sum |w| < 320)
     for a in range(r):
         orow = out[p, y * r + a]
         vrow = V[a]
         for b in range(r):
             o = a * r + b
-            hi = (o & 1) == 1
-            col = o >> 1
-            bo = bias[o]
+            col = _U(2 * R * C2p + (o >> 1))  # column q's value is acc[q * C2p + col]
+            bo = _bias_round(bias, o, shift)
             # S[q] = sum_t up_w[b, t] * V[a, q + up_off[b] + pad_l + t]  (contiguous, vectorisable)
             for q in range(W):
                 S[q] = 0
@@ -247,9 +252,14 @@ def _row_store_last(plane, p, y, acc, bias, R, C2p, shift, up_off, up_w, up_den,
             else:
                 for q in range(W):
                     S[q] = (S[q] + half) // d2  # // floors, as in the reference
-            for q in range(W):
-                delta = _requant(_lane(acc[(q + 2 * R) * C2p + col], hi) + bo, shift)
-                orow[q * r + b] = _clamp(_clamp(S[q], 0, 255) + delta, 0, 255)
+            if (o & 1) == 0:
+                for q in range(W):
+                    delta = _lane_delta(acc[_U(q) * uC2p + col], False, bo, shift)
+                    orow[q * r + b] = _clamp(_clamp(S[q], 0, 255) + delta, 0, 255)
+            else:
+                for q in range(W):
+                    delta = _lane_delta(acc[_U(q) * uC2p + col], True, bo, shift)
+                    orow[q * r + b] = _clamp(_clamp(S[q], 0, 255) + delta, 0, 255)
 
 
 # ----------------------------------------------------------------------------- kernels
