@@ -159,6 +159,70 @@ def goals(results) -> dict:
     return out
 
 
+def _goal_case_names() -> dict:
+    size = "{}x{}".format(*registry.GOAL_SIZE)
+    names = {f"numba_{m}": f"model/cpu/{m}/x4/{size}/b1" for m in registry.MODES}
+    names["torch_cpu"] = f"baseline/torch-cpu/x4/{size}/b1"
+    names["opencv"] = f"baseline/opencv/x4/{size}/b1"
+    return names
+
+
+def _median_time(run, n: int) -> float:
+    ts = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        run.run()
+        run.sync()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def paired_goal_ratios(rounds: int, setup=None, log=lambda m: None) -> dict | None:
+    """The goal ratios measured interleaved: in each round every contender (Numba in each
+    mode, the PyTorch CPU forward, OpenCV) runs once after the other, in an order rotated
+    from round to round, and the ratios are taken within the round. Load that comes and
+    goes on a shared machine then hits both sides of a ratio alike; the separate cases'
+    medians are minutes apart. OpenCV (about a millisecond) is timed as the median of 21
+    calls per round, Numba as the median of 3. Returns None when a contender cannot run."""
+    setup = setup or registry.setup
+    names = _goal_case_names()
+    by_name = {c.name: c for c in registry.registry()}
+    runs = {}
+    for key, name in names.items():
+        try:
+            runs[key] = setup(by_name[name])
+        except registry.Skip as e:
+            log(f"paired goal ratios: {name} skipped ({e})")
+    if "torch_cpu" not in runs or "opencv" not in runs or len(runs) < 3:
+        return None
+    calls = {k: 21 if k == "opencv" else (3 if k.startswith("numba") else 1) for k in runs}
+    for r in runs.values():  # warm-up
+        r.run()
+        r.sync()
+    keys = list(runs)
+    per_round = []
+    for i in range(rounds):
+        order = keys[i % len(keys):] + keys[:i % len(keys)]
+        per_round.append({k: _median_time(runs[k], calls[k]) for k in order})
+
+    def stats(vals):
+        return {"median": round(statistics.median(vals), 2), "min": round(min(vals), 2),
+                "max": round(max(vals), 2)}
+
+    out = {"rounds": rounds, "method": "interleaved rounds, order rotated, ratios within each round",
+           "median_ms": {k: round(statistics.median(t[k] for t in per_round) * 1e3, 3) for k in keys}}
+    for k in keys:
+        if not k.startswith("numba_"):
+            continue
+        vs_torch = [t["torch_cpu"] / t[k] for t in per_round]
+        vs_cv = [t[k] / t["opencv"] for t in per_round]
+        out[k[len("numba_"):]] = {
+            "speedup_vs_torch_cpu": stats(vs_torch), "time_vs_opencv": stats(vs_cv),
+            "goal_at_least_10x_faster_than_torch_cpu": statistics.median(vs_torch) >= 10,
+            "goal_at_most_60x_opencv": statistics.median(vs_cv) <= 60}
+    return out
+
+
 def scaling(results) -> dict:
     """Time per input pixel over sizes >= 256x256 for each backend/mode (x4, batch 1), and
     time per frame over batch sizes. Linear within 20%: max/min of ns per pixel <= 1.2."""
@@ -320,6 +384,7 @@ def run(args, argv) -> int:
         limits["gpu"] = machine.gpu_limits()
     gpu_reason = info.get("gpu_unavailable")
     results = []
+    selected = {c.name for c in cases}
     for i, case in enumerate(cases):
         entry = {"name": case.name, "case": _case_dict(case)}
         print(f"[{i + 1}/{len(cases)}] {case.name} ...", end=" ", file=sys.stderr, flush=True)
@@ -341,6 +406,12 @@ def run(args, argv) -> int:
             entry["traceback"] = traceback.format_exc(limit=5)
             print(f"FAILED: {e}", file=sys.stderr)
         results.append(entry)
+    goal_summary = goals(results)
+    if args.rounds > 0 and selected & set(_goal_case_names().values()):
+        print(f"paired goal ratios: {args.rounds} interleaved rounds ...", file=sys.stderr, flush=True)
+        paired = paired_goal_ratios(args.rounds, log=lambda m: print(m, file=sys.stderr))
+        if paired is not None:
+            goal_summary["paired"] = paired
     doc = {
         "kind": "iqlut-bench", "version": 1,
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -349,7 +420,7 @@ def run(args, argv) -> int:
         "loadavg_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "numba_threading_layer": _threading_layer(),
         "wall_s": round(time.perf_counter() - t_all, 1),
-        "goals": goals(results), "scaling": scaling(results),
+        "goals": goal_summary, "scaling": scaling(results),
         "work_per_model": {f"x{s}/{m}": accounting.model_work(registry.bench_model(s), m)
                            for s in registry.SCALES for m in registry.MODES},
         "results": results,

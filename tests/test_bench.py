@@ -100,6 +100,41 @@ def test_goal_and_scaling_summaries_from_results():
     assert s["linear_within_20pct"] is False
 
 
+def test_paired_goal_ratios_are_taken_within_rounds(monkeypatch):
+    # stand-in runs on a fake clock: Numba 20 ms, torch 400 ms, OpenCV 0.5 ms
+    from bench import registry
+
+    clock = {"t": 0.0}
+    base = {"cpu": 0.020, "torch-cpu": 0.400, "opencv": 0.0005}
+    first_in_round = []
+
+    def fake_setup(case):
+        if case.backend == "cpu" and case.mode == "interp":
+            raise registry.Skip("only expanded in this test")
+
+        def run():
+            clock["t"] += base[case.backend]
+
+        return registry.Run(run)
+
+    real_median = runner._median_time
+
+    def median_time(run, n):
+        first_in_round.append(n)
+        return real_median(run, n)
+
+    monkeypatch.setattr(runner.time, "perf_counter", lambda: clock["t"])
+    monkeypatch.setattr(runner, "_median_time", median_time)
+    out = runner.paired_goal_ratios(3, setup=fake_setup)
+    g = out["expanded"]
+    assert g["speedup_vs_torch_cpu"]["median"] == pytest.approx(20.0)
+    assert g["time_vs_opencv"]["median"] == pytest.approx(40.0)
+    assert g["goal_at_least_10x_faster_than_torch_cpu"] and g["goal_at_most_60x_opencv"]
+    assert "interp" not in out and out["rounds"] == 3
+    # the order rotates: each round starts with a different contender
+    assert [first_in_round[0], first_in_round[3], first_in_round[6]] == [3, 1, 21]
+
+
 def test_cli_bench_lists_cases_from_checkout():
     p = subprocess.run([sys.executable, "-m", "iqlut_gpu", "bench", "--list", "--quick"],
                        capture_output=True, text=True, cwd=ROOT, timeout=120)

@@ -29,6 +29,9 @@ def add_bench_arguments(p) -> None:
     p.add_argument("--min-time", type=float, default=1.0,
                    help="keep repeating until this many seconds per case (default 1)")
     p.add_argument("--max-runs", type=int, default=50, help="at most this many timed runs per case")
+    p.add_argument("--rounds", type=int, default=7,
+                   help="interleaved rounds for the goal ratios (Numba vs PyTorch CPU vs OpenCV, "
+                        "x4 320x180) when those cases are selected; 0: off (default 7)")
     p.add_argument("--no-gpu", action="store_true", help="skip GPU cases without probing")
     p.add_argument("--no-limits", action="store_true", help="skip the machine-limit microbenchmarks")
     p.add_argument("--threads", type=int, help="Numba threads (default: Numba's default)")
