@@ -208,8 +208,9 @@ def _row_store_last(plane, p, y, acc, bias, R, C2p, shift, up_off, up_w, up_den,
                     out):
     """Rows y*r .. y*r + r-1 of the output: fixed upsample (reference.fixed_upsample) plus the
     pixel-shuffled deltas. The separable upsample sum is computed vertical-first into ``V``
-    (int32 [r, W + pads]), then horizontally into ``S`` (int32 [W]); integer sums are exact, so the result equals the reference's
-    double sum."""
+    (int32 [r + 1, W + pads]; row r holds an edge-padded copy of the source row being
+    added), then horizontally into ``S`` (int32 [W]); integer sums are exact, so the result
+    equals the reference's double sum."""
     H, W = plane.shape[1], plane.shape[2]
     r = up_off.shape[0]
     T = up_w.shape[1]
@@ -218,15 +219,24 @@ def _row_store_last(plane, p, y, acc, bias, R, C2p, shift, up_off, up_w, up_den,
         lo = min(lo, up_off[a])
     pad_l = -lo
     Wp = V.shape[1]
-    # V[a, j] = sum_i up_w[a, i] * plane[clamp(y + up_off[a] + i), clamp(j - pad_l)]
+    # V[a, j] = sum_i up_w[a, i] * plane[clamp(y + up_off[a] + i), clamp(j - pad_l)], from an
+    # edge-padded int32 copy of each source row (V[r]) so that the sums have no clamps
+    prow = V[r]
     for a in range(r):
+        va = V[a]
         for j in range(Wp):
-            V[a, j] = 0
+            va[j] = 0
         for i in range(T):
             wy = up_w[a, i]
             src = plane[p, _clamp(y + up_off[a] + i, 0, H - 1)]
+            for j in range(pad_l):
+                prow[j] = np.int32(src[0])
+            for j in range(W):
+                prow[pad_l + j] = np.int32(src[j])
+            for j in range(pad_l + W, Wp):
+                prow[j] = np.int32(src[W - 1])
             for j in range(Wp):
-                V[a, j] += wy * np.int32(src[_clamp(j - pad_l, 0, W - 1)])
+                va[j] += wy * prow[j]
     d2 = np.int32(up_den * up_den)
     half = np.int32(d2 // 2)
     uC2p = _U(C2p)
@@ -321,7 +331,7 @@ def _k_last_interp(x, idx, wt, tb_p, td_p, bias, shift, plane, up_off, up_w, up_
         y0 = (it - p * nb) * BAND
         nrows = min(BAND, H - y0)
         acc = np.empty((BAND, (W + 4 * R) * C2p + VEC), np.int64)
-        V = np.empty((r, v_width), np.int32)
+        V = np.empty((r + 1, v_width), np.int32)
         S = np.empty(W, np.int32)
         _band_accumulate_interp(x, p, y0, nrows, idx, wt, tb_p, td_p, acc, C2p)
         for b in range(nrows):
@@ -341,7 +351,7 @@ def _k_last_expanded(x, etab_p, bias, shift, plane, up_off, up_w, up_den, den_sh
         y0 = (it - p * nb) * BAND
         nrows = min(BAND, H - y0)
         acc = np.empty((BAND, (W + 4 * R) * C2p + VEC), np.int64)
-        V = np.empty((r, v_width), np.int32)
+        V = np.empty((r + 1, v_width), np.int32)
         S = np.empty(W, np.int32)
         _band_accumulate_expanded(x, p, y0, nrows, etab_p, acc, C2p)
         for b in range(nrows):
