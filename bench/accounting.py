@@ -11,10 +11,9 @@ output position.
   ``r*r * T*T`` multiply-adds in the reference's double-sum form.
 - ``dram_bytes``: plane traffic if each layer streams its input and output once: hidden
   ``c_in + c_out`` bytes, last ``c_in + 1`` (the base plane) ``+ r*r`` bytes.
-- ``cpu_lane_adds``: what the Numba kernels actually execute in their inner loop: two output
-  channels share one int64 add (packed lanes), ``taps * C2p`` adds per pixel, where C2p is
-  ``ceil(c_out / 2)`` padded to the kernels' vector width (interp: each also has one
-  multiply and one more add).
+- ``cpu_lane_adds``: what the Numba kernels actually execute in their inner loop: one int32
+  lane add per output channel, ``taps * Cp`` per pixel, where Cp is ``c_out`` padded to the
+  kernels' vector width (interp: each also has one multiply and one more add).
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from iqlut_gpu.reference import upsample_filter
 def layer_work(layer, mode: str, scale: int | None = None, upsample: str | None = None) -> dict:
     taps = layer.c_in * layer.k * layer.k
     c_out = layer.c_out
-    lanes = -(-((c_out + 1) // 2) // VEC) * VEC  # packed int64 per column, padded to VEC
+    lanes = -(-c_out // VEC) * VEC  # int32 lanes per column, padded to VEC
     if mode == "interp":
         entries, macs, entry_bytes = 2 * taps * c_out, 2 * taps * c_out, 1
     else:

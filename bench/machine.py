@@ -8,9 +8,9 @@ may be shared: every result records it).
 
 - ``copy_gbs``: NumPy copy of a 256 MiB array (bytes read + bytes written per second);
 - ``l1_table_add_gops``: the Numba kernels' inner operation on L1-resident data: for a
-  stream of 8-bit codes, add the code's int64 window row (12 entries: k=3, 4 packed lanes)
-  onto the accumulator at the code's column (``acc[j*4 + m] += tab[code, m]``), counted in
-  int64 adds per second;
+  stream of 8-bit codes, add the code's int32 window row (24 entries: k=3, 8 lanes) onto
+  the accumulator at the code's column (``acc[j*8 + m] += tab[code, m]``), counted in int32
+  lane adds per second;
 - ``int32_add_gops``: a contiguous, vectorisable int32 ``a += b`` on L1-resident arrays
   (int32 adds per second): the ceiling if the kernels were perfectly vectorised.
 
@@ -121,13 +121,13 @@ def _table_add_kernel():
     from numba import njit
 
     @njit(cache=True, nogil=True)
-    def table_add(codes, tab, acc, C2, reps):
+    def table_add(codes, tab, acc, Cp, reps):
         KC = np.uint64(tab.shape[1])
         tabs = tab.reshape(-1)
         for _ in range(reps):
             for j in range(codes.shape[0]):
                 t = np.uint64(codes[j]) * KC
-                a = np.uint64(j) * np.uint64(C2)
+                a = np.uint64(j) * np.uint64(Cp)
                 for m in range(KC):
                     acc[a + m] += tabs[t + m]
         return acc[0]
@@ -152,11 +152,11 @@ def cpu_limits(quick: bool = False) -> dict:
     table_add, int32_add = _table_add_kernel()
     rng = np.random.default_rng(0)
     codes = rng.integers(0, 256, 512).astype(np.uint8)
-    tab = rng.integers(-1000, 1000, (256, 12)).astype(np.int64)  # k=3 window rows, 4 packed lanes
-    acc = np.zeros((512 + 3) * 4, np.int64)
+    tab = rng.integers(-1000, 1000, (256, 24)).astype(np.int32)  # k=3 window rows, 8 int32 lanes
+    acc = np.zeros((512 + 3) * 8, np.int32)
     reps = 1000 if quick else 5000
-    t = _best(lambda: table_add(codes, tab, acc, 4, reps))
-    l1_table = 512 * 12 * reps / t / 1e9
+    t = _best(lambda: table_add(codes, tab, acc, 8, reps))
+    l1_table = 512 * 24 * reps / t / 1e9
     a = np.zeros(2048, np.int32)
     b = np.ones(2048, np.int32)
     t = _best(lambda: int32_add(a, b, reps))

@@ -110,7 +110,7 @@ def _work(case, res, limits) -> dict | None:
         out["fraction_of_l1_table_add_rate_per_core"] = round(
             out["cpu_lane_adds_per_core_s"] / (lim["l1_table_add_gops"] * 1e9), 3)
         out["fraction_of_int32_add_rate_per_core"] = round(
-            w["cpu_lane_adds"] * 2 * lr_px / cpu_s / (lim["int32_add_gops"] * 1e9), 3)
+            w["cpu_lane_adds"] * lr_px / cpu_s / (lim["int32_add_gops"] * 1e9), 3)
         out["fraction_of_copy_bandwidth_per_core"] = round(
             w["dram_bytes"] * lr_px / cpu_s / (lim["copy_gbs"] * 1e9), 4)
     if case.backend == "cuda" and limits.get("gpu"):

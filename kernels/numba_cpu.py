@@ -17,19 +17,19 @@ Launcher arguments (all C-contiguous):
 - ``up_off`` int32 [r], ``up_w`` int32 [r, T], ``up_den`` int (reference.upsample_filter)
 - ``out``   uint8 [P, c_out, H, W] (hidden) or uint8 [P, H*r, W*r] (last)
 
-Kernel-side tables (derived once per lut by ``_kernel_tables`` and memoised). Two output
-channels are packed into one int64 (``lo + hi * 2**32``, see ``_lane_delta``) so that one 64-bit
-add does two channel adds; a column's ``C2 = ceil(c_out/2)`` packed values are zero-padded
-to ``C2p``, a multiple of ``VEC``, and the k window columns of one (channel, dy) are one
-contiguous row of ``KC = k * C2p`` int64, so that a source pixel paints its whole window
-row with a few aligned 256-bit vector steps (``_vadd``, ``_vadd_mul``: small
-Numba intrinsics, since LLVM's own vectorisation of these short runtime-length loops
-costs more in checks than it saves):
+Kernel-side tables (derived once per lut by ``_kernel_tables`` and memoised). Every
+accumulator is an int32 lane (``|A| < 2**31``: the loader bounds the bias and the window
+count); a column's ``c_out`` lanes are zero-padded to ``Cp``, a multiple of ``VEC``, and the
+k window columns of one (channel, dy) are one contiguous row of ``KC = k * Cp`` int32, so
+that a source pixel paints its whole window row with a few aligned 256-bit vector steps
+(``_vadd``, ``_vadd_mul``: small Numba intrinsics, since LLVM's own vectorisation of these
+short runtime-length loops costs more in checks than it saves):
 
-- expanded: ``etab_p`` int64 [c_in, k(dy), 256, KC]  (packed ``etab``)
-- interp:   ``tb_p``, ``td_p`` int64 [c_in, k(dy), L-1, KC]: packed ``256 * table[i]`` and
+- expanded: ``etab_p`` int32 [c_in, k(dy), 256, KC]  (``etab``, padded)
+- interp:   ``tb_p``, ``td_p`` int32 [c_in, k(dy), L-1, KC]: ``256 * table[i]`` and
             ``table[i+1] - table[i]``, so that
-            ``table[i] * (256 - w) + table[i+1] * w == tb[i] + td[i] * w`` exactly;
+            ``table[i] * (256 - w) + table[i+1] * w == tb[i] + td[i] * w`` exactly
+            (one 32-bit vector multiply per step).
 
 Padding each column (not just the row) keeps every vector step of one source column on
 the same VEC-aligned accumulator slots as its neighbours' steps: with unaligned overlaps
@@ -42,8 +42,7 @@ iterations write disjoint rows, so no synchronisation is needed. Inside it the r
 accumulators are built in scatter order (each padded source column paints its window
 row, see ``_band_accumulate_expanded``), which sums exactly the terms of
 reference.accumulate; the edge clamp is applied once per source row, and each table slice
-is reused by all rows of the band while it is in cache. |A| < 2**31 because the loader
-bounds the bias and the window count, so every packed lane is recovered exactly.
+is reused by all rows of the band while it is in cache.
 """
 
 from __future__ import annotations
@@ -67,30 +66,27 @@ def _clamp(v, lo, hi):
 
 
 # ----------------------------------------------------------------------------- row pieces
-# Packed lanes: output channels 2m and 2m+1 share one int64 ``lo + hi * 2**32`` (lo, hi
-# signed). Sums and products by a scalar act on both lanes exactly (plain integer
-# arithmetic), and since every lane sum stays inside (-2**31, 2**31) the lanes are
-# recovered exactly by ``_lane_delta``. One int64 add does two channel adds.
 
 _U = np.uint64  # unsigned indices: no negative-index wraparound code in the inner loops
-VEC = 4  # int64 lanes per vector step (one 256-bit register); window rows are padded to it
+VEC = 8  # int32 lanes per vector step (one 256-bit register); columns are padded to it
 
 
 def _vec_codegen(fused_mul: bool):
     def codegen(context, builder, signature, args):
-        vt = ir.VectorType(ir.IntType(64), VEC)
+        vt = ir.VectorType(ir.IntType(32), VEC)
         acc = context.make_array(signature.args[0])(context, builder, args[0])
         pa = builder.bitcast(builder.gep(acc.data, [args[1]]), vt.as_pointer())
         tb = context.make_array(signature.args[2])(context, builder, args[2])
-        v = builder.load(builder.bitcast(builder.gep(tb.data, [args[3]]), vt.as_pointer()), align=8)
+        v = builder.load(builder.bitcast(builder.gep(tb.data, [args[3]]), vt.as_pointer()), align=4)
         if fused_mul:
             td = context.make_array(signature.args[4])(context, builder, args[4])
-            d = builder.load(builder.bitcast(builder.gep(td.data, [args[3]]), vt.as_pointer()), align=8)
-            w = builder.insert_element(ir.Constant(vt, None), args[5], ir.Constant(ir.IntType(32), 0))
+            d = builder.load(builder.bitcast(builder.gep(td.data, [args[3]]), vt.as_pointer()), align=4)
+            w32 = builder.trunc(args[5], ir.IntType(32))  # the weight, 0..256
+            w = builder.insert_element(ir.Constant(vt, None), w32, ir.Constant(ir.IntType(32), 0))
             w = builder.shuffle_vector(w, w, ir.Constant(ir.VectorType(ir.IntType(32), VEC), [0] * VEC))
             v = builder.add(v, builder.mul(d, w))
-        a = builder.load(pa, align=8)
-        builder.store(builder.add(a, v), pa, align=8)
+        a = builder.load(pa, align=4)
+        builder.store(builder.add(a, v), pa, align=4)
         return context.get_dummy_value()
 
     return codegen
@@ -98,23 +94,24 @@ def _vec_codegen(fused_mul: bool):
 
 @intrinsic
 def _vadd(typingctx, acc, ai, tab, ti):
-    """``acc[ai:ai+VEC] += tab[ti:ti+VEC]`` as one vector step (int64 1-D C arrays; the caller
+    """``acc[ai:ai+VEC] += tab[ti:ti+VEC]`` as one vector step (int32 1-D C arrays; the caller
     guarantees both ranges are inside the arrays)."""
     return types.void(acc, ai, tab, ti), _vec_codegen(False)
 
 
 @intrinsic
 def _vadd_mul(typingctx, acc, ai, tb, ti, td, w):
-    """``acc[ai:ai+VEC] += tb[ti:ti+VEC] + td[ti:ti+VEC] * w`` as one vector step (int64)."""
+    """``acc[ai:ai+VEC] += tb[ti:ti+VEC] + td[ti:ti+VEC] * w`` as one vector step (int32;
+    ``w`` is an int64 weight 0..256)."""
     return types.void(acc, ai, tb, ti, td, w), _vec_codegen(True)
 
 
 @njit(inline="always")
-def _band_accumulate_expanded(x, p, y0, nrows, etab_p, acc, C2p):
+def _band_accumulate_expanded(x, p, y0, nrows, etab_p, acc, Cp):
     """Scatter form of reference.accumulate for output rows y0 .. y0+nrows-1: every padded
     source column j of every source row paints its window row ``v(code)[dy, :, :]`` (KC =
-    k*C2p packed int64, contiguous) onto ``acc[b, (j .. j+k-1), :]``.
-    acc: int64 [BAND, (W + 4R) * C2p + VEC]; in row b, position q' = q + 2R holds output
+    k*Cp int32, contiguous) onto ``acc[b, (j .. j+k-1), :]``.
+    acc: int32 [BAND, (W + 4R) * Cp]; in row b, position q' = q + 2R holds output
     column q of output row y = y0 + b (other positions collect edge terms and are ignored):
 
         acc[b, q'] = sum_c sum_dy sum_dx v_c(X[c, clamp(y - dy + R), clamp(q - dx + R)])[dy, dx]
@@ -125,8 +122,8 @@ def _band_accumulate_expanded(x, p, y0, nrows, etab_p, acc, C2p):
     c_in, H, W = x.shape[1], x.shape[2], x.shape[3]
     k = etab_p.shape[1]
     R = k // 2
-    KC = _U(etab_p.shape[3])  # k * C2p
-    uC2p = _U(C2p)
+    KC = _U(etab_p.shape[3])  # k * Cp
+    uCp = _U(Cp)
     acc[:nrows] = 0
     for c in range(c_in):
         for dy in range(k):
@@ -136,13 +133,13 @@ def _band_accumulate_expanded(x, p, y0, nrows, etab_p, acc, C2p):
                 arow = acc[b]
                 for j in range(W + 2 * R):
                     t = _U(src[_clamp(j - R, 0, W - 1)]) * KC
-                    a = _U(j) * uC2p
+                    a = _U(j) * uCp
                     for m in range(_U(0), KC, _U(VEC)):
                         _vadd(arow, a + m, tabs, t + m)
 
 
 @njit(inline="always")
-def _band_accumulate_interp(x, p, y0, nrows, idx, wt, tb_p, td_p, acc, C2p):
+def _band_accumulate_interp(x, p, y0, nrows, idx, wt, tb_p, td_p, acc, Cp):
     """As ``_band_accumulate_expanded``, the window computed from the knot rows:
     ``v = tb_p[i] + td_p[i] * w`` with ``tb = 256 * table[i]``, ``td = table[i+1] - table[i]``
     (``table[i]*(256-w) + table[i+1]*w``, exactly)."""
@@ -150,7 +147,7 @@ def _band_accumulate_interp(x, p, y0, nrows, idx, wt, tb_p, td_p, acc, C2p):
     k = tb_p.shape[1]
     R = k // 2
     KC = _U(tb_p.shape[3])
-    uC2p = _U(C2p)
+    uCp = _U(Cp)
     acc[:nrows] = 0
     for c in range(c_in):
         for dy in range(k):
@@ -163,48 +160,35 @@ def _band_accumulate_interp(x, p, y0, nrows, idx, wt, tb_p, td_p, acc, C2p):
                     code = src[_clamp(j - R, 0, W - 1)]
                     t = _U(idx[c, code]) * KC
                     w = np.int64(wt[c, code])
-                    a = _U(j) * uC2p
+                    a = _U(j) * uCp
                     for m in range(_U(0), KC, _U(VEC)):
                         _vadd_mul(arow, a + m, tb, t + m, td, w)
 
 
 @njit(inline="always")
-def _lane_delta(v, hi, bo, shift):
-    """``requant(lane + bias)`` of a packed int64 ``v``, with ``bo = bias + 2**(shift-1)``
-    (or ``bias`` when shift is 0) fixed by the caller; ``hi`` is a literal at every call,
-    so each column loop below compiles to a few integer operations without branches."""
-    lo = ((v & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000
-    a = ((v - lo) >> 32) if hi else lo
-    return (a + bo) >> shift
-
-
-@njit(inline="always")
 def _bias_round(bias, o, shift):
+    """``bias[o] + 2**(shift-1)`` (``bias[o]`` when shift is 0): then requant(A + bias) is
+    ``(A + _bias_round) >> shift``, one add and one shift per value."""
     return np.int64(bias[o]) + (np.int64(1) << (shift - 1) if shift > 0 else np.int64(0))
 
 
 @njit(inline="always")
-def _row_store_hidden(x, p, y, acc, bias, R, C2p, shift, residual, out):
+def _row_store_hidden(x, p, y, acc, bias, R, Cp, shift, residual, out):
     """Output row y of every channel: ``clamp(base + requant(A + bias))``."""
     W = x.shape[3]
-    uC2p = _U(C2p)
+    uCp = _U(Cp)
     for o in range(bias.shape[0]):
-        col = _U(2 * R * C2p + (o >> 1))  # column q's value is acc[q * C2p + col]
+        col = _U(2 * R * Cp + o)  # column q's sum is acc[q * Cp + col]
         bo = _bias_round(bias, o, shift)
         orow = out[p, o, y]
         xrow = x[p, o, y]
-        if (o & 1) == 0:
-            for q in range(W):
-                base = np.int64(xrow[q]) if residual else np.int64(128)
-                orow[q] = _clamp(base + _lane_delta(acc[_U(q) * uC2p + col], False, bo, shift), 0, 255)
-        else:
-            for q in range(W):
-                base = np.int64(xrow[q]) if residual else np.int64(128)
-                orow[q] = _clamp(base + _lane_delta(acc[_U(q) * uC2p + col], True, bo, shift), 0, 255)
+        for q in range(W):
+            base = np.int64(xrow[q]) if residual else np.int64(128)
+            orow[q] = _clamp(base + ((np.int64(acc[_U(q) * uCp + col]) + bo) >> shift), 0, 255)
 
 
 @njit(inline="always")
-def _row_store_last(plane, p, y, acc, bias, R, C2p, shift, up_off, up_w, up_den, den_shift, V, S,
+def _row_store_last(plane, p, y, acc, bias, R, Cp, shift, up_off, up_w, up_den, den_shift, V, S,
                     out):
     """Rows y*r .. y*r + r-1 of the output: fixed upsample (reference.fixed_upsample) plus the
     pixel-shuffled deltas. The separable upsample sum is computed vertical-first into ``V``
@@ -239,14 +223,14 @@ def _row_store_last(plane, p, y, acc, bias, R, C2p, shift, up_off, up_w, up_den,
                 va[j] += wy * prow[j]
     d2 = np.int32(up_den * up_den)
     half = np.int32(d2 // 2)
-    uC2p = _U(C2p)
+    uCp = _U(Cp)
     # |sums| <= 255 * (sum |w|)**2 < 2**31 for every upsample (bicubic: sum |w| < 320)
     for a in range(r):
         orow = out[p, y * r + a]
         vrow = V[a]
         for b in range(r):
             o = a * r + b
-            col = _U(2 * R * C2p + (o >> 1))  # column q's value is acc[q * C2p + col]
+            col = _U(2 * R * Cp + o)  # column q's sum is acc[q * Cp + col]
             bo = _bias_round(bias, o, shift)
             # S[q] = sum_t up_w[b, t] * V[a, q + up_off[b] + pad_l + t]  (contiguous, vectorisable)
             for q in range(W):
@@ -262,60 +246,55 @@ def _row_store_last(plane, p, y, acc, bias, R, C2p, shift, up_off, up_w, up_den,
             else:
                 for q in range(W):
                     S[q] = (S[q] + half) // d2  # // floors, as in the reference
-            if (o & 1) == 0:
-                for q in range(W):
-                    delta = _lane_delta(acc[_U(q) * uC2p + col], False, bo, shift)
-                    orow[q * r + b] = _clamp(_clamp(S[q], 0, 255) + delta, 0, 255)
-            else:
-                for q in range(W):
-                    delta = _lane_delta(acc[_U(q) * uC2p + col], True, bo, shift)
-                    orow[q * r + b] = _clamp(_clamp(S[q], 0, 255) + delta, 0, 255)
+            for q in range(W):
+                delta = (np.int64(acc[_U(q) * uCp + col]) + bo) >> shift
+                orow[q * r + b] = _clamp(_clamp(S[q], 0, 255) + delta, 0, 255)
 
 
 # ----------------------------------------------------------------------------- kernels
 # One prange iteration = one band of BAND input rows of one plane; scratch rows are
-# allocated per iteration. acc: int64 [BAND, (W + 4R) * C2p + VEC] packed lanes (see
-# _band_accumulate_expanded); C2p = ceil(c_out / 2) packed int64 per column, padded to VEC.
+# allocated per iteration. acc: int32 [BAND, (W + 4R) * Cp] (see _band_accumulate_expanded);
+# Cp = c_out padded to a multiple of VEC.
 
 BAND = 8
 
 
 @njit(inline="always")
-def _c2p(c_out):
-    """Packed int64 per accumulator column: ceil(c_out / 2) rounded up to a multiple of VEC."""
-    return ((c_out + 1) // 2 + VEC - 1) // VEC * VEC
+def _cpad(c_out):
+    """int32 lanes per accumulator column: c_out rounded up to a multiple of VEC."""
+    return (c_out + VEC - 1) // VEC * VEC
 
 
 @njit(**JIT)
 def _k_hidden_interp(x, idx, wt, tb_p, td_p, bias, shift, residual, out):
     P, H, W = x.shape[0], x.shape[2], x.shape[3]
     R = tb_p.shape[1] // 2
-    C2p = _c2p(bias.shape[0])
+    Cp = _cpad(bias.shape[0])
     nb = (H + BAND - 1) // BAND
     for it in prange(P * nb):
         p = it // nb
         y0 = (it - p * nb) * BAND
         nrows = min(BAND, H - y0)
-        acc = np.empty((BAND, (W + 4 * R) * C2p + VEC), np.int64)
-        _band_accumulate_interp(x, p, y0, nrows, idx, wt, tb_p, td_p, acc, C2p)
+        acc = np.empty((BAND, (W + 4 * R) * Cp), np.int32)
+        _band_accumulate_interp(x, p, y0, nrows, idx, wt, tb_p, td_p, acc, Cp)
         for b in range(nrows):
-            _row_store_hidden(x, p, y0 + b, acc[b], bias, R, C2p, shift, residual, out)
+            _row_store_hidden(x, p, y0 + b, acc[b], bias, R, Cp, shift, residual, out)
 
 
 @njit(**JIT)
 def _k_hidden_expanded(x, etab_p, bias, shift, residual, out):
     P, H, W = x.shape[0], x.shape[2], x.shape[3]
     R = etab_p.shape[1] // 2
-    C2p = _c2p(bias.shape[0])
+    Cp = _cpad(bias.shape[0])
     nb = (H + BAND - 1) // BAND
     for it in prange(P * nb):
         p = it // nb
         y0 = (it - p * nb) * BAND
         nrows = min(BAND, H - y0)
-        acc = np.empty((BAND, (W + 4 * R) * C2p + VEC), np.int64)
-        _band_accumulate_expanded(x, p, y0, nrows, etab_p, acc, C2p)
+        acc = np.empty((BAND, (W + 4 * R) * Cp), np.int32)
+        _band_accumulate_expanded(x, p, y0, nrows, etab_p, acc, Cp)
         for b in range(nrows):
-            _row_store_hidden(x, p, y0 + b, acc[b], bias, R, C2p, shift, residual, out)
+            _row_store_hidden(x, p, y0 + b, acc[b], bias, R, Cp, shift, residual, out)
 
 
 @njit(**JIT)
@@ -323,19 +302,19 @@ def _k_last_interp(x, idx, wt, tb_p, td_p, bias, shift, plane, up_off, up_w, up_
                    den_shift, v_width, out):
     P, H, W = x.shape[0], x.shape[2], x.shape[3]
     R = tb_p.shape[1] // 2
-    C2p = _c2p(bias.shape[0])
+    Cp = _cpad(bias.shape[0])
     r = up_off.shape[0]
     nb = (H + BAND - 1) // BAND
     for it in prange(P * nb):
         p = it // nb
         y0 = (it - p * nb) * BAND
         nrows = min(BAND, H - y0)
-        acc = np.empty((BAND, (W + 4 * R) * C2p + VEC), np.int64)
+        acc = np.empty((BAND, (W + 4 * R) * Cp), np.int32)
         V = np.empty((r + 1, v_width), np.int32)
         S = np.empty(W, np.int32)
-        _band_accumulate_interp(x, p, y0, nrows, idx, wt, tb_p, td_p, acc, C2p)
+        _band_accumulate_interp(x, p, y0, nrows, idx, wt, tb_p, td_p, acc, Cp)
         for b in range(nrows):
-            _row_store_last(plane, p, y0 + b, acc[b], bias, R, C2p, shift, up_off, up_w, up_den,
+            _row_store_last(plane, p, y0 + b, acc[b], bias, R, Cp, shift, up_off, up_w, up_den,
                             den_shift, V, S, out)
 
 
@@ -343,19 +322,19 @@ def _k_last_interp(x, idx, wt, tb_p, td_p, bias, shift, plane, up_off, up_w, up_
 def _k_last_expanded(x, etab_p, bias, shift, plane, up_off, up_w, up_den, den_shift, v_width, out):
     P, H, W = x.shape[0], x.shape[2], x.shape[3]
     R = etab_p.shape[1] // 2
-    C2p = _c2p(bias.shape[0])
+    Cp = _cpad(bias.shape[0])
     r = up_off.shape[0]
     nb = (H + BAND - 1) // BAND
     for it in prange(P * nb):
         p = it // nb
         y0 = (it - p * nb) * BAND
         nrows = min(BAND, H - y0)
-        acc = np.empty((BAND, (W + 4 * R) * C2p + VEC), np.int64)
+        acc = np.empty((BAND, (W + 4 * R) * Cp), np.int32)
         V = np.empty((r + 1, v_width), np.int32)
         S = np.empty(W, np.int32)
-        _band_accumulate_expanded(x, p, y0, nrows, etab_p, acc, C2p)
+        _band_accumulate_expanded(x, p, y0, nrows, etab_p, acc, Cp)
         for b in range(nrows):
-            _row_store_last(plane, p, y0 + b, acc[b], bias, R, C2p, shift, up_off, up_w, up_den,
+            _row_store_last(plane, p, y0 + b, acc[b], bias, R, Cp, shift, up_off, up_w, up_den,
                             den_shift, V, S, out)
 
 
@@ -390,31 +369,30 @@ def _kernel_tables(arr: np.ndarray, make):
     return derived
 
 
-def _pack_lanes(v: np.ndarray) -> np.ndarray:
-    """int64 [..., C] (|values| < 2**31) -> int64 [..., C2p]: ``v[2m] + v[2m+1] * 2**32``
-    (the high lane is 0 when C is odd), zero-padded to C2p (a multiple of VEC) values."""
+def _pad_channels(v: np.ndarray) -> np.ndarray:
+    """int [..., c_out] -> int32 [..., Cp]: zero-padded to a multiple of VEC lanes."""
     C = v.shape[-1]
-    c2p = ((C + 1) // 2 + VEC - 1) // VEC * VEC
-    v = np.concatenate([v, np.zeros(v.shape[:-1] + (2 * c2p - C,), np.int64)], axis=-1)
-    return np.ascontiguousarray(v[..., 0::2] + (v[..., 1::2] << 32))
+    out = np.zeros(v.shape[:-1] + ((C + VEC - 1) // VEC * VEC,), np.int32)
+    out[..., :C] = v
+    return out
 
 
 def _interp_tables(table: np.ndarray):
-    """(tb_p, td_p) int64 [c_in, k(dy), L-1, KC]: packed ``256 * table[i]`` and
+    """(tb_p, td_p) int32 [c_in, k(dy), L-1, KC]: ``256 * table[i]`` and
     ``table[i+1] - table[i]``, one contiguous (padded) window row per (channel, dy, knot)."""
-    t = table.astype(np.int64).transpose(0, 2, 1, 3, 4)  # [c_in, dy, L, dx, c_out]
+    t = _pad_channels(table.astype(np.int32).transpose(0, 2, 1, 3, 4))  # [c_in, dy, L, dx, Cp]
     c_in, k, L = t.shape[:3]
-    tb = _pack_lanes(t[:, :, :-1] * 256)
-    td = _pack_lanes(t[:, :, 1:] - t[:, :, :-1])
-    return tb.reshape(c_in, k, L - 1, -1), td.reshape(c_in, k, L - 1, -1)
+    tb = np.ascontiguousarray(t[:, :, :-1] * 256).reshape(c_in, k, L - 1, -1)
+    td = np.ascontiguousarray(t[:, :, 1:] - t[:, :, :-1]).reshape(c_in, k, L - 1, -1)
+    return tb, td
 
 
 def _expanded_tables(etab: np.ndarray):
-    """etab_p int64 [c_in, k(dy), 256, KC]: packed ``etab``, one contiguous (padded) window row
-    per (channel, dy, code)."""
-    e = etab.astype(np.int64).transpose(0, 2, 1, 3, 4)  # [c_in, dy, 256, dx, c_out]
+    """etab_p int32 [c_in, k(dy), 256, KC]: ``etab``, one contiguous (padded) window row per
+    (channel, dy, code)."""
+    e = _pad_channels(etab.transpose(0, 2, 1, 3, 4))  # [c_in, dy, 256, dx, Cp]
     c_in, k = e.shape[:2]
-    return _pack_lanes(e).reshape(c_in, k, 256, -1)
+    return e.reshape(c_in, k, 256, -1)
 
 
 def _den_shift(up_den: int) -> int:
