@@ -188,7 +188,6 @@ def _restore_sigterm(previous) -> None:
         signal.signal(signal.SIGTERM, previous)
 
 
-
 def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -> dict:
     """Train, export ``cfg.out`` (atomically) and return a summary dict."""
     if cfg.threads:
@@ -346,6 +345,7 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
         net.freeze_knots()
         net.start_quant()
         quantised = True
+        quant_point = (elapsed, it)
     last_val = validate()
     save_checkpoint(ckpt_path, state())
     if bar is not None:
