@@ -136,7 +136,10 @@ def test_lr_schedule_and_suspended_steps():
 @pytest.mark.parametrize("kind,arch", [("iqlut", IQLUT_ARCH), ("ecnn", ECNN_ARCH)])
 def test_quantised_net_equals_its_export(kind, arch):
     torch.manual_seed(SESSION_SEED)
-    net = LUTNet(3, arch, kind=kind)
+    # float64 throughout: the export rounds the weights the net holds, so the net must not
+    # change precision after it (theta * 255 in float32 and in float64 can round to
+    # different int8 steps, which made this test fail for rare seeds, e.g. 50777586)
+    net = LUTNet(3, arch, kind=kind).double()
     with torch.no_grad():
         for p in net.parameters():
             p.normal_(0, 0.01)
@@ -145,7 +148,7 @@ def test_quantised_net_equals_its_export(kind, arch):
     model = net.export()
     x = torch.randint(0, 256, (2, 1, 9, 14)).double()
     with torch.no_grad():
-        a = net.double()(x)
+        a = net(x)
         b = module_from_model(model)(x)
     assert torch.equal(a, b), f"seed {SESSION_SEED}"
 
