@@ -270,6 +270,14 @@ BAND = 8
 
 
 @njit(inline="always")
+def _band(it, nb, H):
+    """Work item ``it`` of ``nb`` bands per plane -> (plane, first row, rows)."""
+    p = it // nb
+    y0 = (it - p * nb) * BAND
+    return p, y0, min(BAND, H - y0)
+
+
+@njit(inline="always")
 def _cpad(c_out):
     """int32 lanes per accumulator column: c_out rounded up to a multiple of VEC."""
     return (c_out + VEC - 1) // VEC * VEC
@@ -282,9 +290,7 @@ def _k_hidden_interp(x, idx, wt, tb_p, td_p, bias, shift, residual, out):
     Cp = _cpad(bias.shape[0])
     nb = (H + BAND - 1) // BAND
     for it in prange(P * nb):
-        p = it // nb
-        y0 = (it - p * nb) * BAND
-        nrows = min(BAND, H - y0)
+        p, y0, nrows = _band(it, nb, H)
         acc = np.empty((BAND, (W + 4 * R) * Cp), np.int32)
         _band_accumulate_interp(x, p, y0, nrows, idx, wt, tb_p, td_p, acc, Cp)
         for b in range(nrows):
@@ -298,9 +304,7 @@ def _k_hidden_expanded(x, etab_p, bias, shift, residual, out):
     Cp = _cpad(bias.shape[0])
     nb = (H + BAND - 1) // BAND
     for it in prange(P * nb):
-        p = it // nb
-        y0 = (it - p * nb) * BAND
-        nrows = min(BAND, H - y0)
+        p, y0, nrows = _band(it, nb, H)
         acc = np.empty((BAND, (W + 4 * R) * Cp), np.int32)
         _band_accumulate_expanded(x, p, y0, nrows, etab_p, acc, Cp)
         for b in range(nrows):
@@ -316,9 +320,7 @@ def _k_last_interp(x, idx, wt, tb_p, td_p, bias, shift, plane, up_off, up_w, up_
     r = up_off.shape[0]
     nb = (H + BAND - 1) // BAND
     for it in prange(P * nb):
-        p = it // nb
-        y0 = (it - p * nb) * BAND
-        nrows = min(BAND, H - y0)
+        p, y0, nrows = _band(it, nb, H)
         acc = np.empty((BAND, (W + 4 * R) * Cp), np.int32)
         V = np.empty((r + 1, v_width), np.int32)
         S = np.empty(W, np.int32)
@@ -336,9 +338,7 @@ def _k_last_expanded(x, etab_p, bias, shift, plane, up_off, up_w, up_den, den_sh
     r = up_off.shape[0]
     nb = (H + BAND - 1) // BAND
     for it in prange(P * nb):
-        p = it // nb
-        y0 = (it - p * nb) * BAND
-        nrows = min(BAND, H - y0)
+        p, y0, nrows = _band(it, nb, H)
         acc = np.empty((BAND, (W + 4 * R) * Cp), np.int32)
         V = np.empty((r + 1, v_width), np.int32)
         S = np.empty(W, np.int32)
