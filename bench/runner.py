@@ -409,7 +409,11 @@ def run(args, argv) -> int:
     goal_summary = goals(results)
     if args.rounds > 0 and selected & set(_goal_case_names().values()):
         print(f"paired goal ratios: {args.rounds} interleaved rounds ...", file=sys.stderr, flush=True)
-        paired = paired_goal_ratios(args.rounds, log=lambda m: print(m, file=sys.stderr))
+        try:
+            paired = paired_goal_ratios(args.rounds, log=lambda m: print(m, file=sys.stderr))
+        except Exception as e:  # the cases' results are still written
+            paired = {"failed": f"{type(e).__name__}: {e}"}
+            print(f"paired goal ratios FAILED: {e}", file=sys.stderr)
         if paired is not None:
             goal_summary["paired"] = paired
     doc = {
