@@ -17,7 +17,7 @@ Training samples: HR crops of ``CROP`` x ``CROP`` pixels cut once per image at f
 (seeded) random positions, each RGB channel a separate plane (the model upscales planes),
 LR by MATLAB-compatible bicubic downscaling of the crop (``iqlut_gpu.evaluate.imresize``);
 then random LR patches with their HR patches, flips and 90-degree rotations (which
-commute with the bicubic downscale exactly); most flat patches are redrawn (``sample_batch``).
+commute with the bicubic downscale exactly).
 """
 
 from __future__ import annotations
@@ -183,41 +183,15 @@ def build_bank(scale: int, cache_dir: str | None = None, limit: int | None = Non
     return hr, lr
 
 
-FLAT_GRAD = 2.0  # mean |dx| + mean |dy| of an LR patch (codes) below which it counts as flat
-FLAT_KEEP = 0.2  # default share of flat patches kept (the rest are redrawn)
-
-
-def patch_activity(lp: np.ndarray) -> float:
-    """Mean absolute horizontal plus vertical difference of an LR patch, in codes."""
-    p = lp.astype(np.int16)
-    return float(np.abs(np.diff(p, axis=0)).mean() + np.abs(np.diff(p, axis=1)).mean())
-
-
 def sample_batch(rng: np.random.Generator, hr: np.ndarray, lr: np.ndarray, scale: int,
-                 batch: int, patch: int, flat_keep: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+                 batch: int, patch: int) -> tuple[np.ndarray, np.ndarray]:
     """Random LR patches [B, patch, patch] with their HR [B, r*patch, r*patch] (uint8),
-    each with a random flip / 90-degree rotation (one of the 8 dihedral transforms).
-
-    ``flat_keep`` < 1: a flat patch (``patch_activity`` below ``FLAT_GRAD``) is kept with
-    that probability and otherwise redrawn (at most 32 draws per sample). On this project's
-    data about half of all 32 px patches are flat, yet they hold under 1% of the bicubic
-    error that the MSE loss trains on: redrawing most of them spends the steps on detail.
-    ``flat_keep = 1`` draws uniformly (the original sampler, same random stream)."""
+    each with a random flip / 90-degree rotation (one of the 8 dihedral transforms)."""
     M, h, w = lr.shape
     patch = min(patch, h, w)
-    if flat_keep >= 1.0:
-        idx = rng.integers(0, M, batch)
-        ys = rng.integers(0, h - patch + 1, batch)
-        xs = rng.integers(0, w - patch + 1, batch)
-    else:
-        idx, ys, xs = (np.empty(batch, np.int64) for _ in range(3))
-        for b in range(batch):
-            for _ in range(32):
-                i, y, x = rng.integers(0, M), rng.integers(0, h - patch + 1), rng.integers(0, w - patch + 1)
-                if (patch_activity(lr[i, y:y + patch, x:x + patch]) >= FLAT_GRAD
-                        or rng.random() < flat_keep):
-                    break
-            idx[b], ys[b], xs[b] = i, y, x
+    idx = rng.integers(0, M, batch)
+    ys = rng.integers(0, h - patch + 1, batch)
+    xs = rng.integers(0, w - patch + 1, batch)
     lo = np.empty((batch, patch, patch), np.uint8)
     hi = np.empty((batch, patch * scale, patch * scale), np.uint8)
     for b in range(batch):

@@ -54,7 +54,6 @@ class Config:
     lr: float = 3e-4
     knot_lr: float = 5e-3
     lam: float = 0.5
-    flat_keep: float = data.FLAT_KEEP  # share of flat patches kept (1.0: uniform sampling)
     teacher_width: int = 32
     threads: int = 0  # 0: torch's default
     val_every: float = 180.0
@@ -296,8 +295,7 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
                 quant_frac = min(quant_point[0] / cfg.time_budget, QUANT_AT)
             for g in opt.param_groups:
                 g["lr"] = g["base"] * _lr_factor(frac, quant_frac)
-            lo, hi = data.sample_batch(rng, hr_bank, lr_bank, cfg.scale, cfg.batch, cfg.patch,
-                                            cfg.flat_keep)
+            lo, hi = data.sample_batch(rng, hr_bank, lr_bank, cfg.scale, cfg.batch, cfg.patch)
             x = torch.from_numpy(lo.astype(np.float32))[:, None].to(device)
             y = torch.from_numpy(hi.astype(np.float32))[:, None].to(device) / 255.0
             pred = net(x) / 255.0
@@ -359,7 +357,7 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
     provenance = {
         "command": " ".join(sys.argv) if sys.argv and "iqlut" in sys.argv[0] else "iqlut_gpu.train.train()",
         "kind": cfg.kind, "seed": cfg.seed, "machine": machine(), "iterations": it,
-        "train_seconds": round(elapsed, 1), "batch": cfg.batch, "patch": cfg.patch, "flat_keep": cfg.flat_keep,
+        "train_seconds": round(elapsed, 1), "batch": cfg.batch, "patch": cfg.patch,
         "lambda": cfg.lam if teacher is not None else 0.0,
         "dataset": "skimage+sklearn photos, mate-backgrounds, plasma-workspace-wallpapers "
                    "(iqlut_gpu.train.data; validation split data.VALIDATION)",

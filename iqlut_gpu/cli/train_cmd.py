@@ -24,9 +24,6 @@ def add_arguments(p) -> None:
     p.add_argument("--patch", type=int, default=36, help="LR patch size")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--lam", type=float, default=0.5, help="distillation weight (iqlut only)")
-    p.add_argument("--flat-keep", type=float, default=None, metavar="P",
-                   help="share of flat training patches kept, the rest redrawn (default 0.2; "
-                   "1 = uniform sampling)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.add_argument("--val-every", type=float, default=180.0, metavar="SECONDS")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -49,12 +46,9 @@ def run(args) -> int:
         raise
     if args.time_budget <= 0:
         raise CLIError("--time-budget must be positive")
-    if args.flat_keep is not None and not 0.0 <= args.flat_keep <= 1.0:
-        raise CLIError("--flat-keep must be between 0 and 1")
-    extra = {} if args.flat_keep is None else {"flat_keep": args.flat_keep}
     cfg = Config(scale=args.scale, kind=args.kind, out=args.out, time_budget=args.time_budget,
                  max_iters=args.max_iters, seed=args.seed, batch=args.batch, patch=args.patch,
-                 lr=args.lr, lam=args.lam, threads=args.threads, val_every=args.val_every, **extra)
+                 lr=args.lr, lam=args.lam, threads=args.threads, val_every=args.val_every)
     try:
         train(cfg, resume=args.resume, progress=not args.no_progress)
     except RuntimeError as e:
