@@ -215,7 +215,9 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
     elapsed, it, history, quantised = 0.0, 0, [], False
     quant_point = None  # (elapsed seconds, iteration) when the int8 stage began
     if resume and ckpt_path.exists():
-        st = torch.load(ckpt_path, map_location=device, weights_only=True)
+        # on the CPU: torch.set_rng_state takes only a CPU tensor; load_state_dict copies the
+        # weights (and Adam's moments) onto the net's device
+        st = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         if st["config"]["scale"] != cfg.scale or st["config"]["kind"] != cfg.kind:
             raise ValueError(f"checkpoint {ckpt_path} is for another scale/kind")
         net.load_state_dict(st["net"])
