@@ -21,6 +21,17 @@ def _bank(rng):
     return hr, lr
 
 
+def _dihedral(a, b, t):
+    """Transform t (0..7) of the sampler's documented order: x flip, y flip, transpose."""
+    if t & 1:
+        a, b = a[:, ::-1], b[:, ::-1]
+    if t & 2:
+        a, b = a[::-1], b[::-1]
+    if t & 4:
+        a, b = a.T, b.T
+    return a, b
+
+
 def _source_of(lo, hi, hr, lr):
     """(crop index, transform) of a sampled pair, found by brute force; None if none matches."""
     for i in range(len(lr)):
@@ -29,13 +40,7 @@ def _source_of(lo, hi, hr, lr):
                 lp = lr[i, y:y + PATCH, x:x + PATCH]
                 hp = hr[i, y * SCALE:(y + PATCH) * SCALE, x * SCALE:(x + PATCH) * SCALE]
                 for t in range(8):
-                    a, b = lp, hp
-                    if t & 1:
-                        a, b = a[:, ::-1], b[:, ::-1]
-                    if t & 2:
-                        a, b = a[::-1], b[::-1]
-                    if t & 4:
-                        a, b = a.T, b.T
+                    a, b = _dihedral(lp, hp, t)
                     if np.array_equal(a, lo) and np.array_equal(b, hi):
                         return i, t
     return None
@@ -67,10 +72,5 @@ def test_the_random_stream_is_the_documented_one():
         y, x = ys[b], xs[b]
         lp = lr[idx[b], y:y + PATCH, x:x + PATCH]
         hp = hr[idx[b], y * SCALE:(y + PATCH) * SCALE, x * SCALE:(x + PATCH) * SCALE]
-        if t & 1:
-            lp, hp = lp[:, ::-1], hp[:, ::-1]
-        if t & 2:
-            lp, hp = lp[::-1], hp[::-1]
-        if t & 4:
-            lp, hp = lp.T, hp.T
+        lp, hp = _dihedral(lp, hp, t)
         assert np.array_equal(lo[b], lp) and np.array_equal(hi[b], hp), f"seed {SESSION_SEED}"
