@@ -21,15 +21,19 @@ def _bank(rng):
     return hr, lr
 
 
-def _dihedral(a, b, t):
-    """Transform t (0..7) of the sampler's documented order: x flip, y flip, transpose."""
-    if t & 1:
-        a, b = a[:, ::-1], b[:, ::-1]
-    if t & 2:
-        a, b = a[::-1], b[::-1]
-    if t & 4:
-        a, b = a.T, b.T
-    return a, b
+def test_dihedral_moves_lr_and_hr_alike_through_all_eight_transforms():
+    rng = np.random.default_rng(SESSION_SEED)
+    lp = rng.integers(0, 256, (3, 5)).astype(np.uint8)  # not square: a transpose shows
+    hp = np.kron(lp, np.ones((SCALE, SCALE), np.uint8))  # HR = nearest upsample of LR
+    seen = set()
+    for t in range(8):
+        a, b = data.dihedral(lp, hp, t)
+        assert np.array_equal(b, np.kron(a, np.ones((SCALE, SCALE), np.uint8))), f"t={t}"
+        seen.add(a.tobytes() + bytes(a.shape))
+    assert len(seen) == 8  # eight distinct transforms
+    # bit 0 mirrors x, bit 1 mirrors y, bit 2 transposes after them
+    assert np.array_equal(data.dihedral(lp, hp, 5)[0], lp[:, ::-1].T)
+    assert np.array_equal(data.dihedral(lp, hp, 6)[0], lp[::-1].T)
 
 
 def _source_of(lo, hi, hr, lr):
@@ -40,7 +44,7 @@ def _source_of(lo, hi, hr, lr):
                 lp = lr[i, y:y + PATCH, x:x + PATCH]
                 hp = hr[i, y * SCALE:(y + PATCH) * SCALE, x * SCALE:(x + PATCH) * SCALE]
                 for t in range(8):
-                    a, b = _dihedral(lp, hp, t)
+                    a, b = data.dihedral(lp, hp, t)
                     if np.array_equal(a, lo) and np.array_equal(b, hi):
                         return i, t
     return None
@@ -72,5 +76,5 @@ def test_the_random_stream_is_the_documented_one():
         y, x = ys[b], xs[b]
         lp = lr[idx[b], y:y + PATCH, x:x + PATCH]
         hp = hr[idx[b], y * SCALE:(y + PATCH) * SCALE, x * SCALE:(x + PATCH) * SCALE]
-        lp, hp = _dihedral(lp, hp, t)
+        lp, hp = data.dihedral(lp, hp, t)
         assert np.array_equal(lo[b], lp) and np.array_equal(hi[b], hp), f"seed {SESSION_SEED}"

@@ -183,6 +183,18 @@ def build_bank(scale: int, cache_dir: str | None = None, limit: int | None = Non
     return hr, lr
 
 
+def dihedral(lp: np.ndarray, hp: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray]:
+    """Transform ``t`` (0..7) of the dihedral group on an LR/HR pair, applied to both alike:
+    bit 0 mirrors x, bit 1 mirrors y, bit 2 transposes (in that order)."""
+    if t & 1:
+        lp, hp = lp[:, ::-1], hp[:, ::-1]
+    if t & 2:
+        lp, hp = lp[::-1], hp[::-1]
+    if t & 4:
+        lp, hp = lp.T, hp.T
+    return lp, hp
+
+
 def sample_batch(rng: np.random.Generator, hr: np.ndarray, lr: np.ndarray, scale: int,
                  batch: int, patch: int) -> tuple[np.ndarray, np.ndarray]:
     """Random LR patches [B, patch, patch] with their HR [B, r*patch, r*patch] (uint8),
@@ -197,12 +209,5 @@ def sample_batch(rng: np.random.Generator, hr: np.ndarray, lr: np.ndarray, scale
     for b in range(batch):
         lp = lr[idx[b], ys[b]:ys[b] + patch, xs[b]:xs[b] + patch]
         hp = hr[idx[b], ys[b] * scale:(ys[b] + patch) * scale, xs[b] * scale:(xs[b] + patch) * scale]
-        t = int(rng.integers(0, 8))
-        if t & 1:
-            lp, hp = lp[:, ::-1], hp[:, ::-1]
-        if t & 2:
-            lp, hp = lp[::-1], hp[::-1]
-        if t & 4:
-            lp, hp = lp.T, hp.T
-        lo[b], hi[b] = lp, hp
+        lo[b], hi[b] = dihedral(lp, hp, int(rng.integers(0, 8)))
     return lo, hi
