@@ -63,3 +63,37 @@ def test_table_weight_roundtrip_and_flip():
     assert w.shape == (4, 6, 5, 5)
     assert w[1, 3 + 2, 0, 0] == t[1, 2, 4, 4, 1]  # flipped in both spatial axes
     assert torch.equal(weight_to_table(w, 2, 3), t)
+
+
+@pytest.mark.parametrize("case", range(3))
+def test_bf16_grad_conv_has_the_exact_forward_and_close_gradients(case):
+    """expanded_conv(bf16_grad=True): the forward is bit for bit the float conv (so the
+    training forward, fake quantisation and export check do not change); only the backward
+    runs in bfloat16, its gradients within bfloat16's rounding of the float32 ones."""
+    from iqlut_gpu.train.torch_forward import expanded_conv
+    gen = torch.Generator().manual_seed(SESSION_SEED + case)
+    c_in, c_out, k = [(17, 8, 5), (128, 8, 3), (128, 16, 3)][case]
+    enc = torch.rand(2, c_in, 11, 13, generator=gen)
+    weight = torch.randn(c_out, c_in, k, k, generator=gen)
+    bias = torch.randn(c_out, generator=gen)
+    grad_out = torch.randn(2, c_out, 11, 13, generator=gen)
+    results = []
+    for bf16 in (False, True):
+        e, w, b = (t.clone().requires_grad_(True) for t in (enc, weight, bias))
+        out = expanded_conv(e, w, b, bf16_grad=bf16)
+        out.backward(grad_out)
+        results.append((out.detach(), e.grad, w.grad, b.grad))
+    (o32, e32, w32, b32), (o16, e16, w16, b16) = results
+    assert torch.equal(o16, o32), f"seed {SESSION_SEED}"
+    assert torch.allclose(b16, b32), f"seed {SESSION_SEED}"  # the bias gradient stays float
+    for g16, g32 in ((e16, e32), (w16, w32)):
+        rel = float((g16 - g32).norm() / g32.norm())
+        assert 0 < rel < 2e-2, f"seed {SESSION_SEED}: relative gradient error {rel}"
+
+
+def test_bf16_grad_conv_is_plain_without_gradients():
+    from iqlut_gpu.train.torch_forward import bf16_supported, expanded_conv
+    enc, weight = torch.rand(1, 4, 6, 6), torch.randn(2, 4, 3, 3)
+    with torch.no_grad():
+        assert expanded_conv(enc, weight, None, bf16_grad=True).grad_fn is None
+    assert isinstance(bf16_supported("cpu"), bool)

@@ -98,6 +98,8 @@ class _QuantTable(torch.nn.Module):
 
 
 class IQLayer(_QuantTable):
+    bf16_grad = False  # expanded_conv's backward in bfloat16 (LUTNet sets it)
+
     def __init__(self, c_in, c_out, k, L, residual=False, min_gap=1.0, zero_init=False):
         super().__init__()
         self.c_in, self.c_out, self.k, self.L, self.residual = c_in, c_out, k, L, residual
@@ -151,7 +153,7 @@ class IQLayer(_QuantTable):
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         w, b = self.weight_bias()
         enc = self.encode(pad_codes(x, self.k // 2))
-        return ste_round(expanded_conv(enc, w, b, padded=True))
+        return ste_round(expanded_conv(enc, w, b, padded=True, bf16_grad=self.bf16_grad))
 
     def _table_layout(self, t: torch.Tensor) -> torch.Tensor:
         return weight_to_table(t, self.c_in, self.L)
@@ -205,7 +207,7 @@ class LUTNet(torch.nn.Module):
     """A chain of IQ-LUT (or ECNN) layers over a fixed upsample: codes in, codes out."""
 
     def __init__(self, scale: int, arch, kind: str = "iqlut", upsample: str = "bicubic",
-                 min_gap: float = 1.0):
+                 min_gap: float = 1.0, bf16_grad: bool = False):
         super().__init__()
         self.scale, self.kind, self.upsample_kind = scale, kind, upsample
         self.arch = [dict(a) for a in arch]
@@ -219,6 +221,8 @@ class LUTNet(torch.nn.Module):
                                       min_gap=min_gap, zero_init=last))
             else:
                 layers.append(ECNNLayer(a["c_in"], c_out, a["k"], a["residual"], zero_init=last))
+        for layer in layers:
+            layer.bf16_grad = bf16_grad
         self.layers = torch.nn.ModuleList(layers)
         self.upsample = FixedUpsample(scale, upsample)
 

@@ -101,13 +101,59 @@ def pad_codes(codes: torch.Tensor, R: int) -> torch.Tensor:
     return F.pad(codes, (R, R, R, R), mode="replicate") if R else codes
 
 
+class _Bf16GradConv(torch.autograd.Function):
+    """``conv2d`` (no padding) whose forward runs in the inputs' dtype, exactly as without
+    it, and whose backward (two thirds of a training step's conv work) runs in bfloat16.
+
+    Only the gradients are rounded (relative error about 2**-9): the forward a model
+    trains on, and so its fake quantisation and the export check, are unchanged. On CPUs
+    with bfloat16 instructions (AVX512-BF16, AMX) and on GPUs the backward is 2-3x faster.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return F.conv2d(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        gx = gw = gb = None
+        if need_x or need_w:
+            gx, gw, _ = torch.ops.aten.convolution_backward(
+                grad.to(torch.bfloat16), x.to(torch.bfloat16), weight.to(torch.bfloat16), None,
+                [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [need_x, need_w, False])
+            gx = gx.to(x.dtype) if need_x else None
+            gw = gw.to(weight.dtype) if need_w else None
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = grad.sum((0, 2, 3))
+        return gx, gw, gb
+
+
+def bf16_supported(device: torch.device | str = "cpu") -> bool:
+    """Whether bfloat16 convolutions are fast here: a CUDA device, or a CPU whose oneDNN
+    has bfloat16 kernels (AVX512-BF16 / AMX; elsewhere bfloat16 is emulated and slow)."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.is_available()
+    try:
+        return bool(torch.backends.mkldnn.is_available()
+                    and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def expanded_conv(enc: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                  padded: bool = False) -> torch.Tensor:
+                  padded: bool = False, bf16_grad: bool = False) -> torch.Tensor:
     """Replicate-padded correlation with ``weight`` [c_out, C*L, k, k]: the expanded
-    convolution. ``padded``: ``enc`` encodes codes already padded by ``pad_codes``."""
+    convolution. ``padded``: ``enc`` encodes codes already padded by ``pad_codes``.
+    ``bf16_grad``: the backward in bfloat16 (``_Bf16GradConv``; the forward is the same)."""
     R = weight.shape[-1] // 2
     if R and not padded:
         enc = F.pad(enc, (R, R, R, R), mode="replicate")
+    if bf16_grad and torch.is_grad_enabled() and (enc.requires_grad or weight.requires_grad):
+        return _Bf16GradConv.apply(enc, weight, bias)
     return F.conv2d(enc, weight, bias)
 
 

@@ -37,6 +37,7 @@ from ..evaluate import bicubic_upscale, imresize, modcrop, psnr, rgb_to_y, shave
 from ..model import save_model
 from . import data
 from .net import ECNN_ARCH, IQLUT_ARCH, LUTNet, TeacherCNN
+from .torch_forward import bf16_supported
 
 QUANT_AT = 0.7
 
@@ -55,6 +56,7 @@ class Config:
     knot_lr: float = 5e-3
     lam: float = 0.5
     teacher_width: int = 32
+    bf16: str = "off"  # the student's backward convs in bfloat16: auto | on | off
     threads: int = 0  # 0: torch's default
     val_every: float = 180.0
     ckpt_every: float = 120.0
@@ -71,6 +73,13 @@ class Config:
 
 def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def use_bf16(setting: str, device: torch.device) -> bool:
+    """``auto``: bfloat16 where it is fast (``torch_forward.bf16_supported``)."""
+    if setting not in ("auto", "on", "off"):
+        raise ValueError(f"bf16 must be auto, on or off, got {setting!r}")
+    return bf16_supported(device) if setting == "auto" else setting == "on"
 
 
 def machine() -> str:
@@ -201,7 +210,8 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
 
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    net = LUTNet(cfg.scale, arch, kind=cfg.kind).to(device)
+    bf16 = use_bf16(cfg.bf16, device)
+    net = LUTNet(cfg.scale, arch, kind=cfg.kind, bf16_grad=bf16).to(device)
     use_teacher = cfg.kind == "iqlut" and cfg.lam > 0
     teacher = TeacherCNN(cfg.scale, cfg.teacher_width).to(device) if use_teacher else None
     knot_params = [p for n, p in net.named_parameters() if n.endswith("knot_logits")]
@@ -243,7 +253,8 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
             log(f"budget extended from {old_budget:.0f} to {cfg.time_budget:.0f} s: "
                 f"the rest of the schedule stretches to the new end")
 
-    log(f"training {cfg.kind} x{cfg.scale} on {machine()}; budget {cfg.time_budget:.0f} s")
+    log(f"training {cfg.kind} x{cfg.scale} on {machine()}; budget {cfg.time_budget:.0f} s"
+        f"{'; bfloat16 gradients' if bf16 else ''}")
     hr_bank, lr_bank = data.build_bank(cfg.scale, limit=cfg.limit_images or None,
                                         log=lambda m: None, names=cfg.images or None)
     val = Validation(cfg.scale, cfg.val_crop, limit=cfg.limit_val)
@@ -360,7 +371,7 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
         "command": " ".join(sys.argv) if sys.argv and "iqlut" in sys.argv[0] else "iqlut_gpu.train.train()",
         "kind": cfg.kind, "seed": cfg.seed, "machine": machine(), "iterations": it,
         "train_seconds": round(elapsed, 1), "batch": cfg.batch, "patch": cfg.patch,
-        "lambda": cfg.lam if teacher is not None else 0.0,
+        "lambda": cfg.lam if teacher is not None else 0.0, "bf16_grad": bf16,
         "dataset": "skimage+sklearn photos, mate-backgrounds, plasma-workspace-wallpapers "
                    "(iqlut_gpu.train.data; validation split data.VALIDATION)",
     }
