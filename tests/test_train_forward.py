@@ -85,7 +85,8 @@ def test_bf16_grad_conv_has_the_exact_forward_and_close_gradients(case):
         results.append((out.detach(), e.grad, w.grad, b.grad))
     (o32, e32, w32, b32), (o16, e16, w16, b16) = results
     assert torch.equal(o16, o32), f"seed {SESSION_SEED}"
-    assert torch.allclose(b16, b32), f"seed {SESSION_SEED}"  # the bias gradient stays float
+    # the bias gradient stays float32 (summed in another order: atol for sums near zero)
+    assert torch.allclose(b16, b32, rtol=1e-5, atol=1e-4), f"seed {SESSION_SEED}"
     for g16, g32 in ((e16, e32), (w16, w32)):
         rel = float((g16 - g32).norm() / g32.norm())
         assert 0 < rel < 2e-2, f"seed {SESSION_SEED}: relative gradient error {rel}"
