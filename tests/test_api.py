@@ -58,6 +58,21 @@ def test_shipped_models_are_trained_and_beat_their_own_bicubic_base():
         assert gain > 0.3, (scale, gain)
 
 
+def test_shipped_models_have_the_default_architecture():
+    """The shipped IQ-LUT and ECNN files have the shapes training uses for their scale
+    (``DEFAULT_ARCH``; ECNN: the same shapes, 256 uniform knots, no residual blocks)."""
+    from iqlut_gpu.model import DEFAULT_ARCH, default_model_path, load_model
+
+    for scale in (2, 3, 4):
+        want = [(s["c_in"], s["c_out"] or scale * scale, s["k"]) for s in DEFAULT_ARCH]
+        iq = iqlut_gpu.default_model(scale)
+        assert [(x.c_in, x.c_out, x.k) for x in iq.layers] == want, scale
+        assert [(x.L, x.residual) for x in iq.layers] == [(s["L"], s["residual"]) for s in DEFAULT_ARCH]
+        ecnn = load_model(default_model_path(scale).with_name(f"ecnn_x{scale}.safetensors"))
+        assert [(x.c_in, x.c_out, x.k) for x in ecnn.layers] == want, scale
+        assert all(x.L == 256 and not x.residual for x in ecnn.layers), scale
+
+
 def test_non_contiguous_and_negative_stride_views(rng):
     base = rng.integers(0, 256, size=(12, 14, 3)).astype(np.uint8)
     for view in (base[::2, ::-1], base[:, :, ::-1], base.transpose(1, 0, 2), base[1:-1, 2:, :]):

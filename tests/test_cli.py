@@ -143,3 +143,13 @@ def test_closed_pipe_is_not_reported_as_an_error(tmp_path):
         proc = subprocess.run(f"{sys.executable} -m iqlut_gpu info --scale 4 --json | {reader}",
                               shell=True, capture_output=True, text=True, cwd=tmp_path)
         assert "rror" not in proc.stderr and "Exception" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("args,fragment", [(["--time-budget", "0"], "--time-budget must be positive"),
+                                           (["--hidden", "-1"], "--hidden must be between 0 and 16")])
+def test_train_rejects_bad_options_in_one_line(run_cli, tmp_path, args, fragment):
+    pytest.importorskip("torch")
+    out = tmp_path / "m.safetensors"
+    proc = run_cli("train", "--scale", "2", "--out", out, *args)
+    assert_clean_failure(proc, fragment)
+    no_output_files(tmp_path, keep=())

@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 from iqlut_gpu import reference  # noqa: E402
 from iqlut_gpu.model import load_model  # noqa: E402
 from iqlut_gpu.train import data  # noqa: E402
-from iqlut_gpu.train.net import ECNN_ARCH, IQLUT_ARCH, LUTNet, arch_storage  # noqa: E402
+from iqlut_gpu.train.net import LUTNet, arch_storage, ecnn_arch, iqlut_arch  # noqa: E402
 from iqlut_gpu.train.torch_forward import module_from_model  # noqa: E402
 from iqlut_gpu.train.trainer import Config, train  # noqa: E402
 
@@ -77,6 +77,32 @@ def test_resume_continues_from_checkpoint(cache):
     assert load_model(out).provenance["iterations"] == 7
 
 
+def test_resume_keeps_the_checkpoints_layers(cache):
+    """A run started with other layers (``--hidden``, or an older default) resumes with the
+    layers it has; asking for other layers explicitly is an error, not a silent restart."""
+    out = cache / "tiny_x3.safetensors"
+    base = dict(scale=3, out=str(out), time_budget=1e9, seed=1, batch=2, patch=12, lam=0.0,
+                val_every=1e9, ckpt_every=0.0, val_crop=48, images=TEXTURED[:1], limit_val=1)
+    train(Config(max_iters=3, arch=[dict(a) for a in TINY_ARCH], **base), progress=False,
+          log=lambda m: None)
+    s = train(Config(max_iters=5, **base), resume=True, progress=False, log=lambda m: None)
+    assert s["iterations"] == 5
+    assert [layer.L for layer in load_model(out).layers] == [a["L"] for a in TINY_ARCH]
+    with pytest.raises(ValueError, match="has 3 layers, not the 4"):
+        train(Config(max_iters=6, hidden=2, **base), resume=True, progress=False,
+              log=lambda m: None)
+
+
+def test_hidden_sets_the_number_of_8_to_8_layers():
+    assert iqlut_arch(4) == iqlut_arch(4, hidden=2) and len(iqlut_arch(2)) == 4
+    arch = iqlut_arch(2, hidden=5)
+    assert len(arch) == 7 and all(a["residual"] and a["c_in"] == a["c_out"] == 8 for a in arch[1:-1])
+    assert arch[0] == iqlut_arch(2)[0] and arch[-1] == iqlut_arch(2)[-1]
+    assert [(a["L"], a["residual"]) for a in ecnn_arch(2, hidden=5)] == [(256, False)] * 7
+    assert len(iqlut_arch(3, hidden=0)) == 2
+    with pytest.raises(ValueError):
+        iqlut_arch(3, hidden=-1)
+
 def test_resume_with_a_larger_budget_stretches_the_int8_stage(cache):
     out = cache / "tiny_x2.safetensors"
     base = dict(scale=2, out=str(out), time_budget=1e9, seed=3, batch=2, patch=12, lam=0.0,
@@ -133,13 +159,13 @@ def test_lr_schedule_and_suspended_steps():
     assert counted_step_time(3.0, None) == 3.0
 
 
-@pytest.mark.parametrize("kind,arch", [("iqlut", IQLUT_ARCH), ("ecnn", ECNN_ARCH)])
-def test_quantised_net_equals_its_export(kind, arch):
+@pytest.mark.parametrize("kind", ["iqlut", "ecnn"])
+def test_quantised_net_equals_its_export(kind):
     torch.manual_seed(SESSION_SEED)
     # float64 throughout: the export rounds the weights the net holds, so the net must not
     # change precision after it (theta * 255 in float32 and in float64 can round to
     # different int8 steps, which made this test fail for rare seeds, e.g. 50777586)
-    net = LUTNet(3, arch, kind=kind).double()
+    net = LUTNet(3, (iqlut_arch if kind == "iqlut" else ecnn_arch)(3), kind=kind).double()
     with torch.no_grad():
         for p in net.parameters():
             p.normal_(0, 0.01)
@@ -155,6 +181,6 @@ def test_quantised_net_equals_its_export(kind, arch):
 
 def test_shipped_architecture_meets_the_storage_rule():
     for s in (2, 3, 4):
-        iq, ecnn = arch_storage(IQLUT_ARCH, s)
+        iq, ecnn = arch_storage(iqlut_arch(s), s)
         assert ecnn / iq >= 15.0
-    assert arch_storage(IQLUT_ARCH, 4)[0] <= 64 * 1024
+    assert arch_storage(iqlut_arch(4), 4)[0] <= 64 * 1024

@@ -274,9 +274,21 @@ class TeacherCNN(torch.nn.Module):
 
 # Per-layer L tuned for >= 15x less storage than ECNN at every scale (DESIGN.md's start
 # was L = 17 everywhere: 14.9x); the runtime's DEFAULT_ARCH is the one definition.
-IQLUT_ARCH = DEFAULT_ARCH
-# ECNN: same shapes, L = 256, no residual blocks.
-ECNN_ARCH = tuple(dict(a, L=256, residual=False) for a in IQLUT_ARCH)
+def iqlut_arch(scale: int, hidden: int | None = None) -> tuple:
+    """The IQ-LUT layer specs trained for ``scale`` (the last layer's c_out is scale**2);
+    ``hidden``: that many residual 8->8 layers between the first and the last instead of
+    the default's two."""
+    arch = DEFAULT_ARCH
+    if hidden is None:
+        return arch
+    if hidden < 0:
+        raise ValueError(f"hidden must be >= 0, got {hidden}")
+    return (arch[0],) + (arch[1],) * hidden + (arch[-1],)
+
+
+def ecnn_arch(scale: int, hidden: int | None = None) -> tuple:
+    """ECNN: the IQ-LUT shapes of ``scale`` with L = 256 and no residual blocks."""
+    return tuple(dict(a, L=256, residual=False) for a in iqlut_arch(scale, hidden))
 
 
 def arch_storage(arch, scale: int) -> tuple[int, int]:

@@ -36,7 +36,7 @@ from .. import backends
 from ..evaluate import bicubic_upscale, imresize, modcrop, psnr, rgb_to_y, shave, ssim
 from ..model import save_model
 from . import data
-from .net import ECNN_ARCH, IQLUT_ARCH, LUTNet, TeacherCNN
+from .net import LUTNet, TeacherCNN, ecnn_arch, iqlut_arch
 from .torch_forward import bf16_supported
 
 QUANT_AT = 0.7
@@ -64,7 +64,8 @@ class Config:
     limit_images: int = 0  # tests: use only the first N training images
     limit_val: int = 0  # tests: use only the first N validation images
     images: tuple = ()  # tests: train on these images only (names as in data.sources())
-    arch: list = field(default_factory=list)
+    arch: list = field(default_factory=list)  # layer specs; empty: iqlut_arch / ecnn_arch
+    hidden: int | None = None  # with no arch: this many 8->8 layers (None: the default's)
 
     def resolved_out(self) -> Path:
         prefix = "iqlut" if self.kind == "iqlut" else "ecnn"
@@ -205,7 +206,20 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
     out = cfg.resolved_out()
     ckpt_path = out.with_name(out.name + ".ckpt")
     out.parent.mkdir(parents=True, exist_ok=True)
-    arch = cfg.arch or [dict(a) for a in (IQLUT_ARCH if cfg.kind == "iqlut" else ECNN_ARCH)]
+    st = None
+    if resume and ckpt_path.exists():
+        # on the CPU: torch.set_rng_state takes only a CPU tensor; load_state_dict copies the
+        # weights (and Adam's moments) onto the net's device
+        st = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if st["config"]["scale"] != cfg.scale or st["config"]["kind"] != cfg.kind:
+            raise ValueError(f"checkpoint {ckpt_path} is for another scale/kind")
+    arch = cfg.arch or [dict(a) for a in
+                        (iqlut_arch if cfg.kind == "iqlut" else ecnn_arch)(cfg.scale, cfg.hidden)]
+    if st is not None and [dict(a) for a in st["config"]["arch"]] != [dict(a) for a in arch]:
+        if cfg.arch or cfg.hidden is not None:
+            raise ValueError(f"checkpoint {ckpt_path} has {len(st['config']['arch'])} layers, "
+                             f"not the {len(arch)} asked for")
+        arch = st["config"]["arch"]  # a run started under another default shape continues as it was
     cfg.arch = [dict(a) for a in arch]
 
     torch.manual_seed(cfg.seed)
@@ -224,12 +238,7 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
 
     elapsed, it, history, quantised = 0.0, 0, [], False
     quant_point = None  # (elapsed seconds, iteration) when the int8 stage began
-    if resume and ckpt_path.exists():
-        # on the CPU: torch.set_rng_state takes only a CPU tensor; load_state_dict copies the
-        # weights (and Adam's moments) onto the net's device
-        st = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if st["config"]["scale"] != cfg.scale or st["config"]["kind"] != cfg.kind:
-            raise ValueError(f"checkpoint {ckpt_path} is for another scale/kind")
+    if st is not None:
         net.load_state_dict(st["net"])
         quantised = st["quantised"]
         if quantised:  # the frozen knots no longer train (no Adam state for them)
@@ -354,11 +363,13 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
         raise
     finally:
         _restore_sigterm(previous_term)
-    if not quantised:
+    if not quantised:  # ended before the int8 stage: export (and checkpoint) it quantised
         net.freeze_knots()
         net.start_quant()
         quantised = True
         quant_point = (elapsed, it)
+        # the optimiser a quantised checkpoint holds, as in the loop (a resume rebuilds it)
+        opt = torch.optim.Adam([{"params": other, "lr": cfg.lr, "base": cfg.lr}])
     last_val = validate()
     save_checkpoint(ckpt_path, state())
     if bar is not None:

@@ -24,6 +24,9 @@ def add_arguments(p) -> None:
     p.add_argument("--patch", type=int, default=36, help="LR patch size")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--lam", type=float, default=0.5, help="distillation weight (iqlut only)")
+    p.add_argument("--hidden", type=int, default=None, metavar="N",
+                   help="residual 8->8 layers between the first and the last (default 2, the "
+                   "shipped models' shape)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.add_argument("--bf16", choices=("auto", "on", "off"), default="off",
                    help="run the student's backward convs in bfloat16 (the forward stays "
@@ -50,10 +53,12 @@ def run(args) -> int:
         raise
     if args.time_budget <= 0:
         raise CLIError("--time-budget must be positive")
+    if args.hidden is not None and not 0 <= args.hidden <= 16:
+        raise CLIError("--hidden must be between 0 and 16")
     cfg = Config(scale=args.scale, kind=args.kind, out=args.out, time_budget=args.time_budget,
                  max_iters=args.max_iters, seed=args.seed, batch=args.batch, patch=args.patch,
                  lr=args.lr, lam=args.lam, threads=args.threads, val_every=args.val_every,
-                 bf16=args.bf16)
+                 bf16=args.bf16, hidden=args.hidden)
     try:
         train(cfg, resume=args.resume, progress=not args.no_progress)
     except RuntimeError as e:
