@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -152,3 +153,28 @@ def test_cli_bench_outside_checkout_says_how(tmp_path):
     p = subprocess.run([sys.executable, "-m", "iqlut_gpu", "bench", "--list"],
                        capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert p.returncode == 1 and "checkout" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_kernel_ab_checks_bytes_and_times_both():
+    from bench import kernel_ab
+
+    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    from iqlut_gpu import default_model
+    from iqlut_gpu.kernels import numba_cpu
+
+    old = kernel_ab.load_revision("HEAD")
+    assert old is not numba_cpu and hasattr(old, "run_planes")
+    planes = kernel_ab.photo_planes(24, 20)
+    r = kernel_ab.compare(old, numba_cpu, default_model(2), planes, "expanded", 2, time.perf_counter)
+    assert r["a_s"] > 0 and r["b_s"] > 0 and r["b_speedup"] == r["a_s"] / r["b_s"]
+
+    class Wrong:
+        @staticmethod
+        def run_planes(prepared, planes, mode):
+            return np.zeros((planes.shape[0], planes.shape[1] * 2, planes.shape[2] * 2), np.uint8)
+
+    with pytest.raises(AssertionError, match="disagree"):
+        kernel_ab.compare(old, Wrong, default_model(2), planes, "expanded", 1, time.perf_counter)
+    with pytest.raises(SystemExit, match="cannot read"):
+        kernel_ab.load_revision("no-such-revision-xyz")

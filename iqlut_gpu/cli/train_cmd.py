@@ -30,8 +30,8 @@ def add_arguments(p) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.add_argument("--bf16", choices=("auto", "on", "off"), default="off",
                    help="run the student's backward convs in bfloat16 (the forward stays "
-                   "exact; 1.15-1.25x faster steps measured on a CPU, effect on quality not "
-                   "yet measured); auto: where it is fast (CUDA, CPUs with AVX512-BF16/AMX)")
+                   "exact; on a CPU 14%% more steps, no better model: see the README); auto: "
+                   "where it is fast (CUDA, CPUs with AVX512-BF16/AMX)")
     p.add_argument("--val-every", type=float, default=180.0, metavar="SECONDS")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
