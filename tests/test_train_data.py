@@ -78,3 +78,36 @@ def test_the_random_stream_is_the_documented_one():
         hp = hr[idx[b], y * SCALE:(y + PATCH) * SCALE, x * SCALE:(x + PATCH) * SCALE]
         lp, hp = data.dihedral(lp, hp, t)
         assert np.array_equal(lo[b], lp) and np.array_equal(hi[b], hp), f"seed {SESSION_SEED}"
+
+
+def test_two_runs_building_the_same_bank_at_once_both_succeed(tmp_path, monkeypatch):
+    """An IQ-LUT and an ECNN run started together build the same cached bank: both must
+    get it (each writes its own temporary file, then renames), and no temporary is left."""
+    import threading
+
+    names = ("skimage/brick", "skimage/gravel")
+    barrier = threading.Barrier(2, timeout=60)
+    real_savez = np.savez
+
+    def savez_together(*a, **kw):  # both writers inside savez at the same time
+        barrier.wait()
+        return real_savez(*a, **kw)
+
+    monkeypatch.setattr(data.np, "savez", savez_together)
+    results, errors = [], []
+
+    def build():
+        try:
+            results.append(data.build_bank(2, cache_dir=str(tmp_path), names=names, log=lambda m: None))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=build) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert len(results) == 2 and all(np.array_equal(results[0][i], results[1][i]) for i in (0, 1))
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert len(left) == 1 and left[0].startswith("bank_x2_") and left[0].endswith(".npz"), left

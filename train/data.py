@@ -25,6 +25,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -177,9 +178,17 @@ def build_bank(scale: int, cache_dir: str | None = None, limit: int | None = Non
         log(f"  {name}: {len(crops)} crops")
     hr, lr = np.stack(hrs), np.stack(lrs)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp.npz")
-    np.savez(tmp, hr=hr, lr=lr)
-    os.replace(tmp, cache)
+    # a temporary name of this process's own: two runs building the same bank at once
+    # (e.g. an IQ-LUT and an ECNN run started together) each write theirs and rename it
+    # over the other's (same contents); a shared temporary name made the second rename fail
+    fd, tmp = tempfile.mkstemp(prefix=f".{cache.stem}.", suffix=".tmp.npz", dir=cache.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, hr=hr, lr=lr)
+        os.replace(tmp, cache)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return hr, lr
 
 
