@@ -62,10 +62,10 @@ def compare(a, b, model, planes: np.ndarray, mode: str, repeats: int, clock) -> 
 
 
 def photo_planes(width: int = 320, height: int = 180) -> np.ndarray:
-    from PIL import Image
+    """uint8 [3, H, W]: the bench cases' input frame (``registry.bench_frames``) as planes."""
+    from .registry import bench_frames
 
-    img = Image.open(ROOT / "iqlut_gpu" / "data" / "astronaut_256.png").convert("RGB")
-    return np.ascontiguousarray(np.asarray(img.resize((width, height))).transpose(2, 0, 1))
+    return np.ascontiguousarray(bench_frames((width, height), 1)[0].transpose(2, 0, 1))
 
 
 def main(argv=None) -> int:

@@ -98,3 +98,9 @@ def test_bf16_grad_conv_is_plain_without_gradients():
     with torch.no_grad():
         assert expanded_conv(enc, weight, None, bf16_grad=True).grad_fn is None
     assert isinstance(bf16_supported("cpu"), bool)
+
+
+def test_lutnet_passes_bf16_grad_to_its_iq_layers():
+    from iqlut_gpu.train.net import LUTNet, iqlut_arch
+    assert all(layer.bf16_grad for layer in LUTNet(2, iqlut_arch(2), bf16_grad=True).layers)
+    assert not any(layer.bf16_grad for layer in LUTNet(2, iqlut_arch(2)).layers)

@@ -98,10 +98,10 @@ class _QuantTable(torch.nn.Module):
 
 
 class IQLayer(_QuantTable):
-    bf16_grad = False  # expanded_conv's backward in bfloat16 (LUTNet sets it)
-
-    def __init__(self, c_in, c_out, k, L, residual=False, min_gap=1.0, zero_init=False):
+    def __init__(self, c_in, c_out, k, L, residual=False, min_gap=1.0, zero_init=False,
+                 bf16_grad=False):
         super().__init__()
+        self.bf16_grad = bf16_grad  # expanded_conv's backward in bfloat16
         self.c_in, self.c_out, self.k, self.L, self.residual = c_in, c_out, k, L, residual
         self.min_gap = float(min_gap)
         self.knot_logits = torch.nn.Parameter(torch.zeros(c_in, L - 1))
@@ -218,11 +218,9 @@ class LUTNet(torch.nn.Module):
             a["c_out"] = c_out
             if kind == "iqlut":
                 layers.append(IQLayer(a["c_in"], c_out, a["k"], a["L"], a["residual"],
-                                      min_gap=min_gap, zero_init=last))
+                                      min_gap=min_gap, zero_init=last, bf16_grad=bf16_grad))
             else:
                 layers.append(ECNNLayer(a["c_in"], c_out, a["k"], a["residual"], zero_init=last))
-        for layer in layers:
-            layer.bf16_grad = bf16_grad
         self.layers = torch.nn.ModuleList(layers)
         self.upsample = FixedUpsample(scale, upsample)
 

@@ -215,7 +215,7 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
             raise ValueError(f"checkpoint {ckpt_path} is for another scale/kind")
     arch = cfg.arch or [dict(a) for a in
                         (iqlut_arch if cfg.kind == "iqlut" else ecnn_arch)(cfg.scale, cfg.hidden)]
-    if st is not None and [dict(a) for a in st["config"]["arch"]] != [dict(a) for a in arch]:
+    if st is not None and list(st["config"]["arch"]) != list(arch):
         if cfg.arch or cfg.hidden is not None:
             raise ValueError(f"checkpoint {ckpt_path} has {len(st['config']['arch'])} layers, "
                              f"not the {len(arch)} asked for")
