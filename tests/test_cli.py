@@ -146,7 +146,10 @@ def test_closed_pipe_is_not_reported_as_an_error(tmp_path):
 
 
 @pytest.mark.parametrize("args,fragment", [(["--time-budget", "0"], "--time-budget must be positive"),
-                                           (["--hidden", "-1"], "--hidden must be between 0 and 16")])
+                                           (["--hidden", "-1"], "--hidden must be between 0 and 16"),
+                                           (["--init", "no-such-model.safetensors"], "cannot read model"),
+                                           (["--kind", "ecnn", "--init", "m0.safetensors"],
+                                            "--init starts an IQ-LUT student")])
 def test_train_rejects_bad_options_in_one_line(run_cli, tmp_path, args, fragment):
     pytest.importorskip("torch")
     out = tmp_path / "m.safetensors"

@@ -103,6 +103,65 @@ def test_hidden_sets_the_number_of_8_to_8_layers():
     with pytest.raises(ValueError):
         iqlut_arch(3, hidden=-1)
 
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_a_net_started_from_a_model_computes_that_model(scale):
+    """``LUTNet.load_model``: the shipped model's layers in order, two extra residual layers
+    that start as the identity; with the model's knots (which the float knots round back to)
+    and shifts, the net's forward is the model's integer output exactly."""
+    from iqlut_gpu.model import default_model
+
+    model = default_model(scale)
+    net = LUTNet(scale, iqlut_arch(scale, hidden=4)).double()
+    assert net.load_model(model) == 2
+    net.freeze_knots()
+    sources = list(model.layers[:-1]) + [None, None, model.layers[-1]]
+    for layer, src in zip(net.layers, sources):
+        if src is not None:
+            np.testing.assert_array_equal(layer.rounded_knots(), src.knots)
+            layer.shift.fill_(src.shift)
+        layer.quant.fill_(True)
+    planes = np.random.default_rng(SESSION_SEED).integers(0, 256, (2, 13, 17), dtype=np.uint8)
+    with torch.no_grad():
+        got = net(torch.from_numpy(planes.astype(np.float64))[:, None])[:, 0].numpy()
+    np.testing.assert_array_equal(got, reference.upscale_planes(model, planes),
+                                  err_msg=f"seed {SESSION_SEED}")
+    # an identity layer exports as zero tables: the exported model computes the same
+    np.testing.assert_array_equal(reference.upscale_planes(net.export(), planes), got)
+
+
+def test_load_model_refuses_nets_it_cannot_start():
+    from iqlut_gpu.model import default_model
+
+    model = default_model(3)
+    with pytest.raises(ValueError, match="cannot start 3 layers"):
+        LUTNet(3, iqlut_arch(3, hidden=1)).load_model(model)
+    with pytest.raises(ValueError, match="x3 over bicubic"):
+        LUTNet(2, iqlut_arch(2)).load_model(model)
+    with pytest.raises(ValueError, match="cannot start a layer"):
+        LUTNet(3, ecnn_arch(3), kind="ecnn").load_model(model)
+
+
+def test_init_starts_a_run_from_a_model_and_resume_remembers_it(cache):
+    first = cache / "tiny_x2.safetensors"
+    base = dict(scale=2, time_budget=1e9, seed=5, batch=2, patch=12, lam=0.5, teacher_width=8,
+                val_every=1e9, ckpt_every=0.0, val_crop=48, images=TEXTURED[:1], limit_val=1)
+    train(Config(out=str(first), max_iters=3, arch=[dict(a) for a in TINY_ARCH], **base),
+          progress=False, log=lambda m: None)
+    deeper = TINY_ARCH[:2] + [TINY_ARCH[1]] + TINY_ARCH[2:]
+    out = cache / "warm" / "tiny_x2.safetensors"
+    logs = []
+    train(Config(out=str(out), max_iters=2, init=str(first), arch=[dict(a) for a in deeper], **base),
+          progress=False, log=logs.append)
+    assert any("1 identity layers added" in m for m in logs)
+    note = load_model(out).provenance["init"]
+    assert note["file"] == first.name and note["layers_added"] == 1 and note["iterations"] == 3
+    # resumed without --init, the run still says where it started
+    train(Config(out=str(out), max_iters=4, arch=[dict(a) for a in deeper], **base), resume=True,
+          progress=False, log=lambda m: None)
+    model = load_model(out)
+    assert model.provenance["init"] == note and model.provenance["iterations"] == 4
+
+
 def test_resume_with_a_larger_budget_stretches_the_int8_stage(cache):
     out = cache / "tiny_x2.safetensors"
     base = dict(scale=2, out=str(out), time_budget=1e9, seed=3, batch=2, patch=12, lam=0.0,

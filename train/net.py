@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from ..model import DEFAULT_ARCH, Layer, Model, zero_model
 from .torch_forward import (FixedUpsample, expanded_conv, hat_encode, pad_codes, ste_round,
-                            weight_to_table)
+                            table_to_weight, weight_to_table)
 from ..reference import interp_lut
 
 THETA_UNIT = 255.0
@@ -96,6 +96,22 @@ class _QuantTable(torch.nn.Module):
         return Layer(knots=self._export_knots(), table=table, bias=bias.astype(np.int32),
                      shift=S, residual=self.residual)
 
+    @torch.no_grad()
+    def load_layer(self, layer: Layer) -> None:
+        """Start from an exported integer layer: float tables equal to its int8 table
+        (``table * 2**(8-S)`` code units), its bias; not yet quantised."""
+        want = (self.c_in, self.L, self.k, self.k, self.c_out)
+        if tuple(layer.table.shape) != want or bool(layer.residual) != bool(self.residual):
+            raise ValueError(f"cannot start a layer {self.spec()} from {layer.spec()}")
+        w = torch.from_numpy(layer.table.astype(np.float64) * 2.0 ** (8 - layer.shift))
+        self.theta.copy_(self._weight_of(w).to(self.theta.dtype) / THETA_UNIT)
+        self.beta.copy_(torch.from_numpy(layer.bias.astype(np.float64) / 2.0 ** layer.shift
+                                         / THETA_UNIT).to(self.beta.dtype))
+
+    def spec(self) -> dict:
+        return {"c_in": self.c_in, "c_out": self.c_out, "k": self.k, "L": self.L,
+                "residual": bool(self.residual)}
+
 
 class IQLayer(_QuantTable):
     def __init__(self, c_in, c_out, k, L, residual=False, min_gap=1.0, zero_init=False,
@@ -158,6 +174,18 @@ class IQLayer(_QuantTable):
     def _table_layout(self, t: torch.Tensor) -> torch.Tensor:
         return weight_to_table(t, self.c_in, self.L)
 
+    def _weight_of(self, table: torch.Tensor) -> torch.Tensor:
+        return table_to_weight(table)
+
+    @torch.no_grad()
+    def load_layer(self, layer: Layer) -> None:
+        """As ``_QuantTable.load_layer``, and float knots that round back to the layer's."""
+        super().load_layer(layer)
+        inc = np.diff(layer.knots.astype(np.float64), axis=1)
+        free = 255.0 - (self.L - 1) * self.min_gap
+        share = np.maximum(inc - self.min_gap, 1e-3) / free
+        self.knot_logits.copy_(torch.from_numpy(np.log(share)).to(self.knot_logits.dtype))
+
     def _export_knots(self) -> np.ndarray:
         return self.rounded_knots()
 
@@ -198,6 +226,9 @@ class ECNNLayer(_QuantTable):
 
     def _table_layout(self, t: torch.Tensor) -> torch.Tensor:
         return t.view(self.c_in, 256, self.k, self.k, self.c_out)
+
+    def _weight_of(self, table: torch.Tensor) -> torch.Tensor:
+        return table.reshape(self.c_in * 256, self.k * self.k * self.c_out)
 
     def _export_knots(self) -> np.ndarray:
         return np.tile(np.arange(256, dtype=np.uint8), (self.c_in, 1))
@@ -242,6 +273,27 @@ class LUTNet(torch.nn.Module):
     def start_quant(self) -> None:
         for layer in self.layers:
             layer.start_quant()
+
+    @torch.no_grad()
+    def load_model(self, model: Model) -> int:
+        """Start from a trained model with the same first and last layer and at most as many
+        residual layers: its layers are loaded in order, each extra residual layer (placed
+        before the last) starts with zero tables, i.e. as the identity, so the net begins
+        computing what ``model`` computes. Returns the number of layers added."""
+        if model.scale != self.scale or model.upsample != self.upsample_kind:
+            raise ValueError(f"the model is x{model.scale} over {model.upsample}, this net "
+                             f"x{self.scale} over {self.upsample_kind}")
+        extra = len(self.layers) - len(model.layers)
+        hidden = list(self.layers[1:-1])
+        if extra < 0 or len(model.layers) < 2 or not all(l.residual for l in hidden[len(hidden) - extra:]):
+            raise ValueError(f"cannot start {len(self.layers)} layers from a model of "
+                             f"{len(model.layers)}")
+        for layer, src in zip(list(self.layers[:-1 - extra]) + [self.layers[-1]], model.layers):
+            layer.load_layer(src)
+        for layer in hidden[len(hidden) - extra:]:
+            layer.theta.zero_()
+            layer.beta.zero_()
+        return extra
 
     def export(self, provenance: dict | None = None) -> Model:
         return Model(scale=self.scale, upsample=self.upsample_kind,

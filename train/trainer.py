@@ -66,6 +66,8 @@ class Config:
     images: tuple = ()  # tests: train on these images only (names as in data.sources())
     arch: list = field(default_factory=list)  # layer specs; empty: iqlut_arch / ecnn_arch
     hidden: int | None = None  # with no arch: this many 8->8 layers (None: the default's)
+    init: str = ""  # start the student from this model file (LUTNet.load_model); not on resume
+    init_note: dict = field(default_factory=dict)  # what init loaded (kept in checkpoints)
 
     def resolved_out(self) -> Path:
         prefix = "iqlut" if self.kind == "iqlut" else "ecnn"
@@ -226,6 +228,17 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
     rng = np.random.default_rng(cfg.seed)
     bf16 = use_bf16(cfg.bf16, device)
     net = LUTNet(cfg.scale, arch, kind=cfg.kind, bf16_grad=bf16).to(device)
+    if st is not None:  # where the run started is the run's, whatever this command says
+        cfg.init, cfg.init_note = st["config"].get("init", ""), st["config"].get("init_note", {})
+    elif cfg.init:
+        from ..model import load_model
+        src = load_model(cfg.init)
+        added = net.load_model(src)
+        cfg.init_note = {"file": Path(cfg.init).name, "layers_added": added,
+                         **{k: src.provenance[k] for k in ("iterations", "train_seconds", "seed")
+                            if k in src.provenance}}
+        log(f"student starts from {cfg.init} ({len(src.layers)} layers, {added} identity "
+            f"layers added); distillation only on batches where the teacher is better")
     use_teacher = cfg.kind == "iqlut" and cfg.lam > 0
     teacher = TeacherCNN(cfg.scale, cfg.teacher_width).to(device) if use_teacher else None
     knot_params = [p for n, p in net.named_parameters() if n.endswith("knot_logits")]
@@ -329,7 +342,11 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
                 topt.zero_grad(set_to_none=True)
                 tloss.backward()
                 topt.step()
-                total = loss + cfg.lam * F.mse_loss(pred, tpred.detach())
+                # a student started from a trained model is, at first, far better than the
+                # teacher trained alongside from scratch: follow the teacher only where it is
+                # the better of the two on this batch
+                if not cfg.init or float(tloss.detach()) < float(loss.detach()):
+                    total = loss + cfg.lam * F.mse_loss(pred, tpred.detach())
             opt.zero_grad(set_to_none=True)
             total.backward()
             opt.step()
@@ -383,6 +400,7 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
         "kind": cfg.kind, "seed": cfg.seed, "machine": machine(), "iterations": it,
         "train_seconds": round(elapsed, 1), "batch": cfg.batch, "patch": cfg.patch,
         "lambda": cfg.lam if teacher is not None else 0.0, "bf16_grad": bf16,
+        **({"init": cfg.init_note} if cfg.init_note else {}),
         "dataset": "skimage+sklearn photos, mate-backgrounds, plasma-workspace-wallpapers "
                    "(iqlut_gpu.train.data; validation split data.VALIDATION)",
     }

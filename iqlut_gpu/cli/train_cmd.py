@@ -27,6 +27,9 @@ def add_arguments(p) -> None:
     p.add_argument("--hidden", type=int, default=None, metavar="N",
                    help="residual 8->8 layers between the first and the last (default 2, the "
                    "shipped models' shape)")
+    p.add_argument("--init", default="", metavar="MODEL",
+                   help="start the student from this trained model file (e.g. a shipped "
+                   "default); --hidden may add residual layers, which start as the identity")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.add_argument("--bf16", choices=("auto", "on", "off"), default="off",
                    help="run the student's backward convs in bfloat16 (the forward stays "
@@ -58,7 +61,9 @@ def run(args) -> int:
     cfg = Config(scale=args.scale, kind=args.kind, out=args.out, time_budget=args.time_budget,
                  max_iters=args.max_iters, seed=args.seed, batch=args.batch, patch=args.patch,
                  lr=args.lr, lam=args.lam, threads=args.threads, val_every=args.val_every,
-                 bf16=args.bf16, hidden=args.hidden)
+                 bf16=args.bf16, hidden=args.hidden, init=args.init)
+    if args.init and args.kind != "iqlut":
+        raise CLIError("--init starts an IQ-LUT student; it is not for --kind ecnn")
     try:
         train(cfg, resume=args.resume, progress=not args.no_progress)
     except RuntimeError as e:
