@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import backends
+from .ensemble import check as check_ensemble
 from .model import SCALES, Model, default_model, load_model
 from .tiling import run_tiled
 
@@ -105,7 +106,7 @@ def _upscale_on_device(images, model: Model, name: str, mode: str):
 
 
 def upscale(images, scale: int = 4, *, model=None, backend: str = "auto",
-            mode: str = "auto", tile: int | None = None) -> np.ndarray:
+            mode: str = "auto", tile: int | None = None, ensemble: int | None = None) -> np.ndarray:
     """Upscale uint8 images by ``scale`` with an IQ-LUT model.
 
     images: uint8 ``(H,W)``, ``(H,W,3)``, ``(H,W,4)`` or a batch ``(N,H,W,C)``; returns the
@@ -116,10 +117,15 @@ def upscale(images, scale: int = 4, *, model=None, backend: str = "auto",
     (the faster one for the backend: expanded on the CPU, interp on the GPU); all give
     identical results. ``tile``: images larger than this many pixels on a side are
     processed in tiles with halos, bit-identically, to bound memory (default 1024).
+    ``ensemble``: average 1, 2, 4 or 8 rotated/flipped passes (``iqlut_gpu.ensemble``;
+    that many times the work, a little better quality); None: the model's own (1 for the
+    shipped models).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     model = _as_model(model, scale)
+    if ensemble is not None:
+        model = model.with_ensemble(check_ensemble(ensemble))
     name = backends.resolve(backend)
     on_device = _upscale_on_device(images, model, name, mode)
     if on_device is not None:

@@ -7,7 +7,8 @@ A model is a chain of IQ-Blocks (see ``iqlut_gpu.reference`` for the arithmetic)
 - the last layer writes ``scale**2`` residual planes that are added, pixel-shuffled, to a
   fixed integer upsample (``nearest``, ``bilinear`` or ``bicubic``) of the input plane.
 
-File format (version 1): a safetensors file. No pickle anywhere.
+File format (version 1, or 2 for a model with a self-ensemble): a safetensors file. No
+pickle anywhere.
 
 Tensors, for each layer ``i``::
 
@@ -24,6 +25,10 @@ String metadata::
     layers          JSON list of {"c_in", "c_out", "k", "L", "shift", "residual"}
     trained         "true" | "false"
     provenance      optional JSON object (how the model was made; free-form)
+    ensemble        optional, "2" | "4" | "8" (``iqlut_gpu.ensemble``: the output is the mean
+                    over that many rotated/flipped passes); only in version 2 files, which
+                    are written only for such models (a reader of version 1 refuses them
+                    rather than computing something else). Absent: "1", one pass.
 
 ``load_model`` validates every field and raises ``ModelError`` (one clear line) on
 anything wrong; nothing else in the package reads model files.
@@ -39,8 +44,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .ensemble import ENSEMBLES
+from .ensemble import check as check_ensemble
+
 FORMAT_NAME = "iqlut"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this build reads and writes
+READS_VERSIONS = ("1", "2")
 SCALES = (2, 3, 4)
 UPSAMPLES = ("nearest", "bilinear", "bicubic")
 MAX_CHANNELS = 64
@@ -48,6 +57,9 @@ MAX_K = 9
 MAX_SHIFT = 24
 MAX_ABS_BIAS = 1 << 24  # keeps every accumulator inside int32 (see Layer.__post_init__)
 _MAX_HEADER = 1 << 20
+
+
+_VARIANTS: dict = {}  # Model.with_ensemble's memo: (id(base), n) -> (base, variant)
 
 
 class ModelError(ValueError):
@@ -100,9 +112,30 @@ class Model:
     layers: tuple[Layer, ...]
     trained: bool = False
     provenance: dict = field(default_factory=dict)
+    ensemble: int = 1  # passes averaged over rotations/flips (iqlut_gpu.ensemble)
 
     def __post_init__(self):
         validate(self)
+
+    def with_ensemble(self, n: int | None) -> "Model":
+        """This model run as an n-pass self-ensemble (``None``: as it is). Memoised, so
+        the backends' per-model preparation (tables, compiled kernels) happens once."""
+        if n is None:
+            return self
+        n = check_ensemble(n)
+        if n == self.ensemble:
+            return self
+        key = (id(self), n)
+        hit = _VARIANTS.get(key)
+        if hit is None or hit[0] is not self:
+            hit = _VARIANTS[key] = (self, Model(scale=self.scale, upsample=self.upsample,
+                                                layers=self.layers, trained=self.trained,
+                                                provenance=self.provenance, ensemble=n))
+        return hit[1]
+
+    @property
+    def format_version(self) -> int:
+        return 1 if self.ensemble == 1 else 2
 
     def storage_bytes(self) -> int:
         return sum(layer.storage_bytes() for layer in self.layers)
@@ -117,10 +150,11 @@ class Model:
 
     def describe(self) -> dict:
         return {
-            "format_version": FORMAT_VERSION,
+            "format_version": self.format_version,
             "scale": self.scale,
             "upsample": self.upsample,
             "trained": self.trained,
+            "ensemble": self.ensemble,
             "layers": [layer.spec() for layer in self.layers],
             "knots": [[int(v) for v in layer.knots[0]] if layer.c_in == 1 else
                       [[int(v) for v in row] for row in layer.knots] for layer in self.layers],
@@ -144,6 +178,9 @@ def validate(model: Model) -> None:
     _check(model.scale in SCALES, f"scale must be one of {SCALES}, got {model.scale!r}")
     _check(model.upsample in UPSAMPLES,
            f"upsample must be one of {UPSAMPLES}, got {model.upsample!r}")
+    _check(isinstance(model.ensemble, int) and not isinstance(model.ensemble, bool)
+           and model.ensemble in ENSEMBLES,
+           f"ensemble must be one of {ENSEMBLES}, got {model.ensemble!r}")
     _check(len(model.layers) >= 1, "a model needs at least one layer")
     _check(len(model.layers) <= 32, "a model has at most 32 layers")
     prev_c = 1
@@ -191,15 +228,18 @@ def validate(model: Model) -> None:
 
 
 def _meta(model: Model) -> dict[str, str]:
-    return {
+    meta = {
         "format": FORMAT_NAME,
-        "format_version": str(FORMAT_VERSION),
+        "format_version": str(model.format_version),
         "scale": str(model.scale),
         "upsample": model.upsample,
         "layers": json.dumps([layer.spec() for layer in model.layers]),
         "trained": "true" if model.trained else "false",
         "provenance": json.dumps(model.provenance, sort_keys=True),
     }
+    if model.ensemble != 1:
+        meta["ensemble"] = str(model.ensemble)
+    return meta
 
 
 def model_to_bytes(model: Model) -> bytes:
@@ -253,8 +293,11 @@ def _model_from_bytes(data: bytes) -> Model:
     _check(isinstance(meta, dict), "no metadata: not an IQ-LUT model file")
     _check(meta.get("format") == FORMAT_NAME, "not an IQ-LUT model file (metadata 'format')")
     version = meta.get("format_version")
-    _check(version == str(FORMAT_VERSION),
-           f"unsupported format version {version!r} (this build reads {FORMAT_VERSION})")
+    _check(version in READS_VERSIONS, f"unsupported format version {version!r} "
+           f"(this build reads {', '.join(READS_VERSIONS)})")
+    ens = meta.get("ensemble", "1")
+    _check(ens in [str(n) for n in ENSEMBLES], f"'ensemble' must be one of {ENSEMBLES}, got {ens!r}")
+    _check(ens == "1" or version != "1", "'ensemble' needs format version 2")
     try:
         scale = int(meta.get("scale", ""))
     except ValueError:
@@ -303,7 +346,7 @@ def _model_from_bytes(data: bytes) -> Model:
         layers.append(Layer(knots=arrays[f"layers.{n}.knots"], table=arrays[f"layers.{n}.table"],
                             bias=arrays[f"layers.{n}.bias"], shift=shift, residual=residual))
     return Model(scale=scale, upsample=meta.get("upsample", ""), layers=tuple(layers),
-                 trained=trained == "true", provenance=provenance)
+                 trained=trained == "true", provenance=provenance, ensemble=int(ens))
 
 
 def load_model(path: str | os.PathLike) -> Model:

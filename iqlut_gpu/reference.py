@@ -30,6 +30,7 @@ from fractions import Fraction
 
 import numpy as np
 
+from . import ensemble
 from .model import Layer, Model
 
 F = 256  # interpolation weight scale: w runs 0..F
@@ -207,5 +208,7 @@ def upscale_plane(model: Model, plane: np.ndarray) -> np.ndarray:
 
 
 def upscale_planes(model: Model, planes: np.ndarray) -> np.ndarray:
-    """uint8 [P, H, W] -> uint8 [P, H*r, W*r], plane by plane."""
-    return np.stack([upscale_plane(model, p) for p in planes])
+    """uint8 [P, H, W] -> uint8 [P, H*r, W*r], plane by plane (and pass by pass for a model
+    with a self-ensemble, ``iqlut_gpu.ensemble``)."""
+    return ensemble.run(lambda q: np.stack([upscale_plane(model, p) for p in q]),
+                        np.asarray(planes), model.ensemble)

@@ -40,6 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
+from iqlut_gpu import ensemble
+
 SOURCE_DIR = Path(__file__).with_name("cuda")
 SOURCE_FILE = SOURCE_DIR / "iqlut.cu"
 MODES = ("interp", "expanded")
@@ -529,8 +531,10 @@ def run_planes(prepared, planes, mode: str = "interp", stream=None):
                 dev = cupy.ascontiguousarray(dev)
                 ex = _current_executor()
                 tables = device_tables(prepared, mode)
-                out = _run_planes_with(ex, prepared, dev, mode, tables,
-                                       lambda shape, dtype: cupy.empty(shape, dtype), stream)
+                out = ensemble.run(
+                    lambda q: _run_planes_with(ex, prepared, q, mode, tables,
+                                               lambda shape, dtype: cupy.empty(shape, dtype), stream),
+                    dev, prepared.model.ensemble, cupy)
                 if on_device:
                     return out
                 return cupy.asnumpy(out, stream=stream, blocking=True)

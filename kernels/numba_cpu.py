@@ -56,6 +56,8 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
+from iqlut_gpu import ensemble
+
 # Compile flags in one place: parallel prange, on-disk cache, no Python objects.
 JIT = dict(parallel=True, cache=True, nogil=True, fastmath=False)
 
@@ -475,8 +477,13 @@ def run_planes(prepared, planes: np.ndarray, mode: str = "interp") -> np.ndarray
     """Whole model on uint8 [P, H, W] planes -> uint8 [P, H*r, W*r].
 
     ``prepared`` is an ``iqlut_gpu.backends.Prepared`` (lookup tables derived once per model).
+    A model with a self-ensemble runs once per transform (``iqlut_gpu.ensemble``).
     """
     planes = np.ascontiguousarray(planes, dtype=np.uint8)
+    return ensemble.run(lambda q: _one_pass(prepared, q, mode), planes, prepared.model.ensemble)
+
+
+def _one_pass(prepared, planes: np.ndarray, mode: str) -> np.ndarray:
     P, H, W = planes.shape
     r = prepared.scale
     x = planes[:, None]

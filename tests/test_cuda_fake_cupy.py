@@ -50,6 +50,19 @@ def test_numpy_in_numpy_out_one_module_per_model_and_mode(cupy):
     assert len(cupy.Stream.launched) == 4 * len(model.layers)
 
 
+def test_self_ensembles_match_the_reference_on_host_and_device_arrays(cupy):
+    for _, seed, model, planes, label in group("ensemble"):
+        expected = reference.upscale_planes(model, planes)
+        for mode in ("interp", "expanded"):
+            got = backends.run_planes("cuda", model, planes, mode)
+            assert np.array_equal(got, expected), f"seed {seed} {label} {mode}"
+        cupy.Stream.launched.clear()
+        out = cuda_backend.run_planes(Prepared(model), cupy.asarray(planes), "interp")
+        assert isinstance(out, cupy.ndarray) and np.array_equal(np.asarray(out), expected)
+        # n passes: one launch per layer per pass
+        assert len(cupy.Stream.launched) == model.ensemble * len(model.layers)
+
+
 def test_device_arrays_stay_on_device_and_use_the_stream(cupy):
     (_, seed, model, planes, label), *_ = group("x3-bicubic")
     expected = reference.upscale_planes(model, planes)

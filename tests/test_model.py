@@ -92,7 +92,7 @@ def test_valid_bytes_load(valid):
 
 
 @pytest.mark.parametrize("change,fragment", [
-    (dict(format_version="2"), "unsupported format version '2'"),
+    (dict(format_version="3"), "unsupported format version '3'"),
     (dict(format="other"), "not an IQ-LUT model"),
     (dict(scale="5"), "scale must be one of"),
     (dict(scale="x"), "bad scale"),

@@ -1,10 +1,11 @@
 """The validation table of the README: bicubic / ECNN / IQ-LUT on the validation split.
 
-``python -m iqlut_gpu.train.validate [--scale N ...] [--models DIR] [--crop PX] [--json]``
+``python -m iqlut_gpu.train.validate [--scale N ...] [--models DIR] [--crop PX] [--ensemble N] [--json]``
 
 Uses the integer runtime (the CPU backend) on the validation images of
 ``iqlut_gpu.train.data`` (center crops of at most ``--crop`` pixels a side), the protocol
-of ``iqlut_gpu.evaluate``. Needs no torch.
+of ``iqlut_gpu.evaluate``. ``--ensemble N`` runs both models as N-pass self-ensembles
+(default: as their files say). Needs no torch.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from ..model import load_model
 from . import data
 
 
-def table(scale: int, models_dir: Path, crop: int, backend: str = "cpu") -> dict:
+def table(scale: int, models_dir: Path, crop: int, backend: str = "cpu",
+          ensemble: int | None = None) -> dict:
     from .trainer import Validation, runtime_upscaler
 
     val = Validation(scale, crop)
@@ -27,10 +29,11 @@ def table(scale: int, models_dir: Path, crop: int, backend: str = "cpu") -> dict
         path = models_dir / f"{name}_x{scale}.safetensors"
         if not path.exists():
             continue
-        model = load_model(path)
+        model = load_model(path).with_ensemble(ensemble)
         res = val.score(runtime_upscaler(model, backend))
         res["storage_bytes"] = model.ecnn_storage_bytes() if name == "ecnn" else model.storage_bytes()
         res["file_bytes"] = path.stat().st_size
+        res["ensemble"] = model.ensemble
         res["provenance"] = {k: v for k, v in model.provenance.items() if k != "validation"}
         rows[name] = res
     return {"scale": scale, "val_crop": crop, "images": val.names, "rows": rows}
@@ -42,22 +45,23 @@ def main(argv=None) -> int:
     p.add_argument("--models", default=str(Path(__file__).resolve().parents[1] / "iqlut_gpu" / "models"),
                    help="folder with iqlut_xN / ecnn_xN .safetensors")
     p.add_argument("--crop", type=int, default=data.VAL_CROP)
+    p.add_argument("--ensemble", type=int, choices=(1, 2, 4, 8), default=None)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     models = Path(args.models)
     if not models.exists():  # installed package: the models sit beside the code
         from ..model import default_model_path
         models = default_model_path(4).parent
-    results = [table(s, models, args.crop) for s in args.scale]
+    results = [table(s, models, args.crop, ensemble=args.ensemble) for s in args.scale]
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
-    print(f"| scale | method | Y-PSNR dB | SSIM | storage B | vs bicubic dB |")
-    print(f"|---|---|---|---|---|---|")
+    print("| scale | method | passes | Y-PSNR dB | SSIM | storage B | vs bicubic dB |")
+    print("|---|---|---|---|---|---|---|")
     for r in results:
         bic = r["rows"]["bicubic"]["psnr"]
         for name, row in r["rows"].items():
-            print(f"| x{r['scale']} | {name} | {row['psnr']:.3f} | {row['ssim']:.4f} | "
+            print(f"| x{r['scale']} | {name} | {row.get('ensemble', 1)} | {row['psnr']:.3f} | {row['ssim']:.4f} | "
                   f"{row['storage_bytes']:,} | {row['psnr'] - bic:+.3f} |")
     return 0
 

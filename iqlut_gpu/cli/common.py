@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..backends import BACKENDS
+from ..ensemble import ENSEMBLES
 from ..model import SCALES
 
 
@@ -11,6 +12,9 @@ def add_model_args(p) -> None:
                    help="upscaling factor (default: the model's, or 4 for the shipped model)")
     p.add_argument("--model", metavar="PATH",
                    help="model file (default: the shipped model for --scale)")
+    p.add_argument("--ensemble", type=int, choices=ENSEMBLES, default=None, metavar="N",
+                   help="average N rotated/flipped passes (1, 2, 4 or 8; N times the time, "
+                   "better quality; default: as the model file says, 1 for the shipped models)")
 
 
 def add_backend_args(p) -> None:
@@ -22,12 +26,14 @@ def add_backend_args(p) -> None:
 
 
 def resolve_model(args):
-    """The model named by --model/--scale; a --scale that contradicts the file is an error."""
+    """The model named by --model/--scale (run as --ensemble says); a --scale that
+    contradicts the file is an error."""
     from ..model import default_model, load_model
 
     if args.model:
         model = load_model(args.model)
         if args.scale is not None and model.scale != args.scale:
             raise ValueError(f"{args.model} is an x{model.scale} model, not x{args.scale}")
-        return model
-    return default_model(args.scale or 4)
+    else:
+        model = default_model(args.scale or 4)
+    return model.with_ensemble(getattr(args, "ensemble", None))

@@ -38,6 +38,8 @@ def run(args) -> int:
             print(f"            knots {knots}")
         else:
             print(f"            knots (channel 0 of {spec['c_in']}) {knots[0]}")
+    if d["ensemble"] != 1:
+        print(f"ensemble:   {d['ensemble']} rotated/flipped passes averaged (--ensemble 1: one pass)")
     print(f"storage:    {d['storage_bytes']:,} bytes (tables + knots + biases)")
     print(f"ECNN:       {d['ecnn_storage_bytes']:,} bytes for the same network with 256 uniform "
           f"knots ({d['ecnn_ratio']}x larger)")

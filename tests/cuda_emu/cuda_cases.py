@@ -27,7 +27,7 @@ class CudaBuffer:
 
 
 GROUPS = ([f"x{s}-{u}" for s in (2, 3, 4) for u in UPSAMPLES]
-          + ["default-arch", "extreme", "shipped"])
+          + ["default-arch", "extreme", "shipped", "ensemble"])
 
 
 @lru_cache(maxsize=None)
@@ -47,6 +47,10 @@ def all_cases():
                     cases.random_planes(rng, 2, 11, 14), f"x{scale} 11x14"))
     for seed, rng in cases.case_rngs(3, salt=1007):
         out.append(("extreme", seed, cases.random_model(rng), cases.extreme_planes(), "codes 0/255"))
+    for seed, rng in cases.case_rngs(3, salt=1013):  # self-ensembles, on non-square planes
+        n = int(rng.choice([2, 4, 8]))
+        out.append(("ensemble", seed, cases.random_model(rng).with_ensemble(n),
+                    cases.random_planes(rng, 2, 7, 12), f"ensemble {n} 7x12"))
     for scale in (2, 3, 4):
         rng = np.random.default_rng()
         out.append(("shipped", "n/a", default_model(scale),
