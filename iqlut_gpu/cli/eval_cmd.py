@@ -107,19 +107,20 @@ def run(args) -> int:
     if not args.no_ecnn:
         path = Path(args.ecnn) if args.ecnn else ecnn_path(scale)
         if path.exists() or args.ecnn:
-            ecnn = load_model(path)
+            ecnn = load_model(path).with_ensemble(args.ensemble)  # compared alike
             if ecnn.scale != scale:
                 raise CLIError(f"{path} is an x{ecnn.scale} model, not x{scale}")
             methods["ecnn"] = (_upscaler(backend, ecnn, args.mode), ecnn.ecnn_storage_bytes())
     methods["iqlut"] = (_upscaler(backend, model, args.mode), model.storage_bytes())
     res = evaluate(files, scale, methods)
     res["backend"] = backend
+    res["ensemble"] = model.ensemble
     res["model"] = args.model or f"default x{scale}"
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
     print(f"x{scale} on {res['images']} image(s); Y-PSNR / SSIM, {scale}-pixel border shaved; "
-          f"backend {backend}")
+          f"backend {backend}" + (f"; {model.ensemble}-pass self-ensembles" if model.ensemble != 1 else ""))
     print(f"{'method':<10} {'PSNR dB':>9} {'SSIM':>8} {'storage B':>11}")
     for name, m in res["mean"].items():
         print(f"{name:<10} {m['psnr']:9.3f} {m['ssim']:8.4f} {m['storage_bytes']:11,d}")
