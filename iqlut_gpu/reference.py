@@ -199,7 +199,7 @@ def last_layer(layer: Layer, x: np.ndarray, plane: np.ndarray, scale: int, upsam
 # ----------------------------------------------------------------------------- model
 
 
-def upscale_plane(model: Model, plane: np.ndarray) -> np.ndarray:
+def upscale_plane(model: Model, plane: np.ndarray) -> np.ndarray:  # one pass (no ensemble)
     """Run the whole model on one uint8 [H, W] plane; returns uint8 [H*r, W*r]."""
     x = plane[None]
     for layer in model.layers[:-1]:
