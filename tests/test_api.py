@@ -34,7 +34,7 @@ def test_channels_are_independent_planes(rng):
     model = iqlut_gpu.default_model(3)
     out = upscale(img, 3, backend="reference")
     for c in range(3):
-        assert np.array_equal(out[:, :, c], reference.upscale_plane(model, img[:, :, c]))
+        assert np.array_equal(out[:, :, c], reference.upscale_planes(model, img[None, :, :, c])[0])
 
 
 def test_shipped_models_are_trained_and_beat_their_own_bicubic_base():
@@ -58,16 +58,25 @@ def test_shipped_models_are_trained_and_beat_their_own_bicubic_base():
         assert gain > 0.3, (scale, gain)
 
 
+SHIPPED_HIDDEN = {2: 2, 3: 4, 4: 2}  # residual 8->8 layers of each shipped IQ-LUT model
+SHIPPED_ENSEMBLE = {2: 1, 3: 4, 4: 1}
+
+
 def test_shipped_models_have_the_default_architecture():
     """The shipped IQ-LUT and ECNN files have the shapes training uses for their scale
-    (``DEFAULT_ARCH``; ECNN: the same shapes, 256 uniform knots, no residual blocks)."""
+    (``DEFAULT_ARCH``, x3 with four residual layers (``--hidden 4``); ECNN: DEFAULT_ARCH's
+    shapes, 256 uniform knots, no residual blocks); x3 runs as a 4-rotation ensemble."""
     from iqlut_gpu.model import DEFAULT_ARCH, default_model_path, load_model
 
     for scale in (2, 3, 4):
         want = [(s["c_in"], s["c_out"] or scale * scale, s["k"]) for s in DEFAULT_ARCH]
+        specs = [DEFAULT_ARCH[0]] + [DEFAULT_ARCH[1]] * SHIPPED_HIDDEN[scale] + [DEFAULT_ARCH[-1]]
         iq = iqlut_gpu.default_model(scale)
-        assert [(x.c_in, x.c_out, x.k) for x in iq.layers] == want, scale
-        assert [(x.L, x.residual) for x in iq.layers] == [(s["L"], s["residual"]) for s in DEFAULT_ARCH]
+        assert [(x.c_in, x.c_out, x.k) for x in iq.layers] == \
+            [(s["c_in"], s["c_out"] or scale * scale, s["k"]) for s in specs], scale
+        assert [(x.L, x.residual) for x in iq.layers] == [(s["L"], s["residual"]) for s in specs]
+        assert iq.ensemble == SHIPPED_ENSEMBLE[scale]
+        assert iq.ecnn_storage_bytes() / iq.storage_bytes() >= 15
         ecnn = load_model(default_model_path(scale).with_name(f"ecnn_x{scale}.safetensors"))
         assert [(x.c_in, x.c_out, x.k) for x in ecnn.layers] == want, scale
         assert all(x.L == 256 and not x.residual for x in ecnn.layers), scale

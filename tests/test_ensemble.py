@@ -76,10 +76,12 @@ def test_api_ensemble_tiles_exactly_and_passes_are_averaged():
     # by hand: the mean of the 8 transformed single passes, rounded half up
     planes = np.ascontiguousarray(np.moveaxis(img, -1, 0))
     total = sum(ensemble.inverse(reference.upscale_planes(
-        default_model(3), np.ascontiguousarray(ensemble.forward(planes, k, f))), k, f).astype(int)
+        default_model(3).with_ensemble(1), np.ascontiguousarray(ensemble.forward(planes, k, f))), k, f).astype(int)
         for k, f in ensemble.TRANSFORMS)
     assert np.array_equal(np.moveaxis((total + 4) // 8, 0, -1), whole)
-    assert np.array_equal(upscale(img, 3, backend="cpu"), upscale(img, 3, backend="cpu", ensemble=1))
+    # the shipped x3 runs its file's 4 rotations unless told otherwise; x2 one pass
+    assert np.array_equal(upscale(img, 3, backend="cpu"), upscale(img, 3, backend="cpu", ensemble=4))
+    assert np.array_equal(upscale(img, 2, backend="cpu"), upscale(img, 2, backend="cpu", ensemble=1))
     with pytest.raises(ValueError, match="ensemble must be one of"):
         upscale(img, 3, ensemble=3)
 

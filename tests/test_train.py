@@ -110,8 +110,8 @@ def test_a_net_started_from_a_model_computes_that_model(scale):
     and shifts, the net's forward is the model's integer output exactly."""
     from iqlut_gpu.model import default_model
 
-    model = default_model(scale)
-    net = LUTNet(scale, iqlut_arch(scale, hidden=4)).double()
+    model = default_model(scale).with_ensemble(1)  # the net is one pass
+    net = LUTNet(scale, iqlut_arch(scale, hidden=len(model.layers))).double()
     assert net.load_model(model) == 2
     net.freeze_knots()
     sources = list(model.layers[:-1]) + [None, None, model.layers[-1]]
@@ -138,7 +138,7 @@ def test_load_model_refuses_nets_it_cannot_start():
     with pytest.raises(ValueError, match="x3 over bicubic"):
         LUTNet(2, iqlut_arch(2)).load_model(model)
     with pytest.raises(ValueError, match="cannot start a layer"):
-        LUTNet(3, ecnn_arch(3), kind="ecnn").load_model(model)
+        LUTNet(3, ecnn_arch(3, hidden=len(model.layers) - 2), kind="ecnn").load_model(model)
 
 
 def test_init_starts_a_run_from_a_model_and_resume_remembers_it(cache):

@@ -51,9 +51,11 @@ def all_cases():
         n = int(rng.choice([2, 4, 8]))
         out.append(("ensemble", seed, cases.random_model(rng).with_ensemble(n),
                     cases.random_planes(rng, 2, 7, 12), f"ensemble {n} 7x12"))
+    out.append(("ensemble", "n/a", default_model(3), np.random.default_rng().integers(
+        0, 256, size=(2, 9, 8)).astype(np.uint8), "shipped x3 (4 rotations)"))
     for scale in (2, 3, 4):
         rng = np.random.default_rng()
-        out.append(("shipped", "n/a", default_model(scale),
+        out.append(("shipped", "n/a", default_model(scale).with_ensemble(1),
                     rng.integers(0, 256, size=(2, 9, 8)).astype(np.uint8), f"default x{scale}"))
     return out
 
