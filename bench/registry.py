@@ -204,7 +204,7 @@ def _model_crop_check(model, planes: np.ndarray, out_of, r: int):
         (y0, y1, x0, x1), (cy0, cy1, cx0, cx1) = _crop_window(H, W, model.receptive_radius + 2)
         res = []
         for p in sorted({0, planes.shape[0] - 1}):
-            ref = reference.upscale_plane(model, np.ascontiguousarray(planes[p, cy0:cy1, cx0:cx1]))
+            ref = reference.upscale_planes(model, np.ascontiguousarray(planes[p:p + 1, cy0:cy1, cx0:cx1]))[0]
             want = ref[(y0 - cy0) * r:(y1 - cy0) * r, (x0 - cx0) * r:(x1 - cx0) * r]
             got = np.asarray(out[p, y0 * r:y1 * r, x0 * r:x1 * r])
             res.append(_compare(got, want))

@@ -178,3 +178,15 @@ def test_kernel_ab_checks_bytes_and_times_both():
         kernel_ab.compare(old, Wrong, default_model(2), planes, "expanded", 1, time.perf_counter)
     with pytest.raises(SystemExit, match="cannot read"):
         kernel_ab.load_revision("no-such-revision-xyz")
+
+
+def test_model_check_holds_for_a_self_ensemble():
+    """The benchmark's correctness check runs the reference as the model runs (all passes)."""
+    from iqlut_gpu import backends
+    from iqlut_gpu.model import default_model
+
+    model = default_model(2).with_ensemble(4)
+    planes = registry.frames_to_planes(registry.bench_frames((48, 40), 1))
+    check = registry._model_crop_check(model, planes, lambda out: out, 2)
+    assert check(backends.run_planes("cpu", model, planes))["max_abs_err"] == 0
+    assert check(backends.run_planes("cpu", model.with_ensemble(1), planes))["max_abs_err"] > 0
