@@ -63,9 +63,9 @@ def compare(a, b, model, planes: np.ndarray, mode: str, repeats: int, clock) -> 
 
 def photo_planes(width: int = 320, height: int = 180) -> np.ndarray:
     """uint8 [3, H, W]: the bench cases' input frame (``registry.bench_frames``) as planes."""
-    from .registry import bench_frames
+    from .registry import bench_frames, frames_to_planes
 
-    return np.ascontiguousarray(bench_frames((width, height), 1)[0].transpose(2, 0, 1))
+    return frames_to_planes(bench_frames((width, height), 1))
 
 
 def main(argv=None) -> int:

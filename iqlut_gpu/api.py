@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 from . import backends
-from .ensemble import check as check_ensemble
 from .model import SCALES, Model, default_model, load_model
 from .tiling import run_tiled
 
@@ -123,9 +122,7 @@ def upscale(images, scale: int = 4, *, model=None, backend: str = "auto",
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    model = _as_model(model, scale)
-    if ensemble is not None:
-        model = model.with_ensemble(check_ensemble(ensemble))
+    model = _as_model(model, scale).with_ensemble(ensemble)
     name = backends.resolve(backend)
     on_device = _upscale_on_device(images, model, name, mode)
     if on_device is not None:

@@ -15,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..ensemble import ENSEMBLES
 from ..model import load_model
 from . import data
 
@@ -45,7 +46,7 @@ def main(argv=None) -> int:
     p.add_argument("--models", default=str(Path(__file__).resolve().parents[1] / "iqlut_gpu" / "models"),
                    help="folder with iqlut_xN / ecnn_xN .safetensors")
     p.add_argument("--crop", type=int, default=data.VAL_CROP)
-    p.add_argument("--ensemble", type=int, choices=(1, 2, 4, 8), default=None)
+    p.add_argument("--ensemble", type=int, choices=ENSEMBLES, default=None)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     models = Path(args.models)
