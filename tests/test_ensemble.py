@@ -33,10 +33,19 @@ def test_only_1_2_4_8_passes(bad):
         default_model(2).with_ensemble(bad)
 
 
-def test_the_mean_rounds_half_up_in_integers():
+def test_the_mean_rounds_half_to_even_in_integers():
+    for n in ensemble.ENSEMBLES:
+        total = np.arange(255 * n + 1, dtype=np.uint16)  # every sum n passes can make
+        got = ensemble.integer_mean(total, n)
+        assert got.dtype == np.uint8
+        assert np.array_equal(got, np.round(total / n)), n  # numpy rounds half to even
+        if n > 1:  # unbiased: over a period of 2n sums the rounding errors cancel
+            assert (got[:2 * n].astype(int) * n - total[:2 * n].astype(int)).sum() == 0
     outs = iter([np.full((1, 2, 2), v, np.uint8) for v in (1, 2)])
     got = ensemble.run(lambda q: next(outs), np.zeros((1, 1, 1), np.uint8), 2)
-    assert got.dtype == np.uint8 and np.all(got == 2)  # (1 + 2 + 1) >> 1
+    assert got.dtype == np.uint8 and np.all(got == 2)  # 3 / 2 = 1.5 -> 2 (even)
+    outs = iter([np.full((1, 2, 2), v, np.uint8) for v in (2, 3)])
+    assert np.all(ensemble.run(lambda q: next(outs), np.zeros((1, 1, 1), np.uint8), 2) == 2)  # 2.5 -> 2
     outs = iter([np.full((1, 2, 2), 255, np.uint8)] * 8)
     assert np.all(ensemble.run(lambda q: next(outs), np.zeros((1, 1, 1), np.uint8), 8) == 255)
 
@@ -73,12 +82,12 @@ def test_api_ensemble_tiles_exactly_and_passes_are_averaged():
     whole = upscale(img, 3, backend="cpu", ensemble=8)
     assert np.array_equal(upscale(img, 3, backend="cpu", ensemble=8, tile=8), whole), \
         f"seed {cases.SESSION_SEED}"
-    # by hand: the mean of the 8 transformed single passes, rounded half up
+    # by hand: the mean of the 8 transformed single passes, rounded half to even
     planes = np.ascontiguousarray(np.moveaxis(img, -1, 0))
     total = sum(ensemble.inverse(reference.upscale_planes(
         default_model(3).with_ensemble(1), np.ascontiguousarray(ensemble.forward(planes, k, f))), k, f).astype(int)
         for k, f in ensemble.TRANSFORMS)
-    assert np.array_equal(np.moveaxis((total + 4) // 8, 0, -1), whole)
+    assert np.array_equal(np.moveaxis(np.round(total / 8), 0, -1), whole)
     # the shipped x3 runs its file's 4 rotations unless told otherwise; x2 one pass
     assert np.array_equal(upscale(img, 3, backend="cpu"), upscale(img, 3, backend="cpu", ensemble=4))
     assert np.array_equal(upscale(img, 2, backend="cpu"), upscale(img, 2, backend="cpu", ensemble=1))
