@@ -48,6 +48,7 @@ def test_tiny_training_run_learns_and_exports(cache):
     model = load_model(out)  # the loader accepts it
     assert model.trained and model.scale == 2
     assert model.provenance["seed"] == seed and model.provenance["iterations"] == 60
+    assert model.provenance["bias_calibration"]["patches"] == cfg.calib_patches  # the refit ran
     # the integer runtime reproduces the torch forward on the validation images
     assert abs(summary["validation"]["export_minus_torch_db"]) <= 0.05, f"seed {SESSION_SEED}"
     # lower loss than the starting point (zero last layer: the bicubic base) on training patches
@@ -236,6 +237,35 @@ def test_quantised_net_equals_its_export(kind):
         a = net(x)
         b = module_from_model(model)(x)
     assert torch.equal(a, b), f"seed {SESSION_SEED}"
+
+
+@pytest.mark.parametrize("kind", ["iqlut", "ecnn"])
+def test_bias_refit_zeroes_the_mean_error_and_keeps_the_export_exact(kind, cache):
+    from iqlut_gpu.train.calibrate import calibrate_bias, phase_errors
+    torch.manual_seed(SESSION_SEED)
+    arch = [dict(a) for a in (TINY_ARCH if kind == "iqlut" else ecnn_arch(2, 0))]
+    net = LUTNet(2, arch, kind=kind).double()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.002)
+        net.layers[-1].beta += torch.tensor([0.9, -0.6, 0.3, 1.4], dtype=torch.float64) / 255.0
+    net.freeze_knots()
+    net.start_quant()
+    hr, lr = data.build_bank(2, names=TEXTURED[:1], log=lambda m: None)
+    rng = np.random.default_rng(SESSION_SEED)
+    lo, hi = data.sample_batch(rng, hr, lr, 2, 256, 16)  # other patches than the refit's
+    before, mse_before = phase_errors(net, lo, hi, "cpu")
+    report = calibrate_bias(net, hr, lr, 16, "cpu", seed=SESSION_SEED % 1000, patches=1024)
+    after, mse_after = phase_errors(net, lo, hi, "cpu")
+    assert report["rounds"] >= 1 and report["mse_after"] < report["mse_before"]
+    assert np.abs(report["mean_error_after"]).max() < 0.1, f"seed {SESSION_SEED}: {report}"
+    # on patches it did not see: the offsets are gone up to sampling noise
+    assert np.abs(before).max() > 0.25, f"seed {SESSION_SEED}: {before}"
+    assert np.abs(after).max() < 0.2 and mse_after < mse_before, f"seed {SESSION_SEED}: {after}"
+    model = net.export()  # the integer model computes the refit net exactly
+    x = torch.from_numpy(lo[:8]).double()[:, None]
+    with torch.no_grad():
+        assert torch.equal(net(x), module_from_model(model)(x)), f"seed {SESSION_SEED}"
 
 
 def test_shipped_architecture_meets_the_storage_rule():

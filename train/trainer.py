@@ -4,7 +4,8 @@ Schedule (fractions of the time budget, so a CPU session and a GPU run follow th
 plan): until ``QUANT_AT`` the student learns knots and float tables (activations are
 already rounded, straight through); then its knots are rounded and frozen, each layer's
 shift is fixed and its tables are int8 fake-quantised for the rest of the budget, with
-the learning rate decaying to zero (cosine). Resuming with a larger budget (or
+the learning rate decaying to zero (cosine). At the end the last layer's biases are refit
+to zero the mean error on training patches (``calibrate``). Resuming with a larger budget (or
 ``max_iters``) stretches what is left of the schedule: a run already in its int8 stage
 stays there, and its cosine runs from where it stands to zero at the new end.
 
@@ -36,6 +37,7 @@ from .. import backends
 from ..evaluate import bicubic_upscale, imresize, modcrop, psnr, rgb_to_y, shave, ssim
 from ..model import save_model
 from . import data
+from .calibrate import calibrate_bias
 from .net import LUTNet, TeacherCNN, ecnn_arch, iqlut_arch
 from .torch_forward import bf16_supported
 
@@ -68,6 +70,7 @@ class Config:
     hidden: int | None = None  # with no arch: this many 8->8 layers (None: the default's)
     init: str = ""  # start the student from this model file (LUTNet.load_model); not on resume
     init_note: dict = field(default_factory=dict)  # what init loaded (kept in checkpoints)
+    calib_patches: int = 4096  # training patches for the last layer's bias refit (0: none)
 
     def resolved_out(self) -> Path:
         prefix = "iqlut" if self.kind == "iqlut" else "ecnn"
@@ -387,6 +390,12 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
         quant_point = (elapsed, it)
         # the optimiser a quantised checkpoint holds, as in the loop (a resume rebuilds it)
         opt = torch.optim.Adam([{"params": other, "lr": cfg.lr, "base": cfg.lr}])
+    calibration = None
+    if cfg.calib_patches:
+        calibration = calibrate_bias(net, hr_bank, lr_bank, cfg.patch, device, cfg.seed,
+                                     cfg.calib_patches)
+        log(f"bias refit on {cfg.calib_patches} training patches: mean error per phase "
+            f"{calibration['mean_error_before']} -> {calibration['mean_error_after']} codes")
     last_val = validate()
     save_checkpoint(ckpt_path, state())
     if bar is not None:
@@ -401,6 +410,7 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
         "train_seconds": round(elapsed, 1), "batch": cfg.batch, "patch": cfg.patch,
         "lambda": cfg.lam if teacher is not None else 0.0, "bf16_grad": bf16,
         **({"init": cfg.init_note} if cfg.init_note else {}),
+        **({"bias_calibration": calibration} if calibration else {}),
         "dataset": "skimage+sklearn photos, mate-backgrounds, plasma-workspace-wallpapers "
                    "(iqlut_gpu.train.data; validation split data.VALIDATION)",
     }

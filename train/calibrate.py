@@ -1,0 +1,68 @@
+"""Bias refit after training: the last layer's biases that zero the mean error.
+
+Each output sub-pixel phase (a, b) of an r x r block comes from one channel of the last
+layer (``pixel_shuffle``: channel ``a*r + b``), whose bias shifts that phase's output by a
+constant. The MSE-optimal such constant makes the phase's mean error zero; Adam's noisy
+last steps do not always leave it there. A six-layer x2 model started from a trained one
+(``--init``) ended with +0.11 code of mean error on training patches (+0.30 on one
+phase). That costs little on textured photos but up to 0.4 dB on near-flat images, whose
+errors are a fraction of a code: refit, it measured +0.10 dB over the validation split.
+
+The refit uses training patches only (a fixed, seeded sample, flips and rotations as in
+training) and the quantised torch forward, which the integer runtime reproduces exactly,
+so the export check still compares like with like. A few rounds (the output's rounding and
+clamping make one step inexact); a round that does not lower the sample's MSE is undone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from . import data
+from .net import THETA_UNIT
+
+
+@torch.no_grad()
+def phase_errors(net, lo: np.ndarray, hi: np.ndarray, device, chunk: int = 256):
+    """Mean error (output - HR, codes) per last-layer channel, and the MSE, over the sample."""
+    r = net.scale
+    dtype = net.layers[-1].beta.dtype
+    total = torch.zeros(r * r, dtype=torch.float64)
+    sq, count = 0.0, 0
+    for i in range(0, len(lo), chunk):
+        x = torch.from_numpy(lo[i:i + chunk]).to(dtype)[:, None].to(device)
+        y = torch.from_numpy(hi[i:i + chunk].astype(np.float64))
+        e = net(x)[:, 0].double().cpu() - y
+        n, h, w = e.shape
+        total += e.reshape(n, h // r, r, w // r, r).sum(dim=(0, 1, 3)).reshape(-1)
+        sq += float((e * e).sum())
+        count += e.numel()
+    return (total / (count / (r * r))).numpy(), sq / count
+
+
+@torch.no_grad()
+def calibrate_bias(net, hr_bank: np.ndarray, lr_bank: np.ndarray, patch: int, device,
+                   seed: int, patches: int = 4096, rounds: int = 3) -> dict:
+    """Refit ``net.layers[-1]``'s biases in place; returns what it did (for provenance)."""
+    rng = np.random.default_rng([seed, 0xB1A5])  # its own stream: training's stays as it was
+    lo, hi = data.sample_batch(rng, hr_bank, lr_bank, net.scale, patches, patch)
+    was_training = net.training
+    net.eval()
+    last = net.layers[-1]
+    err, mse = phase_errors(net, lo, hi, device)
+    report = {"patches": int(patches), "mean_error_before": [round(float(v), 4) for v in err],
+              "mse_before": round(mse, 4), "rounds": 0}
+    for _ in range(rounds):
+        keep = last.beta.detach().clone()
+        last.beta -= torch.from_numpy(err / THETA_UNIT).to(last.beta.dtype).to(last.beta.device)
+        new_err, new_mse = phase_errors(net, lo, hi, device)
+        if new_mse >= mse:
+            last.beta.copy_(keep)
+            break
+        err, mse = new_err, new_mse
+        report["rounds"] += 1
+    report["mean_error_after"] = [round(float(v), 4) for v in err]
+    report["mse_after"] = round(mse, 4)
+    net.train(was_training)
+    return report
