@@ -58,8 +58,8 @@ def test_shipped_models_are_trained_and_beat_their_own_bicubic_base():
         assert gain > 0.3, (scale, gain)
 
 
-SHIPPED_HIDDEN = {2: 2, 3: 4, 4: 2}  # residual 8->8 layers of each shipped IQ-LUT model
-SHIPPED_ENSEMBLE = {2: 1, 3: 4, 4: 1}
+SHIPPED_HIDDEN = {2: 4, 3: 4, 4: 2}  # residual 8->8 layers of each shipped IQ-LUT model
+SHIPPED_ENSEMBLE = {2: 4, 3: 4, 4: 1}
 
 
 def test_shipped_models_have_the_default_architecture():

@@ -88,15 +88,17 @@ def test_api_ensemble_tiles_exactly_and_passes_are_averaged():
         default_model(3).with_ensemble(1), np.ascontiguousarray(ensemble.forward(planes, k, f))), k, f).astype(int)
         for k, f in ensemble.TRANSFORMS)
     assert np.array_equal(np.moveaxis(np.round(total / 8), 0, -1), whole)
-    # the shipped x3 runs its file's 4 rotations unless told otherwise; x2 one pass
+    # the shipped x2 and x3 run their files' 4 rotations unless told otherwise; x4 one pass
     assert np.array_equal(upscale(img, 3, backend="cpu"), upscale(img, 3, backend="cpu", ensemble=4))
-    assert np.array_equal(upscale(img, 2, backend="cpu"), upscale(img, 2, backend="cpu", ensemble=1))
+    assert np.array_equal(upscale(img, 2, backend="cpu"), upscale(img, 2, backend="cpu", ensemble=4))
+    assert not np.array_equal(upscale(img, 2, backend="cpu"), upscale(img, 2, backend="cpu", ensemble=1))
+    assert np.array_equal(upscale(img, 4, backend="cpu"), upscale(img, 4, backend="cpu", ensemble=1))
     with pytest.raises(ValueError, match="ensemble must be one of"):
         upscale(img, 3, ensemble=3)
 
 
 def test_file_format_version_2_only_for_ensembles():
-    model = default_model(2)
+    model = default_model(4)
     assert model.ensemble == 1 and model.with_ensemble(8) is model.with_ensemble(8)
     one = model_to_bytes(model)
     assert json.loads(one[8:8 + int.from_bytes(one[:8], "little")])["__metadata__"]["format_version"] == "1"

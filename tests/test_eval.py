@@ -13,6 +13,7 @@ from iqlut_gpu import evaluate as ev
 from iqlut_gpu.cli import main
 from iqlut_gpu.cli.eval_cmd import evaluate
 from iqlut_gpu.io import read_image, write_image
+from iqlut_gpu.model import default_model
 
 from cases import SESSION_SEED
 
@@ -92,16 +93,17 @@ def test_eval_cli_json_and_errors(tmp_path, capsys):
     res = json.loads(capsys.readouterr().out)
     assert res["scale"] == 2 and res["images"] == 1
     assert {"bicubic", "iqlut"} <= set(res["mean"])
-    assert res["mean"]["iqlut"]["storage_bytes"] > 0 and res["ensemble"] == 1
+    assert res["mean"]["iqlut"]["storage_bytes"] > 0 and res["ensemble"] == default_model(2).ensemble
     # --ensemble runs both models so; the IQ-LUT row is then the API's ensemble result
-    assert main(["eval", "--scale", "2", "--backend", "cpu", "--json", "--ensemble", "4", str(f)]) == 0
-    res4 = json.loads(capsys.readouterr().out)
-    assert res4["ensemble"] == 4
     from iqlut_gpu import upscale
     hr_c = ev.modcrop(read_image(f), 2)
-    sr = upscale(ev.imresize(hr_c, 0.5), 2, backend="cpu", ensemble=4)
-    want = ev.psnr(ev.shave(ev.rgb_to_y(sr), 2), ev.shave(ev.rgb_to_y(hr_c), 2))
-    assert res4["mean"]["iqlut"]["psnr"] == pytest.approx(want, abs=1e-4)
+    for n in (1, 8):
+        assert main(["eval", "--scale", "2", "--backend", "cpu", "--json", "--ensemble", str(n), str(f)]) == 0
+        res_n = json.loads(capsys.readouterr().out)
+        assert res_n["ensemble"] == n
+        sr = upscale(ev.imresize(hr_c, 0.5), 2, backend="cpu", ensemble=n)
+        want = ev.psnr(ev.shave(ev.rgb_to_y(sr), 2), ev.shave(ev.rgb_to_y(hr_c), 2))
+        assert res_n["mean"]["iqlut"]["psnr"] == pytest.approx(want, abs=1e-4)
     assert main(["eval", "--scale", "2", str(tmp_path / "missing.png")]) == 1
     assert "no such file" in capsys.readouterr().err
     tiny = tmp_path / "tiny.png"
