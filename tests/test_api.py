@@ -64,8 +64,9 @@ SHIPPED_ENSEMBLE = {2: 4, 3: 4, 4: 1}
 
 def test_shipped_models_have_the_default_architecture():
     """The shipped IQ-LUT and ECNN files have the shapes training uses for their scale
-    (``DEFAULT_ARCH``, x3 with four residual layers (``--hidden 4``); ECNN: DEFAULT_ARCH's
-    shapes, 256 uniform knots, no residual blocks); x3 runs as a 4-rotation ensemble."""
+    (``DEFAULT_ARCH``, x2 and x3 with four residual layers (``--hidden 4``); ECNN:
+    DEFAULT_ARCH's shapes, 256 uniform knots, no residual blocks); x2 and x3 run as
+    4-rotation ensembles."""
     from iqlut_gpu.model import DEFAULT_ARCH, default_model_path, load_model
 
     for scale in (2, 3, 4):

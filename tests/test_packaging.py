@@ -31,16 +31,11 @@ def _package_dirs() -> dict[str, Path]:
 def _expected_files() -> set[str]:
     """Every module of the package tree (as the wheel names it), and the data it ships."""
     want = set()
-    roots = _package_dirs()
-    for name, where in roots.items():
+    for name, where in _package_dirs().items():  # the mapped folders sit beside iqlut_gpu/
         for py in where.rglob("*.py"):
-            rel = py.relative_to(where)
-            if "__pycache__" in rel.parts:
-                continue
-            sub = ".".join((name, *rel.parts[:-1]))
-            if any(sub != n and sub.startswith(n + ".") and roots[n] != where for n in roots):
-                continue  # a mapped subpackage's folder nested in another root: counted there
-            want.add("/".join((*name.split("."), *rel.parts)))
+            # a module only in a package folder (kernels/cuda/ holds sources and a script)
+            if (py.parent / "__init__.py").exists():
+                want.add("/".join((*name.split("."), *py.relative_to(where).parts)))
     for pattern in ("models/*.safetensors", "data/*.png"):
         want.update(f"iqlut_gpu/{p.relative_to(ROOT / 'iqlut_gpu').as_posix()}"
                     for p in (ROOT / "iqlut_gpu").glob(pattern))
