@@ -273,3 +273,55 @@ def test_shipped_architecture_meets_the_storage_rule():
         iq, ecnn = arch_storage(iqlut_arch(s), s)
         assert ecnn / iq >= 15.0
     assert arch_storage(iqlut_arch(4), 4)[0] <= 64 * 1024
+
+
+@pytest.mark.parametrize("n", [2, 4, 8])
+def test_ensemble_net_is_the_runtime_ensemble_bit_for_bit(n):
+    from iqlut_gpu.train.net import EnsembleNet
+    torch.manual_seed(SESSION_SEED + n)
+    net = LUTNet(3, iqlut_arch(3)).double()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.01)
+    net.freeze_knots()
+    net.start_quant()
+    model = net.export().with_ensemble(n)
+    rng = np.random.default_rng(SESSION_SEED)
+    for shape in ((2, 9, 14), (1, 12, 12)):  # not square (pass by pass), square (batched)
+        planes = rng.integers(0, 256, shape, dtype=np.uint8)
+        with torch.no_grad():
+            got = EnsembleNet(net, n)(torch.from_numpy(planes.astype(np.float64))[:, None])[:, 0]
+        np.testing.assert_array_equal(got.numpy(), reference.upscale_planes(model, planes),
+                                      err_msg=f"seed {SESSION_SEED}, n {n}, shape {shape}")
+
+
+def test_phase_map_says_which_channels_an_ensemble_phase_averages():
+    from iqlut_gpu.train.calibrate import phase_map
+    np.testing.assert_array_equal(phase_map(3, 1), np.eye(9))
+    for r in (2, 3, 4):
+        for n in (2, 4, 8):
+            m = phase_map(r, n)
+            np.testing.assert_allclose(m.sum(axis=1), 1.0)  # every phase: n passes
+            np.testing.assert_allclose(m.sum(axis=0), 1.0)  # every channel: n phases in all
+    # x2 under four rotations: each phase is the mean of all four channels
+    np.testing.assert_allclose(phase_map(2, 4), np.full((4, 4), 0.25))
+    # x3: the centre phase is channel 4 in every orientation
+    assert phase_map(3, 8)[4, 4] == 1.0
+
+
+def test_ensemble_training_exports_the_ensemble_it_trained(cache):
+    torch.set_num_threads(1)
+    seed = SESSION_SEED % 1000
+    out = cache / "tiny_ens_x2.safetensors"
+    cfg = Config(scale=2, out=str(out), time_budget=1e9, max_iters=20, seed=seed, batch=4,
+                 patch=16, lam=0.5, teacher_width=8, val_every=1e9, ckpt_every=1e9,
+                 val_crop=48, images=TEXTURED, limit_val=2, calib_patches=512,
+                 arch=[dict(a) for a in TINY_ARCH], ensemble=4)
+    summary = train(cfg, progress=False, log=lambda m: None)
+    model = load_model(out)
+    assert model.ensemble == 4 and "4-pass" in model.provenance["ensemble_how"]
+    # the runtime (four passes, integer mean) is the torch ensemble it was trained as, exactly
+    assert summary["validation"]["export_minus_torch_db"] == 0.0, f"seed {SESSION_SEED}"
+    # the refit saw the ensemble: on its own (fixed) sample, the mean error is (near) zero
+    assert np.abs(model.provenance["bias_calibration"]["mean_error_after"]).max() < 0.1, \
+        f"seed {SESSION_SEED}: {model.provenance['bias_calibration']}"

@@ -19,13 +19,30 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..ensemble import TRANSFORMS, inverse
 from . import data
 from .net import THETA_UNIT
 
 
+def phase_map(scale: int, n: int = 1) -> np.ndarray:
+    """``M[p, q]``: the share of an n-pass ensemble's passes in which output phase p
+    (``a*r + b``) comes from last-layer channel q. A bias change ``db`` moves the ensemble's
+    mean error per phase by ``M @ db`` (n = 1: the identity). A pass's output tile of r x r
+    phases, transformed back, is the tile of channels in the original frame: r divides the
+    output size, so one tile stands for the whole image."""
+    r = scale
+    tile = np.arange(r * r).reshape(1, r, r)
+    m = np.zeros((r * r, r * r))
+    for k, flip in TRANSFORMS[:n]:
+        for p, q in enumerate(np.asarray(inverse(tile, k, flip)).reshape(-1)):
+            m[p, q] += 1.0 / n
+    return m
+
+
 @torch.no_grad()
 def phase_errors(net, lo: np.ndarray, hi: np.ndarray, device, chunk: int = 256):
-    """Mean error (output - HR, codes) per last-layer channel, and the MSE, over the sample."""
+    """Mean error (output - HR, codes) per output phase, and the MSE, over the sample
+    (``net``: a ``LUTNet`` or an ``EnsembleNet`` around one)."""
     r = net.scale
     dtype = net.layers[-1].beta.dtype
     total = torch.zeros(r * r, dtype=torch.float64)
@@ -44,18 +61,21 @@ def phase_errors(net, lo: np.ndarray, hi: np.ndarray, device, chunk: int = 256):
 @torch.no_grad()
 def calibrate_bias(net, hr_bank: np.ndarray, lr_bank: np.ndarray, patch: int, device,
                    seed: int, patches: int = 4096, rounds: int = 3) -> dict:
-    """Refit ``net.layers[-1]``'s biases in place; returns what it did (for provenance)."""
+    """Refit ``net.layers[-1]``'s biases in place; returns what it did (for provenance).
+    Under an ensemble (``EnsembleNet``) a phase's error is the mean over passes of several
+    channels' biases (``phase_map``); the refit is the least-squares (minimum-norm) step."""
     rng = np.random.default_rng([seed, 0xB1A5])  # its own stream: training's stays as it was
     lo, hi = data.sample_batch(rng, hr_bank, lr_bank, net.scale, patches, patch)
     was_training = net.training
     net.eval()
     last = net.layers[-1]
+    step = np.linalg.pinv(phase_map(net.scale, getattr(net, "n", 1)))
     err, mse = phase_errors(net, lo, hi, device)
     report = {"patches": int(patches), "mean_error_before": [round(float(v), 4) for v in err],
               "mse_before": round(mse, 4), "rounds": 0}
     for _ in range(rounds):
         keep = last.beta.detach().clone()
-        last.beta -= torch.from_numpy(err / THETA_UNIT).to(last.beta.dtype).to(last.beta.device)
+        last.beta -= torch.from_numpy(step @ err / THETA_UNIT).to(last.beta.dtype).to(last.beta.device)
         new_err, new_mse = phase_errors(net, lo, hi, device)
         if new_mse >= mse:
             last.beta.copy_(keep)

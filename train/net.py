@@ -346,3 +346,46 @@ def arch_storage(arch, scale: int) -> tuple[int, int]:
     model = zero_model(scale, arch=arch)
     return model.storage_bytes(), model.ecnn_storage_bytes()
 
+
+
+class EnsembleNet(torch.nn.Module):
+    """``net`` under the runtime's n-pass self-ensemble (``iqlut_gpu.ensemble``): the mean of
+    ``net`` over the first n rotations/flips of the input, each transformed back, rounded
+    half to even (straight through) as ``ensemble.integer_mean`` rounds it, so a quantised
+    net's ensemble output is what the integer runtime computes with ``with_ensemble(n)``.
+
+    Training through it (``iqlut train --ensemble n``) fits the tables to the averaged output
+    the model ships with, rather than fitting each pass alone and averaging afterwards."""
+
+    def __init__(self, net: LUTNet, n: int):
+        super().__init__()
+        from ..ensemble import TRANSFORMS, check
+        self.net, self.n = net, check(n)
+        self.transforms = TRANSFORMS[:self.n]
+
+    @property
+    def scale(self) -> int:
+        return self.net.scale
+
+    @property
+    def layers(self):
+        return self.net.layers
+
+    def upsample(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.net.upsample(codes)
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        if self.n == 1:
+            return self.net(codes)
+        ins = [torch.rot90(codes.flip(3) if flip else codes, k, dims=(2, 3))
+               for k, flip in self.transforms]
+        if all(x.shape == ins[0].shape for x in ins):  # square patches: one batched pass
+            outs = self.net(torch.cat(ins)).chunk(self.n)
+        else:
+            outs = [self.net(x) for x in ins]
+        total = 0
+        for y, (k, flip) in zip(outs, self.transforms):
+            y = torch.rot90(y, -k, dims=(2, 3))
+            total = total + (y.flip(3) if flip else y)
+        mean = total / self.n
+        return mean + (torch.round(mean) - mean).detach()  # torch.round: half to even

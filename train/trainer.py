@@ -15,6 +15,10 @@ laptop slept) is counted at the usual step time. The teacher (a float CNN) train
 on the same batches; the student's loss is ``MSE(student, HR) + lam * MSE(student,
 teacher)`` (images in 0..1 units). The ECNN baseline follows the same schedule without
 teacher (``lam = 0``) and without learnable knots.
+
+With ``ensemble`` n > 1 the student is the net's n-pass self-ensemble (``net.EnsembleNet``):
+the loss, validation, bias refit and export check all see the averaged output, and the
+exported model carries ``ensemble = n``, so it runs as it was trained.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from ..evaluate import bicubic_upscale, imresize, modcrop, psnr, rgb_to_y, shave
 from ..model import save_model
 from . import data
 from .calibrate import calibrate_bias
-from .net import LUTNet, TeacherCNN, ecnn_arch, iqlut_arch
+from .net import EnsembleNet, LUTNet, TeacherCNN, ecnn_arch, iqlut_arch
 from .torch_forward import bf16_supported
 
 QUANT_AT = 0.7
@@ -71,6 +75,7 @@ class Config:
     init: str = ""  # start the student from this model file (LUTNet.load_model); not on resume
     init_note: dict = field(default_factory=dict)  # what init loaded (kept in checkpoints)
     calib_patches: int = 4096  # training patches for the last layer's bias refit (0: none)
+    ensemble: int = 1  # train (validate, refit, export) the n-pass self-ensemble's output
 
     def resolved_out(self) -> Path:
         prefix = "iqlut" if self.kind == "iqlut" else "ecnn"
@@ -242,6 +247,8 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
                             if k in src.provenance}}
         log(f"student starts from {cfg.init} ({len(src.layers)} layers, {added} identity "
             f"layers added); distillation only on batches where the teacher is better")
+    # what is trained, validated, refit and exported: the net, or its n-pass ensemble
+    student = EnsembleNet(net, cfg.ensemble)
     use_teacher = cfg.kind == "iqlut" and cfg.lam > 0
     teacher = TeacherCNN(cfg.scale, cfg.teacher_width).to(device) if use_teacher else None
     knot_params = [p for n, p in net.named_parameters() if n.endswith("knot_logits")]
@@ -273,6 +280,9 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
         rng.bit_generator.state = st["np_rng"]
         torch.set_rng_state(st["torch_rng"])
         log(f"resumed from {ckpt_path} at iteration {it}, {elapsed:.0f} s")
+        if st["config"].get("ensemble", 1) != cfg.ensemble:
+            log(f"the checkpoint trained a {st['config'].get('ensemble', 1)}-pass output; "
+                f"from here the {cfg.ensemble}-pass ensemble's")
         old_budget = st["config"]["time_budget"]
         if not cfg.max_iters and cfg.time_budget > old_budget:
             log(f"budget extended from {old_budget:.0f} to {cfg.time_budget:.0f} s: "
@@ -297,7 +307,7 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
 
     def validate() -> float:
         net.eval()
-        v = val.score(torch_upscaler(net, device))["psnr"]
+        v = val.score(torch_upscaler(student, device))["psnr"]
         net.train()
         history.append({"iteration": it, "elapsed_s": round(elapsed, 1), "val_psnr": round(v, 4),
                         "quantised": quantised})
@@ -336,7 +346,7 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
             lo, hi = data.sample_batch(rng, hr_bank, lr_bank, cfg.scale, cfg.batch, cfg.patch)
             x = torch.from_numpy(lo.astype(np.float32))[:, None].to(device)
             y = torch.from_numpy(hi.astype(np.float32))[:, None].to(device) / 255.0
-            pred = net(x) / 255.0
+            pred = student(x) / 255.0
             loss = F.mse_loss(pred, y)
             total = loss
             if teacher is not None:
@@ -392,7 +402,7 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
         opt = torch.optim.Adam([{"params": other, "lr": cfg.lr, "base": cfg.lr}])
     calibration = None
     if cfg.calib_patches:
-        calibration = calibrate_bias(net, hr_bank, lr_bank, cfg.patch, device, cfg.seed,
+        calibration = calibrate_bias(student, hr_bank, lr_bank, cfg.patch, device, cfg.seed,
                                      cfg.calib_patches)
         log(f"bias refit on {cfg.calib_patches} training patches: mean error per phase "
             f"{calibration['mean_error_before']} -> {calibration['mean_error_after']} codes")
@@ -403,7 +413,7 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
 
     # ---- export and check the integer runtime against the torch forward
     net.eval()
-    torch_score = val.score(torch_upscaler(net, device))
+    torch_score = val.score(torch_upscaler(student, device))
     provenance = {
         "command": " ".join(sys.argv) if sys.argv and "iqlut" in sys.argv[0] else "iqlut_gpu.train.train()",
         "kind": cfg.kind, "seed": cfg.seed, "machine": machine(), "iterations": it,
@@ -411,17 +421,21 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
         "lambda": cfg.lam if teacher is not None else 0.0, "bf16_grad": bf16,
         **({"init": cfg.init_note} if cfg.init_note else {}),
         **({"bias_calibration": calibration} if calibration else {}),
+        **({"ensemble_how": f"trained under the {cfg.ensemble}-pass ensemble (iqlut train "
+                            f"--ensemble {cfg.ensemble}): its averaged output is what the "
+                            f"loss, the validation and the bias refit saw"}
+           if cfg.ensemble > 1 else {}),
         "dataset": "skimage+sklearn photos, mate-backgrounds, plasma-workspace-wallpapers "
                    "(iqlut_gpu.train.data; validation split data.VALIDATION)",
     }
-    model = net.export(provenance)
+    model = net.export(provenance).with_ensemble(cfg.ensemble)
     rt_score = val.score(runtime_upscaler(model))
     table = {"val_crop": cfg.val_crop, "bicubic_psnr": round(bic, 4),
              "model_psnr": round(rt_score["psnr"], 4), "model_ssim": round(rt_score["ssim"], 5),
              "torch_psnr": round(torch_score["psnr"], 4),
              "export_minus_torch_db": round(rt_score["psnr"] - torch_score["psnr"], 5)}
     provenance["validation"] = table
-    model = net.export(provenance)
+    model = net.export(provenance).with_ensemble(cfg.ensemble)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_model(model, out)
     log(f"exported {out}: {model.storage_bytes()} bytes; validation (crop {cfg.val_crop}) "

@@ -30,6 +30,9 @@ def add_arguments(p) -> None:
     p.add_argument("--init", default="", metavar="MODEL",
                    help="start the student from this trained model file (e.g. a shipped "
                    "default); --hidden may add residual layers, which start as the identity")
+    p.add_argument("--ensemble", type=int, choices=(1, 2, 4, 8), default=1, metavar="N",
+                   help="train the N-pass rotation/flip self-ensemble's averaged output and "
+                   "ship the model with it (N passes per upscale; 1: a single pass)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.add_argument("--bf16", choices=("auto", "on", "off"), default="off",
                    help="run the student's backward convs in bfloat16 (the forward stays "
@@ -61,7 +64,8 @@ def run(args) -> int:
     cfg = Config(scale=args.scale, kind=args.kind, out=args.out, time_budget=args.time_budget,
                  max_iters=args.max_iters, seed=args.seed, batch=args.batch, patch=args.patch,
                  lr=args.lr, lam=args.lam, threads=args.threads, val_every=args.val_every,
-                 bf16=args.bf16, hidden=args.hidden, init=args.init)
+                 bf16=args.bf16, hidden=args.hidden, init=args.init,
+                 ensemble=args.ensemble)
     if args.init and args.kind != "iqlut":
         raise CLIError("--init starts an IQ-LUT student; it is not for --kind ecnn")
     try:
