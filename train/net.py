@@ -347,7 +347,6 @@ def arch_storage(arch, scale: int) -> tuple[int, int]:
     return model.storage_bytes(), model.ecnn_storage_bytes()
 
 
-
 class EnsembleNet(torch.nn.Module):
     """``net`` under the runtime's n-pass self-ensemble (``iqlut_gpu.ensemble``): the mean of
     ``net`` over the first n rotations/flips of the input, each transformed back, rounded
