@@ -325,3 +325,29 @@ def test_ensemble_training_exports_the_ensemble_it_trained(cache):
     # the refit saw the ensemble: on its own (fixed) sample, the mean error is (near) zero
     assert np.abs(model.provenance["bias_calibration"]["mean_error_after"]).max() < 0.1, \
         f"seed {SESSION_SEED}: {model.provenance['bias_calibration']}"
+
+
+def test_int8_only_starts_quantised_from_the_model_exactly(cache):
+    """With int8_only the run starts in the int8 stage from the model it was given: zero
+    steps export that model's function exactly (same knots; tables exact at the shift)."""
+    torch.set_num_threads(1)
+    seed = SESSION_SEED % 1000
+    src = cache / "src_x2.safetensors"
+    train(Config(scale=2, out=str(src), time_budget=1e9, max_iters=30, seed=seed, batch=4, patch=16,
+                 lam=0.0, val_every=1e9, ckpt_every=1e9, val_crop=48, images=TEXTURED, limit_val=1,
+                 calib_patches=0, arch=[dict(a) for a in TINY_ARCH]), progress=False, log=lambda m: None)
+    out = cache / "ft_x2.safetensors"
+    cfg = Config(scale=2, out=str(out), time_budget=1e9, max_iters=1, lr=0.0, seed=seed, batch=4,
+                 patch=16, lam=0.0, val_every=1e9, ckpt_every=1e9, val_crop=48, images=TEXTURED,
+                 limit_val=1, calib_patches=0, arch=[dict(a) for a in TINY_ARCH], init=str(src),
+                 int8_only=True)
+    train(cfg, progress=False, log=lambda m: None)
+    a, b = load_model(src), load_model(out)
+    for la, lb in zip(a.layers, b.layers):
+        np.testing.assert_array_equal(la.knots, lb.knots)
+    planes = np.random.default_rng(SESSION_SEED).integers(0, 256, (2, 11, 13), dtype=np.uint8)
+    np.testing.assert_array_equal(reference.upscale_planes(a, planes),
+                                  reference.upscale_planes(b, planes), err_msg=f"seed {SESSION_SEED}")
+    with pytest.raises(ValueError, match="needs init"):
+        train(Config(scale=2, out=str(cache / "x.safetensors"), int8_only=True, max_iters=1,
+                     images=TEXTURED, limit_val=1), progress=False, log=lambda m: None)

@@ -18,7 +18,10 @@ teacher (``lam = 0``) and without learnable knots.
 
 With ``ensemble`` n > 1 the student is the net's n-pass self-ensemble (``net.EnsembleNet``):
 the loss, validation, bias refit and export check all see the averaged output, and the
-exported model carries ``ensemble = n``, so it runs as it was trained.
+exported model carries ``ensemble = n``, so it runs as it was trained. ``int8_only`` (with
+``init``) skips the float stage: the trained model's knots stay, and its int8 tables are
+fine-tuned for the whole budget (a float stage would re-learn knots and then re-round the
+tables, which loses part of what the model had).
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ class Config:
     init_note: dict = field(default_factory=dict)  # what init loaded (kept in checkpoints)
     calib_patches: int = 4096  # training patches for the last layer's bias refit (0: none)
     ensemble: int = 1  # train (validate, refit, export) the n-pass self-ensemble's output
+    int8_only: bool = False  # with init: no float stage, fine-tune the int8 tables throughout
 
     def resolved_out(self) -> Path:
         prefix = "iqlut" if self.kind == "iqlut" else "ecnn"
@@ -288,6 +292,15 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
             log(f"budget extended from {old_budget:.0f} to {cfg.time_budget:.0f} s: "
                 f"the rest of the schedule stretches to the new end")
 
+    if cfg.int8_only and st is None:
+        if not cfg.init:
+            raise ValueError("int8_only fine-tunes a trained model: it needs init")
+        # the model's knots (frozen) and int8 tables (exact at the chosen shift) from step 0:
+        # the whole budget is the int8 stage, its cosine from 0.3 of the peak rate to zero
+        net.freeze_knots()
+        net.start_quant()
+        quantised, quant_point = True, (0.0, 0)
+        opt = torch.optim.Adam([{"params": other, "lr": cfg.lr, "base": cfg.lr}])
     log(f"training {cfg.kind} x{cfg.scale} on {machine()}; budget {cfg.time_budget:.0f} s"
         f"{'; bfloat16 gradients' if bf16 else ''}")
     hr_bank, lr_bank = data.build_bank(cfg.scale, limit=cfg.limit_images or None,

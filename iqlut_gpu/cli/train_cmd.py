@@ -33,6 +33,9 @@ def add_arguments(p) -> None:
     p.add_argument("--ensemble", type=int, choices=(1, 2, 4, 8), default=1, metavar="N",
                    help="train the N-pass rotation/flip self-ensemble's averaged output and "
                    "ship the model with it (N passes per upscale; 1: a single pass)")
+    p.add_argument("--int8-only", action="store_true",
+                   help="with --init: keep the model's knots and fine-tune its int8 tables for "
+                   "the whole budget (no float stage)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.add_argument("--bf16", choices=("auto", "on", "off"), default="off",
                    help="run the student's backward convs in bfloat16 (the forward stays "
@@ -65,7 +68,9 @@ def run(args) -> int:
                  max_iters=args.max_iters, seed=args.seed, batch=args.batch, patch=args.patch,
                  lr=args.lr, lam=args.lam, threads=args.threads, val_every=args.val_every,
                  bf16=args.bf16, hidden=args.hidden, init=args.init,
-                 ensemble=args.ensemble)
+                 ensemble=args.ensemble, int8_only=args.int8_only)
+    if args.int8_only and not args.init:
+        raise CLIError("--int8-only fine-tunes a trained model: give it with --init MODEL")
     if args.init and args.kind != "iqlut":
         raise CLIError("--init starts an IQ-LUT student; it is not for --kind ecnn")
     try:
