@@ -69,8 +69,10 @@ class _QuantTable(torch.nn.Module):
         return self.theta * THETA_UNIT
 
     @torch.no_grad()
-    def start_quant(self) -> None:
-        self.shift.fill_(choose_shift(float(self.float_weight().abs().max())))
+    def start_quant(self, shift: int | None = None) -> None:
+        """int8 from here, at ``shift`` (None: the finest that fits the weights)."""
+        self.shift.fill_(choose_shift(float(self.float_weight().abs().max()))
+                         if shift is None else int(shift))
         self.quant.fill_(True)
 
     def weight_bias(self):
@@ -270,9 +272,18 @@ class LUTNet(torch.nn.Module):
             if isinstance(layer, IQLayer):
                 layer.freeze_knots()
 
-    def start_quant(self) -> None:
+    def start_quant(self, like: Model | None = None) -> None:
+        """int8 tables from here. ``like``: the model ``load_model`` loaded; its layers keep
+        their shifts, so the net still computes it exactly (the finest shift that fits is
+        one coarser for a table that holds -128, which would round it)."""
+        loaded = {id(layer): src.shift for layer, src in self._loaded_pairs(like)} if like else {}
         for layer in self.layers:
-            layer.start_quant()
+            layer.start_quant(loaded.get(id(layer)))
+
+    def _loaded_pairs(self, model: Model) -> list:
+        """(layer of this net, layer of ``model``) as ``load_model`` pairs them."""
+        extra = len(self.layers) - len(model.layers)
+        return list(zip(list(self.layers[:-1 - extra]) + [self.layers[-1]], model.layers))
 
     @torch.no_grad()
     def load_model(self, model: Model) -> int:
@@ -288,7 +299,7 @@ class LUTNet(torch.nn.Module):
         if extra < 0 or len(model.layers) < 2 or not all(l.residual for l in hidden[len(hidden) - extra:]):
             raise ValueError(f"cannot start {len(self.layers)} layers from a model of "
                              f"{len(model.layers)}")
-        for layer, src in zip(list(self.layers[:-1 - extra]) + [self.layers[-1]], model.layers):
+        for layer, src in self._loaded_pairs(model):
             layer.load_layer(src)
         for layer in hidden[len(hidden) - extra:]:
             layer.theta.zero_()

@@ -221,6 +221,7 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
     ckpt_path = out.with_name(out.name + ".ckpt")
     out.parent.mkdir(parents=True, exist_ok=True)
     st = None
+    init_model = None  # the model --init loaded (int8_only keeps its shifts)
     if resume and ckpt_path.exists():
         # on the CPU: torch.set_rng_state takes only a CPU tensor; load_state_dict copies the
         # weights (and Adam's moments) onto the net's device
@@ -246,6 +247,7 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
         from ..model import load_model
         src = load_model(cfg.init)
         added = net.load_model(src)
+        init_model = src
         cfg.init_note = {"file": Path(cfg.init).name, "layers_added": added,
                          **{k: src.provenance[k] for k in ("iterations", "train_seconds", "seed")
                             if k in src.provenance}}
@@ -298,7 +300,7 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
         # the model's knots (frozen) and int8 tables (exact at the chosen shift) from step 0:
         # the whole budget is the int8 stage, its cosine from 0.3 of the peak rate to zero
         net.freeze_knots()
-        net.start_quant()
+        net.start_quant(like=init_model)
         quantised, quant_point = True, (0.0, 0)
         opt = torch.optim.Adam([{"params": other, "lr": cfg.lr, "base": cfg.lr}])
     log(f"training {cfg.kind} x{cfg.scale} on {machine()}; budget {cfg.time_budget:.0f} s"
