@@ -381,9 +381,6 @@ class EnsembleNet(torch.nn.Module):
     def layers(self):
         return self.net.layers
 
-    def upsample(self, codes: torch.Tensor) -> torch.Tensor:
-        return self.net.upsample(codes)
-
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         if self.n == 1:
             return self.net(codes)

@@ -245,13 +245,12 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
         cfg.init, cfg.init_note = st["config"].get("init", ""), st["config"].get("init_note", {})
     elif cfg.init:
         from ..model import load_model
-        src = load_model(cfg.init)
-        added = net.load_model(src)
-        init_model = src
+        init_model = load_model(cfg.init)
+        added = net.load_model(init_model)
         cfg.init_note = {"file": Path(cfg.init).name, "layers_added": added,
-                         **{k: src.provenance[k] for k in ("iterations", "train_seconds", "seed")
-                            if k in src.provenance}}
-        log(f"student starts from {cfg.init} ({len(src.layers)} layers, {added} identity "
+                         **{k: init_model.provenance[k] for k in ("iterations", "train_seconds", "seed")
+                            if k in init_model.provenance}}
+        log(f"student starts from {cfg.init} ({len(init_model.layers)} layers, {added} identity "
             f"layers added); distillation only on batches where the teacher is better")
     # what is trained, validated, refit and exported: the net, or its n-pass ensemble
     student = EnsembleNet(net, cfg.ensemble)
@@ -265,6 +264,17 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
     opt = torch.optim.Adam(groups)
     topt = torch.optim.Adam(teacher.parameters(), lr=cfg.lr) if teacher is not None else None
 
+    def int8_opt():
+        """The int8 stage's optimiser: tables and biases (the knots are frozen)."""
+        return torch.optim.Adam([{"params": other, "lr": cfg.lr, "base": cfg.lr}])
+
+    def enter_int8(like=None):
+        """Round and freeze the knots, int8 tables from here (``like``: keep that loaded
+        model's shifts); returns the new (quantised, quant_point, opt)."""
+        net.freeze_knots()
+        net.start_quant(like=like)
+        return True, (elapsed, it), int8_opt()
+
     elapsed, it, history, quantised = 0.0, 0, [], False
     quant_point = None  # (elapsed seconds, iteration) when the int8 stage began
     if st is not None:
@@ -273,7 +283,7 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
         if quantised:  # the frozen knots no longer train (no Adam state for them)
             for p in knot_params:
                 p.requires_grad_(False)
-            opt = torch.optim.Adam([{"params": other, "lr": cfg.lr, "base": cfg.lr}])
+            opt = int8_opt()
         opt.load_state_dict(st["opt"])
         if teacher is not None and st.get("teacher"):
             teacher.load_state_dict(st["teacher"])
@@ -299,10 +309,7 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
             raise ValueError("int8_only fine-tunes a trained model: it needs init")
         # the model's knots (frozen) and int8 tables (exact at the chosen shift) from step 0:
         # the whole budget is the int8 stage, its cosine from 0.3 of the peak rate to zero
-        net.freeze_knots()
-        net.start_quant(like=init_model)
-        quantised, quant_point = True, (0.0, 0)
-        opt = torch.optim.Adam([{"params": other, "lr": cfg.lr, "base": cfg.lr}])
+        quantised, quant_point, opt = enter_int8(like=init_model)
     log(f"training {cfg.kind} x{cfg.scale} on {machine()}; budget {cfg.time_budget:.0f} s"
         f"{'; bfloat16 gradients' if bf16 else ''}")
     hr_bank, lr_bank = data.build_bank(cfg.scale, limit=cfg.limit_images or None,
@@ -343,11 +350,7 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
             t0 = time.monotonic()
             frac = elapsed / cfg.time_budget if not cfg.max_iters else it / cfg.max_iters
             if not quantised and frac >= QUANT_AT:
-                net.freeze_knots()
-                net.start_quant()
-                quantised = True
-                quant_point = (elapsed, it)
-                opt = torch.optim.Adam([{"params": other, "lr": cfg.lr, "base": cfg.lr}])
+                quantised, quant_point, opt = enter_int8()
                 log(f"iteration {it}: knots frozen, int8 tables (shifts "
                     f"{[int(layer.shift) for layer in net.layers]})")
             if quant_point is None:
@@ -409,12 +412,8 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
     finally:
         _restore_sigterm(previous_term)
     if not quantised:  # ended before the int8 stage: export (and checkpoint) it quantised
-        net.freeze_knots()
-        net.start_quant()
-        quantised = True
-        quant_point = (elapsed, it)
-        # the optimiser a quantised checkpoint holds, as in the loop (a resume rebuilds it)
-        opt = torch.optim.Adam([{"params": other, "lr": cfg.lr, "base": cfg.lr}])
+        # with the optimiser a quantised checkpoint holds, as in the loop (a resume rebuilds it)
+        quantised, quant_point, opt = enter_int8()
     calibration = None
     if cfg.calib_patches:
         calibration = calibrate_bias(student, hr_bank, lr_bank, cfg.patch, device, cfg.seed,
