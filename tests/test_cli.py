@@ -150,10 +150,16 @@ def test_closed_pipe_is_not_reported_as_an_error(tmp_path):
                                            (["--hidden", "-1"], "--hidden must be between 0 and 16"),
                                            (["--init", "no-such-model.safetensors"], "cannot read model"),
                                            (["--kind", "ecnn", "--init", "m0.safetensors"],
-                                            "--init starts an IQ-LUT student")])
+                                            "--init starts an IQ-LUT student"),
+                                           (["--hidden", "4", "--last-k", "1", "--init", "SHIPPED_X2"],
+                                            "cannot start a layer")])
 def test_train_rejects_bad_options_in_one_line(run_cli, tmp_path, args, fragment):
     pytest.importorskip("torch")
     out = tmp_path / "m.safetensors"
+    if "SHIPPED_X2" in args:  # a model whose last layer has k = 3
+        from iqlut_gpu.model import default_model_path
+
+        args = [str(default_model_path(2)) if a == "SHIPPED_X2" else a for a in args]
     proc = run_cli("train", "--scale", "2", "--out", out, *args)
     assert_clean_failure(proc, fragment)
     no_output_files(tmp_path, keep=())

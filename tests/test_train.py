@@ -89,8 +89,11 @@ def test_resume_keeps_the_checkpoints_layers(cache):
     s = train(Config(max_iters=5, **base), resume=True, progress=False, log=lambda m: None)
     assert s["iterations"] == 5
     assert [layer.L for layer in load_model(out).layers] == [a["L"] for a in TINY_ARCH]
-    with pytest.raises(ValueError, match="has 3 layers, not the 4"):
+    with pytest.raises(ValueError, match=r"has 3 layers \(last k = 1\), not the 4"):
         train(Config(max_iters=6, hidden=2, **base), resume=True, progress=False,
+              log=lambda m: None)
+    with pytest.raises(ValueError, match=r"not the 3 \(last k = 3\) asked for"):
+        train(Config(max_iters=6, hidden=1, last_k=3, **base), resume=True, progress=False,
               log=lambda m: None)
 
 
@@ -103,6 +106,22 @@ def test_hidden_sets_the_number_of_8_to_8_layers():
     assert len(iqlut_arch(3, hidden=0)) == 2
     with pytest.raises(ValueError):
         iqlut_arch(3, hidden=-1)
+
+def test_last_k_sets_the_last_layers_window():
+    assert iqlut_arch(4, last_k=3) == iqlut_arch(4)
+    arch = iqlut_arch(4, hidden=3, last_k=1)
+    assert [a["k"] for a in arch] == [5, 3, 3, 3, 1]
+    assert arch[:-1] == iqlut_arch(4, hidden=3)[:-1]
+    assert dict(arch[-1], k=3) == iqlut_arch(4)[-1]
+    assert [a["k"] for a in ecnn_arch(4, hidden=3, last_k=1)] == [5, 3, 3, 3, 1]
+    for bad in (0, 2, -1):
+        with pytest.raises(ValueError, match="last_k must be odd"):
+            iqlut_arch(4, last_k=bad)
+    # a k = 1 last layer holds 1/9 of a k = 3 one: one more hidden layer for less storage,
+    # and the storage rule still holds
+    iq, ecnn = arch_storage(arch, 4)
+    assert iq < arch_storage(iqlut_arch(4), 4)[0] and ecnn / iq >= 15.0
+
 
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_a_net_started_from_a_model_computes_that_model(scale):

@@ -335,21 +335,27 @@ class TeacherCNN(torch.nn.Module):
 
 # Per-layer L tuned for >= 15x less storage than ECNN at every scale (DESIGN.md's start
 # was L = 17 everywhere: 14.9x); the runtime's DEFAULT_ARCH is the one definition.
-def iqlut_arch(scale: int, hidden: int | None = None) -> tuple:
+def iqlut_arch(scale: int, hidden: int | None = None, last_k: int | None = None) -> tuple:
     """The IQ-LUT layer specs trained for ``scale`` (the last layer's c_out is scale**2);
     ``hidden``: that many residual 8->8 layers between the first and the last instead of
-    the default's two."""
+    the default's two; ``last_k``: the last layer's window instead of the default's 3 (1:
+    each LR pixel's r*r outputs from its own codes only, cheaper per layer than a k = 3
+    last layer, so depth can move into the hidden layers)."""
     arch = DEFAULT_ARCH
-    if hidden is None:
-        return arch
-    if hidden < 0:
+    if hidden is not None and hidden < 0:
         raise ValueError(f"hidden must be >= 0, got {hidden}")
-    return (arch[0],) + (arch[1],) * hidden + (arch[-1],)
+    if last_k is not None and (last_k < 1 or last_k % 2 == 0):
+        raise ValueError(f"last_k must be odd and >= 1, got {last_k}")
+    if hidden is not None:
+        arch = (arch[0],) + (arch[1],) * hidden + (arch[-1],)
+    if last_k is not None:
+        arch = arch[:-1] + (dict(arch[-1], k=last_k),)
+    return arch
 
 
-def ecnn_arch(scale: int, hidden: int | None = None) -> tuple:
+def ecnn_arch(scale: int, hidden: int | None = None, last_k: int | None = None) -> tuple:
     """ECNN: the IQ-LUT shapes of ``scale`` with L = 256 and no residual blocks."""
-    return tuple(dict(a, L=256, residual=False) for a in iqlut_arch(scale, hidden))
+    return tuple(dict(a, L=256, residual=False) for a in iqlut_arch(scale, hidden, last_k))
 
 
 def arch_storage(arch, scale: int) -> tuple[int, int]:

@@ -75,6 +75,7 @@ class Config:
     images: tuple = ()  # tests: train on these images only (names as in data.sources())
     arch: list = field(default_factory=list)  # layer specs; empty: iqlut_arch / ecnn_arch
     hidden: int | None = None  # with no arch: this many 8->8 layers (None: the default's)
+    last_k: int | None = None  # with no arch: the last layer's window (None: the default's 3)
     init: str = ""  # start the student from this model file (LUTNet.load_model); not on resume
     init_note: dict = field(default_factory=dict)  # what init loaded (kept in checkpoints)
     calib_patches: int = 4096  # training patches for the last layer's bias refit (0: none)
@@ -229,11 +230,14 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
         if st["config"]["scale"] != cfg.scale or st["config"]["kind"] != cfg.kind:
             raise ValueError(f"checkpoint {ckpt_path} is for another scale/kind")
     arch = cfg.arch or [dict(a) for a in
-                        (iqlut_arch if cfg.kind == "iqlut" else ecnn_arch)(cfg.scale, cfg.hidden)]
+                        (iqlut_arch if cfg.kind == "iqlut" else ecnn_arch)(cfg.scale, cfg.hidden,
+                                                                            cfg.last_k)]
     if st is not None and list(st["config"]["arch"]) != list(arch):
-        if cfg.arch or cfg.hidden is not None:
-            raise ValueError(f"checkpoint {ckpt_path} has {len(st['config']['arch'])} layers, "
-                             f"not the {len(arch)} asked for")
+        if cfg.arch or cfg.hidden is not None or cfg.last_k is not None:
+            old = st["config"]["arch"]
+            raise ValueError(f"checkpoint {ckpt_path} has {len(old)} layers (last k = "
+                             f"{old[-1]['k']}), not the {len(arch)} (last k = {arch[-1]['k']}) "
+                             "asked for")
         arch = st["config"]["arch"]  # a run started under another default shape continues as it was
     cfg.arch = [dict(a) for a in arch]
 

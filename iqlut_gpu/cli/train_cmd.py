@@ -27,6 +27,8 @@ def add_arguments(p) -> None:
     p.add_argument("--hidden", type=int, default=None, metavar="N",
                    help="residual 8->8 layers between the first and the last (default 2, the "
                    "shipped models' shape)")
+    p.add_argument("--last-k", type=int, choices=(1, 3, 5), default=None, metavar="K",
+                   help="the last layer's window (default 3; 1 is cheaper, see the README)")
     p.add_argument("--init", default="", metavar="MODEL",
                    help="start the student from this trained model file (e.g. a shipped "
                    "default); --hidden may add residual layers, which start as the identity")
@@ -67,7 +69,7 @@ def run(args) -> int:
     cfg = Config(scale=args.scale, kind=args.kind, out=args.out, time_budget=args.time_budget,
                  max_iters=args.max_iters, seed=args.seed, batch=args.batch, patch=args.patch,
                  lr=args.lr, lam=args.lam, threads=args.threads, val_every=args.val_every,
-                 bf16=args.bf16, hidden=args.hidden, init=args.init,
+                 bf16=args.bf16, hidden=args.hidden, last_k=args.last_k, init=args.init,
                  ensemble=args.ensemble, int8_only=args.int8_only)
     if args.int8_only and not args.init:
         raise CLIError("--int8-only fine-tunes a trained model: give it with --init MODEL")
