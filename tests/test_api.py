@@ -58,26 +58,29 @@ def test_shipped_models_are_trained_and_beat_their_own_bicubic_base():
         assert gain > 0.3, (scale, gain)
 
 
-SHIPPED_HIDDEN = {2: 4, 3: 4, 4: 2}  # residual 8->8 layers of each shipped IQ-LUT model
+SHIPPED_HIDDEN = {2: 4, 3: 4, 4: 3}  # residual 8->8 layers of each shipped IQ-LUT model
+SHIPPED_LAST_K = {2: 3, 3: 3, 4: 1}  # the last layer's window (``--last-k``)
 SHIPPED_ENSEMBLE = {2: 4, 3: 4, 4: 1}
 
 
 def test_shipped_models_have_the_default_architecture():
     """The shipped IQ-LUT and ECNN files have the shapes training uses for their scale
-    (``DEFAULT_ARCH``, x2 and x3 with four residual layers (``--hidden 4``); ECNN:
-    DEFAULT_ARCH's shapes, 256 uniform knots, no residual blocks); x2 and x3 run as
-    4-rotation ensembles."""
+    (``DEFAULT_ARCH``, x2 and x3 with four residual layers (``--hidden 4``), x4 with three
+    and a k = 1 last layer (``--hidden 3 --last-k 1``); ECNN: DEFAULT_ARCH's shapes, 256
+    uniform knots, no residual blocks); x2 and x3 run as 4-rotation ensembles."""
     from iqlut_gpu.model import DEFAULT_ARCH, default_model_path, load_model
 
     for scale in (2, 3, 4):
         want = [(s["c_in"], s["c_out"] or scale * scale, s["k"]) for s in DEFAULT_ARCH]
-        specs = [DEFAULT_ARCH[0]] + [DEFAULT_ARCH[1]] * SHIPPED_HIDDEN[scale] + [DEFAULT_ARCH[-1]]
+        specs = [DEFAULT_ARCH[0]] + [DEFAULT_ARCH[1]] * SHIPPED_HIDDEN[scale] + \
+            [dict(DEFAULT_ARCH[-1], k=SHIPPED_LAST_K[scale])]
         iq = iqlut_gpu.default_model(scale)
         assert [(x.c_in, x.c_out, x.k) for x in iq.layers] == \
             [(s["c_in"], s["c_out"] or scale * scale, s["k"]) for s in specs], scale
         assert [(x.L, x.residual) for x in iq.layers] == [(s["L"], s["residual"]) for s in specs]
         assert iq.ensemble == SHIPPED_ENSEMBLE[scale]
         assert iq.ecnn_storage_bytes() / iq.storage_bytes() >= 15
+        assert scale != 4 or iq.storage_bytes() <= 64 * 1024
         ecnn = load_model(default_model_path(scale).with_name(f"ecnn_x{scale}.safetensors"))
         assert [(x.c_in, x.c_out, x.k) for x in ecnn.layers] == want, scale
         assert all(x.L == 256 and not x.residual for x in ecnn.layers), scale

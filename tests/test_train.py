@@ -131,7 +131,8 @@ def test_a_net_started_from_a_model_computes_that_model(scale):
     from iqlut_gpu.model import default_model
 
     model = default_model(scale).with_ensemble(1)  # the net is one pass
-    net = LUTNet(scale, iqlut_arch(scale, hidden=len(model.layers))).double()
+    arch = iqlut_arch(scale, hidden=len(model.layers), last_k=model.layers[-1].k)
+    net = LUTNet(scale, arch).double()
     assert net.load_model(model) == 2
     net.freeze_knots()
     sources = list(model.layers[:-1]) + [None, None, model.layers[-1]]
