@@ -395,13 +395,20 @@ def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
 
 
 def _drain(q: queue.Queue, stop: threading.Event):
-    """Items of ``q`` until _END; a _Failed item re-raises its exception here."""
+    """Items of ``q`` until _END; a _Failed item re-raises its exception here.
+
+    Runs in the main thread, where Ctrl-C lands: it polls without blocking and sleeps in
+    between, because a KeyboardInterrupt raised inside ``q.get(timeout=...)`` (in the
+    condition variable's wait, as it re-takes its lock) can leave the queue's lock released
+    twice, and the ``RuntimeError: release unlocked lock`` then replaces the interrupt (seen
+    on CI: a traceback and exit 1 instead of the clean exit 130)."""
     while True:
         try:
-            item = q.get(timeout=0.1)
+            item = q.get_nowait()
         except queue.Empty:
             if stop.is_set():
                 return
+            time.sleep(0.005)
             continue
         if item is _END:
             return
