@@ -107,6 +107,7 @@ def test_hidden_sets_the_number_of_8_to_8_layers():
     with pytest.raises(ValueError):
         iqlut_arch(3, hidden=-1)
 
+
 def test_last_k_sets_the_last_layers_window():
     assert iqlut_arch(4, last_k=3) == iqlut_arch(4)
     arch = iqlut_arch(4, hidden=3, last_k=1)
