@@ -190,3 +190,64 @@ def test_model_check_holds_for_a_self_ensemble():
     check = registry._model_crop_check(model, planes, lambda out: out, 2)
     assert check(backends.run_planes("cpu", model, planes))["max_abs_err"] == 0
     assert check(backends.run_planes("cpu", model.with_ensemble(1), planes))["max_abs_err"] > 0
+
+
+def test_model_ab_interleaves_rotated_rounds():
+    from bench import model_ab
+
+    log, now = [], [0.0]
+    cost = {"a": 3.0, "b": 5.0, "cv": 0.5}
+
+    def clock():
+        return now[0]
+
+    def make(name):
+        def run():
+            log.append(name)
+            now[0] += cost[name]
+        return run
+
+    raw = model_ab.timings({n: make(n) for n in cost}, 3, clock, {"cv": 4})
+    assert log[:3] == ["a", "b", "cv"]  # warm-up, once each
+    rounds = log[3:]
+    assert rounds == ["a", "b"] + ["cv"] * 4 + ["b"] + ["cv"] * 4 + ["a"] + ["cv"] * 4 + ["a", "b"]
+    assert raw == {"a": [3.0] * 3, "b": [5.0] * 3, "cv": [0.5] * 3}
+
+
+def test_model_ab_ratios_are_taken_within_rounds(monkeypatch):
+    from bench import model_ab
+    from iqlut_gpu import default_model
+
+    raw = {"A": [1.0, 2.0, 4.0], "B": [1.5, 2.2, 6.0], "opencv": [0.1, 0.1, 0.2]}
+    monkeypatch.setattr(model_ab, "timings", lambda runs, repeats, clock, calls: raw)
+    planes = registry.frames_to_planes(registry.bench_frames((16, 12), 1))
+    r = model_ab.compare({"A": default_model(2), "B": default_model(2)}, planes, "expanded", 3,
+                         time.perf_counter, opencv_frame=registry.bench_frames((16, 12), 1)[0])
+    assert r["models"]["A"]["time_vs_first"] == 1.0
+    assert r["models"]["B"]["time_vs_first"] == round(2.2 / 2.0, 4)
+    # per-round ratios 10, 20, 20 (A) and 15, 22, 30 (B): medians of ratios, not of times
+    assert r["models"]["A"]["time_vs_opencv"] == {"median": 20.0, "min": 10.0, "max": 20.0}
+    assert r["models"]["B"]["time_vs_opencv"] == {"median": 22.0, "min": 15.0, "max": 30.0}
+    with pytest.raises(ValueError, match="one scale"):
+        model_ab.compare({"A": default_model(2), "B": default_model(4)}, planes, "expanded", 1,
+                         time.perf_counter, opencv_frame=planes[0])
+
+
+def test_model_ab_command_runs_and_refuses_bad_models(tmp_path):
+    from iqlut_gpu import default_model, save_model
+
+    one_pass = tmp_path / "x2_one_pass.safetensors"
+    save_model(default_model(2).with_ensemble(1), one_pass)
+    cmd = [sys.executable, "-m", "bench.model_ab", "x2", str(one_pass), "--size", "24x16",
+           "--repeats", "2", "--opencv", "--json"]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)
+    assert list(r["models"]) == ["x2", str(one_pass)] and r["size"] == [24, 16]
+    for row in r["models"].values():
+        assert row["median_ms"] > 0 and row["time_vs_opencv"]["median"] > 0
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a model")
+    p = subprocess.run([sys.executable, "-m", "bench.model_ab", "x2", str(bad)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 2 and p.stderr.startswith("model_ab: ") and "Traceback" not in p.stderr

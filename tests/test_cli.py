@@ -152,6 +152,11 @@ def test_closed_pipe_is_not_reported_as_an_error(tmp_path):
                                            (["--kind", "ecnn", "--init", "m0.safetensors"],
                                             "--init starts an IQ-LUT student"),
                                            (["--hidden", "4", "--last-k", "1", "--init", "SHIPPED_X2"],
+                                            "cannot start a layer"),
+                                           (["--hidden-k", "3,x"], "--hidden-k takes odd windows"),
+                                           (["--hidden-k", "3,2"], "each 1, 3 or 5"),
+                                           (["--hidden", "2", "--hidden-k", "3"], "disagree"),
+                                           (["--hidden-k", "1,3,3,3", "--init", "SHIPPED_X2"],
                                             "cannot start a layer")])
 def test_train_rejects_bad_options_in_one_line(run_cli, tmp_path, args, fragment):
     pytest.importorskip("torch")
@@ -163,3 +168,4 @@ def test_train_rejects_bad_options_in_one_line(run_cli, tmp_path, args, fragment
     proc = run_cli("train", "--scale", "2", "--out", out, *args)
     assert_clean_failure(proc, fragment)
     no_output_files(tmp_path, keep=())
+

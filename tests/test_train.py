@@ -89,11 +89,14 @@ def test_resume_keeps_the_checkpoints_layers(cache):
     s = train(Config(max_iters=5, **base), resume=True, progress=False, log=lambda m: None)
     assert s["iterations"] == 5
     assert [layer.L for layer in load_model(out).layers] == [a["L"] for a in TINY_ARCH]
-    with pytest.raises(ValueError, match=r"has 3 layers \(last k = 1\), not the 4"):
+    with pytest.raises(ValueError, match=r"has 3 layers \(windows \[3, 3, 1\]\), not the 4"):
         train(Config(max_iters=6, hidden=2, **base), resume=True, progress=False,
               log=lambda m: None)
-    with pytest.raises(ValueError, match=r"not the 3 \(last k = 3\) asked for"):
+    with pytest.raises(ValueError, match=r"not the 3 \(windows \[5, 3, 3\]\) asked for"):
         train(Config(max_iters=6, hidden=1, last_k=3, **base), resume=True, progress=False,
+              log=lambda m: None)
+    with pytest.raises(ValueError, match=r"not the 3 \(windows \[5, 1, 3\]\) asked for"):
+        train(Config(max_iters=6, hidden_k=[1], **base), resume=True, progress=False,
               log=lambda m: None)
 
 
@@ -122,6 +125,47 @@ def test_last_k_sets_the_last_layers_window():
     # and the storage rule still holds
     iq, ecnn = arch_storage(arch, 4)
     assert iq < arch_storage(iqlut_arch(4), 4)[0] and ecnn / iq >= 15.0
+
+
+def test_hidden_k_sets_each_hidden_layers_window():
+    assert iqlut_arch(4, hidden_k=(3, 3)) == iqlut_arch(4) == iqlut_arch(4, hidden=2, hidden_k=[3, 3])
+    arch = iqlut_arch(4, last_k=1, hidden_k=(3, 3, 3, 1, 1))
+    assert [a["k"] for a in arch] == [5, 3, 3, 3, 1, 1, 1]
+    assert arch[:4] == iqlut_arch(4, hidden=3)[:4] and arch[-1] == iqlut_arch(4, last_k=1)[-1]
+    assert all(a["residual"] and a["c_in"] == a["c_out"] == 8 and a["L"] == 16 for a in arch[1:-1])
+    assert [a["k"] for a in ecnn_arch(4, 5, 1, (3, 3, 3, 1, 1))] == [5, 3, 3, 3, 1, 1, 1]
+    assert len(iqlut_arch(2, hidden_k=())) == 2
+    with pytest.raises(ValueError, match="hidden_k gives 5 windows for 4 hidden layers"):
+        iqlut_arch(4, hidden=4, hidden_k=(3, 3, 3, 1, 1))
+    for bad in (0, 2, -3):
+        with pytest.raises(ValueError, match="hidden_k must be odd"):
+            iqlut_arch(4, hidden_k=(3, bad))
+    # a k = 1 residual layer is a ninth of a k = 3 one: two of them keep the storage rule
+    iq, ecnn = arch_storage(arch, 4)
+    assert iq - arch_storage(iqlut_arch(4, hidden=3, last_k=1), 4)[0] == 2 * (8 * 16 * 8 + 8 * 16 + 4 * 8)
+    assert ecnn / iq >= 15.0
+
+
+def test_a_net_started_from_a_model_with_k1_layers_added_computes_that_model():
+    """``--init`` with ``--hidden-k ...,1,1``: the added k = 1 residual layers start as the
+    identity too, and the net (and its export) computes the model exactly."""
+    from iqlut_gpu.model import default_model
+
+    model = default_model(4).with_ensemble(1)
+    ks = [layer.k for layer in model.layers[1:-1]]
+    net = LUTNet(4, iqlut_arch(4, last_k=model.layers[-1].k, hidden_k=ks + [1, 1])).double()
+    assert net.load_model(model) == 2
+    net.freeze_knots()
+    net.start_quant(like=model)
+    planes = np.random.default_rng(SESSION_SEED).integers(0, 256, (2, 11, 14), dtype=np.uint8)
+    with torch.no_grad():
+        got = net(torch.from_numpy(planes.astype(np.float64))[:, None])[:, 0].numpy()
+    want = reference.upscale_planes(model, planes)
+    np.testing.assert_array_equal(got, want, err_msg=f"seed {SESSION_SEED}")
+    exported = net.export()
+    assert [layer.k for layer in exported.layers][-3:] == [1, 1, model.layers[-1].k]
+    np.testing.assert_array_equal(reference.upscale_planes(exported, planes), want,
+                                  err_msg=f"seed {SESSION_SEED}")
 
 
 @pytest.mark.parametrize("scale", [2, 3, 4])

@@ -335,27 +335,39 @@ class TeacherCNN(torch.nn.Module):
 
 # Per-layer L tuned for >= 15x less storage than ECNN at every scale (DESIGN.md's start
 # was L = 17 everywhere: 14.9x); the runtime's DEFAULT_ARCH is the one definition.
-def iqlut_arch(scale: int, hidden: int | None = None, last_k: int | None = None) -> tuple:
+def iqlut_arch(scale: int, hidden: int | None = None, last_k: int | None = None,
+               hidden_k: tuple | None = None) -> tuple:
     """The IQ-LUT layer specs trained for ``scale`` (the last layer's c_out is scale**2);
     ``hidden``: that many residual 8->8 layers between the first and the last instead of
     the default's two; ``last_k``: the last layer's window instead of the default's 3 (1:
     each LR pixel's r*r outputs from its own codes only, cheaper per layer than a k = 3
-    last layer, so depth can move into the hidden layers)."""
+    last layer, so depth can move into the hidden layers); ``hidden_k``: the window of
+    each residual layer in order (its length is the number of them; a k = 1 layer mixes
+    each pixel's own eight codes, a ninth of a k = 3 layer's work and table)."""
     arch = DEFAULT_ARCH
     if hidden is not None and hidden < 0:
         raise ValueError(f"hidden must be >= 0, got {hidden}")
-    if last_k is not None and (last_k < 1 or last_k % 2 == 0):
-        raise ValueError(f"last_k must be odd and >= 1, got {last_k}")
+    windows = [("last_k", last_k)] if last_k is not None else []
+    for name, k in windows + [("hidden_k", k) for k in hidden_k or ()]:
+        if k < 1 or k % 2 == 0:
+            raise ValueError(f"{name} must be odd and >= 1, got {k}")
+    if hidden_k is not None:
+        if hidden is not None and hidden != len(hidden_k):
+            raise ValueError(f"hidden_k gives {len(hidden_k)} windows for {hidden} hidden layers")
+        hidden = len(hidden_k)
     if hidden is not None:
-        arch = (arch[0],) + (arch[1],) * hidden + (arch[-1],)
+        ks = list(hidden_k) if hidden_k is not None else [arch[1]["k"]] * hidden
+        arch = (arch[0],) + tuple(dict(arch[1], k=int(k)) for k in ks) + (arch[-1],)
     if last_k is not None:
         arch = arch[:-1] + (dict(arch[-1], k=last_k),)
     return arch
 
 
-def ecnn_arch(scale: int, hidden: int | None = None, last_k: int | None = None) -> tuple:
+def ecnn_arch(scale: int, hidden: int | None = None, last_k: int | None = None,
+              hidden_k: tuple | None = None) -> tuple:
     """ECNN: the IQ-LUT shapes of ``scale`` with L = 256 and no residual blocks."""
-    return tuple(dict(a, L=256, residual=False) for a in iqlut_arch(scale, hidden, last_k))
+    return tuple(dict(a, L=256, residual=False)
+                 for a in iqlut_arch(scale, hidden, last_k, hidden_k))
 
 
 def arch_storage(arch, scale: int) -> tuple[int, int]:

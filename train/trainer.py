@@ -76,6 +76,7 @@ class Config:
     arch: list = field(default_factory=list)  # layer specs; empty: iqlut_arch / ecnn_arch
     hidden: int | None = None  # with no arch: this many 8->8 layers (None: the default's)
     last_k: int | None = None  # with no arch: the last layer's window (None: the default's 3)
+    hidden_k: list | None = None  # with no arch: each hidden layer's window (None: all 3)
     init: str = ""  # start the student from this model file (LUTNet.load_model); not on resume
     init_note: dict = field(default_factory=dict)  # what init loaded (kept in checkpoints)
     calib_patches: int = 4096  # training patches for the last layer's bias refit (0: none)
@@ -230,14 +231,16 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
         if st["config"]["scale"] != cfg.scale or st["config"]["kind"] != cfg.kind:
             raise ValueError(f"checkpoint {ckpt_path} is for another scale/kind")
     arch = cfg.arch or [dict(a) for a in
-                        (iqlut_arch if cfg.kind == "iqlut" else ecnn_arch)(cfg.scale, cfg.hidden,
-                                                                            cfg.last_k)]
+                        (iqlut_arch if cfg.kind == "iqlut" else ecnn_arch)(
+                            cfg.scale, cfg.hidden, cfg.last_k,
+                            tuple(cfg.hidden_k) if cfg.hidden_k is not None else None)]
     if st is not None and list(st["config"]["arch"]) != list(arch):
-        if cfg.arch or cfg.hidden is not None or cfg.last_k is not None:
+        if (cfg.arch or cfg.hidden is not None or cfg.last_k is not None
+                or cfg.hidden_k is not None):
             old = st["config"]["arch"]
-            raise ValueError(f"checkpoint {ckpt_path} has {len(old)} layers (last k = "
-                             f"{old[-1]['k']}), not the {len(arch)} (last k = {arch[-1]['k']}) "
-                             "asked for")
+            raise ValueError(f"checkpoint {ckpt_path} has {len(old)} layers (windows "
+                             f"{[a['k'] for a in old]}), not the {len(arch)} (windows "
+                             f"{[a['k'] for a in arch]}) asked for")
         arch = st["config"]["arch"]  # a run started under another default shape continues as it was
     cfg.arch = [dict(a) for a in arch]
 

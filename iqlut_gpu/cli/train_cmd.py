@@ -29,6 +29,10 @@ def add_arguments(p) -> None:
                    "shipped x2 and x3 have 4, x4 3)")
     p.add_argument("--last-k", type=int, choices=(1, 3, 5), default=None, metavar="K",
                    help="the last layer's window (default 3; 1 is cheaper, see the README)")
+    p.add_argument("--hidden-k", default=None, metavar="K,K,...",
+                   help="each residual layer's window, in order (their number is the count "
+                   "of windows; e.g. 3,3,3,1: three k = 3 layers, then a k = 1 one, which "
+                   "costs a ninth of a k = 3 layer)")
     p.add_argument("--init", default="", metavar="MODEL",
                    help="start the student from this trained model file (e.g. a shipped "
                    "default); --hidden may add residual layers, which start as the identity")
@@ -66,11 +70,24 @@ def run(args) -> int:
         raise CLIError("--time-budget must be positive")
     if args.hidden is not None and not 0 <= args.hidden <= 16:
         raise CLIError("--hidden must be between 0 and 16")
+    hidden_k = None
+    if args.hidden_k is not None:
+        try:
+            hidden_k = [int(v) for v in args.hidden_k.split(",")]
+        except ValueError:
+            raise CLIError(f"--hidden-k takes odd windows separated by commas, got "
+                           f"{args.hidden_k!r}") from None
+        if not 1 <= len(hidden_k) <= 16 or any(k not in (1, 3, 5) for k in hidden_k):
+            raise CLIError(f"--hidden-k takes 1 to 16 windows, each 1, 3 or 5, got "
+                           f"{args.hidden_k!r}")
+        if args.hidden is not None and args.hidden != len(hidden_k):
+            raise CLIError(f"--hidden {args.hidden} and --hidden-k with {len(hidden_k)} "
+                           "windows disagree")
     cfg = Config(scale=args.scale, kind=args.kind, out=args.out, time_budget=args.time_budget,
                  max_iters=args.max_iters, seed=args.seed, batch=args.batch, patch=args.patch,
                  lr=args.lr, lam=args.lam, threads=args.threads, val_every=args.val_every,
-                 bf16=args.bf16, hidden=args.hidden, last_k=args.last_k, init=args.init,
-                 ensemble=args.ensemble, int8_only=args.int8_only)
+                 bf16=args.bf16, hidden=args.hidden, last_k=args.last_k, hidden_k=hidden_k,
+                 init=args.init, ensemble=args.ensemble, int8_only=args.int8_only)
     if args.int8_only and not args.init:
         raise CLIError("--int8-only fine-tunes a trained model: give it with --init MODEL")
     if args.init and args.kind != "iqlut":
