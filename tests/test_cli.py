@@ -169,3 +169,42 @@ def test_train_rejects_bad_options_in_one_line(run_cli, tmp_path, args, fragment
     assert_clean_failure(proc, fragment)
     no_output_files(tmp_path, keep=())
 
+
+def test_a_lock_error_raised_by_ctrl_c_is_reported_as_the_interrupt(monkeypatch, capsys):
+    """Ctrl-C inside a condition variable's wait can surface as ``RuntimeError: release
+    unlocked lock``; raised while the interrupt is handled, it is the interrupt (exit 130,
+    one line), while any other RuntimeError is not swallowed."""
+    from iqlut_gpu import cli
+    from iqlut_gpu.cli import info_cmd
+
+    def lock_error(args):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("release unlocked lock")
+
+    monkeypatch.setattr(info_cmd, "run", lock_error)
+    assert cli.main(["info", "--scale", "2"]) == cli.EXIT_INTERRUPTED
+    assert capsys.readouterr().err == "iqlut: interrupted\n"
+
+    def plain_error(args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(info_cmd, "run", plain_error)
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main(["info", "--scale", "2"])
+
+
+def test_upscale_waits_for_the_reader_by_polling():
+    import threading
+    from concurrent.futures import Future
+
+    from iqlut_gpu.cli.upscale_cmd import _result
+
+    f = Future()
+    threading.Timer(0.05, f.set_result, ("batch",)).start()
+    assert _result(f, poll=0.001) == "batch"
+    g = Future()
+    g.set_exception(OSError("disk"))
+    with pytest.raises(OSError, match="disk"):
+        _result(g)

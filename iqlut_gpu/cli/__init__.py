@@ -36,6 +36,18 @@ def _expected_errors() -> tuple:
     return (CLIError, ModelError, ImageError, BackendUnavailable, ValueError, TypeError, OSError)
 
 
+def _interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised while a KeyboardInterrupt was being handled (in its
+    ``__context__`` chain): a Ctrl-C that landed inside a lock's wait can turn into
+    ``RuntimeError: release unlocked lock`` on the way out, and it is still the interrupt."""
+    seen = exc.__context__
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__context__
+    return False
+
+
 def main(argv=None) -> int:
     import warnings
 
@@ -53,6 +65,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("iqlut: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except RuntimeError as e:
+        if _interrupted(e):  # a lock left in a bad state by Ctrl-C inside its wait
+            print("iqlut: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        raise
     except BrokenPipeError:  # `iqlut info | head`: the reader left; not an error of ours
         import os
 

@@ -108,6 +108,16 @@ def _groups(items: list) -> list[list]:
     return out
 
 
+def _result(future, poll: float = 0.005):
+    """``future.result()`` without blocking in it: the main thread, where Ctrl-C lands,
+    polls and sleeps instead, because a KeyboardInterrupt raised inside a condition
+    variable's wait can surface as ``RuntimeError: release unlocked lock`` (the twin of
+    ``video._drain``'s polling)."""
+    while not future.done():
+        time.sleep(poll)
+    return future.result()
+
+
 def run(args) -> int:
     import numpy as np
 
@@ -147,7 +157,7 @@ def run(args) -> int:
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="iqlut-read") as reader:
         ahead = reader.submit(_read_batch, todo, args.batch, args.overwrite)
         while True:
-            items = ahead.result()
+            items = _result(ahead)
             if not items:
                 break
             # read the next batch while this one is upscaled
