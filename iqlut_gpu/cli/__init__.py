@@ -65,11 +65,6 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("iqlut: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except RuntimeError as e:
-        if _interrupted(e):  # a lock left in a bad state by Ctrl-C inside its wait
-            print("iqlut: interrupted", file=sys.stderr)
-            return EXIT_INTERRUPTED
-        raise
     except BrokenPipeError:  # `iqlut info | head`: the reader left; not an error of ours
         import os
 
@@ -79,6 +74,11 @@ def main(argv=None) -> int:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"iqlut {args.command}: error: {msg}", file=sys.stderr)
         return EXIT_FAIL
+    except RuntimeError as e:  # after the expected ones: BackendUnavailable is one
+        if _interrupted(e):  # a lock left in a bad state by Ctrl-C inside its wait
+            print("iqlut: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        raise
 
 
 if __name__ == "__main__":
