@@ -9,7 +9,8 @@ kernels, each as it ships (its self-ensemble included), in interleaved repeats (
 A, B, ...; the order rotated each repeat), and the median of each and its ratio to A's are
 printed. ``--opencv`` adds OpenCV's bicubic resize of the same frame to every repeat and
 prints each model's time over it, the measure of the benchmark's "at most 60x OpenCV"
-goal (``bench.runner.paired_goal_ratios`` takes it for the shipped model in the full run).
+goal (``bench.runner.paired_goal_ratios`` takes it for the shipped model in the full run;
+both time through ``runner.interleaved_rounds``).
 
 This is the twin of ``bench.kernel_ab``, which holds the model and changes the kernels: a
 model that costs 5% more than another is only measurable this way on a shared machine.
@@ -41,27 +42,6 @@ def parse_size(text: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-def timings(runs: dict, repeats: int, clock, calls: dict | None = None) -> dict:
-    """Seconds of each ``runs[name]()`` over ``repeats`` interleaved rounds, the order
-    rotated from round to round: {name: [seconds per round, ...]}. ``calls[name]``: time
-    that many calls in the round and keep their median (for a call of a millisecond,
-    where one timing is mostly noise)."""
-    names = list(runs)
-    calls = calls or {}
-    for f in runs.values():  # warm-up (and Numba's compilation)
-        f()
-    out = {n: [] for n in names}
-    for i in range(repeats):
-        for n in names[i % len(names):] + names[:i % len(names)]:
-            ts = []
-            for _ in range(calls.get(n, 1)):
-                t0 = clock()
-                runs[n]()
-                ts.append(clock() - t0)
-            out[n].append(statistics.median(ts))
-    return out
-
-
 def compare(models: dict, planes: np.ndarray, mode: str, repeats: int, clock,
             opencv_frame: np.ndarray | None = None) -> dict:
     """Interleaved medians of the models (by name) on ``planes``, each with its time over the
@@ -71,10 +51,13 @@ def compare(models: dict, planes: np.ndarray, mode: str, repeats: int, clock,
     from iqlut_gpu.backends import prepare
     from iqlut_gpu.kernels import numba_cpu
 
+    from . import runner
+    from .registry import Run
+
     scales = {m.scale for m in models.values()}
     runs = {}
     for name, model in models.items():
-        runs[name] = (lambda p=prepare(model): numba_cpu.run_planes(p, planes, mode))
+        runs[name] = Run(lambda p=prepare(model): numba_cpu.run_planes(p, planes, mode))
     if opencv_frame is not None:
         import cv2
 
@@ -82,9 +65,10 @@ def compare(models: dict, planes: np.ndarray, mode: str, repeats: int, clock,
             raise ValueError("the OpenCV ratio compares models of one scale")
         (r,) = scales
         H, W = opencv_frame.shape[:2]
-        runs["opencv"] = lambda: cv2.resize(opencv_frame, (W * r, H * r),
-                                            interpolation=cv2.INTER_CUBIC)
-    raw = timings(runs, repeats, clock, {"opencv": 21})
+        runs["opencv"] = Run(lambda: cv2.resize(opencv_frame, (W * r, H * r),
+                                                interpolation=cv2.INTER_CUBIC))
+    per_round = runner.interleaved_rounds(runs, repeats, {"opencv": 21}, clock)
+    raw = {name: [t[name] for t in per_round] for name in runs}
     first = statistics.median(raw[next(iter(models))])
     out = {"repeats": repeats, "mode": mode, "models": {}}
     for name in models:

@@ -167,14 +167,35 @@ def _goal_case_names() -> dict:
     return names
 
 
-def _median_time(run, n: int) -> float:
+def _median_time(run, n: int, clock=None) -> float:
+    """Median seconds of ``n`` calls of ``run`` (a ``registry.Run``), each synchronised;
+    ``clock``: ``time.perf_counter`` unless given (``time.process_time`` for one thread)."""
+    clock = clock or time.perf_counter
     ts = []
     for _ in range(n):
-        t0 = time.perf_counter()
+        t0 = clock()
         run.run()
         run.sync()
-        ts.append(time.perf_counter() - t0)
+        ts.append(clock() - t0)
     return statistics.median(ts)
+
+
+def interleaved_rounds(runs: dict, rounds: int, calls: dict | None = None, clock=None) -> list:
+    """Each ``registry.Run`` of ``runs`` once (warm-up), then ``rounds`` rounds in which every
+    one runs after the other, in an order rotated from round to round; in each round a run
+    is timed as the median of ``calls[name]`` calls (default 1; more for a call of about a
+    millisecond, where one timing is mostly noise). Returns one {name: seconds} per round,
+    so ratios can be taken within a round, where the machine's load hits both sides alike."""
+    calls = calls or {}
+    for r in runs.values():
+        r.run()
+        r.sync()
+    keys = list(runs)
+    per_round = []
+    for i in range(rounds):
+        order = keys[i % len(keys):] + keys[:i % len(keys)]
+        per_round.append({k: _median_time(runs[k], calls.get(k, 1), clock) for k in order})
+    return per_round
 
 
 def paired_goal_ratios(rounds: int, setup=None, log=lambda m: None) -> dict | None:
@@ -196,14 +217,8 @@ def paired_goal_ratios(rounds: int, setup=None, log=lambda m: None) -> dict | No
     if "torch_cpu" not in runs or "opencv" not in runs or len(runs) < 3:
         return None
     calls = {k: 21 if k == "opencv" else (3 if k.startswith("numba") else 1) for k in runs}
-    for r in runs.values():  # warm-up
-        r.run()
-        r.sync()
     keys = list(runs)
-    per_round = []
-    for i in range(rounds):
-        order = keys[i % len(keys):] + keys[:i % len(keys)]
-        per_round.append({k: _median_time(runs[k], calls[k]) for k in order})
+    per_round = interleaved_rounds(runs, rounds, calls)
 
     def stats(vals):
         return {"median": round(statistics.median(vals), 2), "min": round(min(vals), 2),

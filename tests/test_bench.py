@@ -120,9 +120,9 @@ def test_paired_goal_ratios_are_taken_within_rounds(monkeypatch):
 
     real_median = runner._median_time
 
-    def median_time(run, n):
+    def median_time(run, n, clock=None):
         first_in_round.append(n)
-        return real_median(run, n)
+        return real_median(run, n, clock)
 
     monkeypatch.setattr(runner.time, "perf_counter", lambda: clock["t"])
     monkeypatch.setattr(runner, "_median_time", median_time)
@@ -192,9 +192,8 @@ def test_model_check_holds_for_a_self_ensemble():
     assert check(backends.run_planes("cpu", model.with_ensemble(1), planes))["max_abs_err"] > 0
 
 
-def test_model_ab_interleaves_rotated_rounds():
-    from bench import model_ab
-
+def test_interleaved_rounds_rotate_the_order():
+    """``runner.interleaved_rounds``, which ``bench.model_ab`` and the goal ratios time with."""
     log, now = [], [0.0]
     cost = {"a": 3.0, "b": 5.0, "cv": 0.5}
 
@@ -205,13 +204,13 @@ def test_model_ab_interleaves_rotated_rounds():
         def run():
             log.append(name)
             now[0] += cost[name]
-        return run
+        return registry.Run(run)
 
-    raw = model_ab.timings({n: make(n) for n in cost}, 3, clock, {"cv": 4})
+    per_round = runner.interleaved_rounds({n: make(n) for n in cost}, 3, {"cv": 4}, clock)
     assert log[:3] == ["a", "b", "cv"]  # warm-up, once each
     rounds = log[3:]
     assert rounds == ["a", "b"] + ["cv"] * 4 + ["b"] + ["cv"] * 4 + ["a"] + ["cv"] * 4 + ["a", "b"]
-    assert raw == {"a": [3.0] * 3, "b": [5.0] * 3, "cv": [0.5] * 3}
+    assert per_round == [{"a": 3.0, "b": 5.0, "cv": 0.5}] * 3
 
 
 def test_model_ab_ratios_are_taken_within_rounds(monkeypatch):
@@ -219,7 +218,8 @@ def test_model_ab_ratios_are_taken_within_rounds(monkeypatch):
     from iqlut_gpu import default_model
 
     raw = {"A": [1.0, 2.0, 4.0], "B": [1.5, 2.2, 6.0], "opencv": [0.1, 0.1, 0.2]}
-    monkeypatch.setattr(model_ab, "timings", lambda runs, repeats, clock, calls: raw)
+    monkeypatch.setattr(runner, "interleaved_rounds", lambda runs, rounds, calls, clock:
+                        [{k: v[i] for k, v in raw.items()} for i in range(rounds)])
     planes = registry.frames_to_planes(registry.bench_frames((16, 12), 1))
     r = model_ab.compare({"A": default_model(2), "B": default_model(2)}, planes, "expanded", 3,
                          time.perf_counter, opencv_frame=registry.bench_frames((16, 12), 1)[0])

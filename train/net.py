@@ -336,14 +336,15 @@ class TeacherCNN(torch.nn.Module):
 # Per-layer L tuned for >= 15x less storage than ECNN at every scale (DESIGN.md's start
 # was L = 17 everywhere: 14.9x); the runtime's DEFAULT_ARCH is the one definition.
 def iqlut_arch(scale: int, hidden: int | None = None, last_k: int | None = None,
-               hidden_k: tuple | None = None) -> tuple:
+               hidden_k=None) -> tuple:
     """The IQ-LUT layer specs trained for ``scale`` (the last layer's c_out is scale**2);
     ``hidden``: that many residual 8->8 layers between the first and the last instead of
     the default's two; ``last_k``: the last layer's window instead of the default's 3 (1:
     each LR pixel's r*r outputs from its own codes only, cheaper per layer than a k = 3
     last layer, so depth can move into the hidden layers); ``hidden_k``: the window of
-    each residual layer in order (its length is the number of them; a k = 1 layer mixes
-    each pixel's own eight codes, a ninth of a k = 3 layer's work and table)."""
+    each residual layer in order, any sequence of ints (its length is the number of them;
+    a k = 1 layer mixes each pixel's own eight codes, a ninth of a k = 3 layer's work and
+    table)."""
     arch = DEFAULT_ARCH
     if hidden is not None and hidden < 0:
         raise ValueError(f"hidden must be >= 0, got {hidden}")
@@ -364,7 +365,7 @@ def iqlut_arch(scale: int, hidden: int | None = None, last_k: int | None = None,
 
 
 def ecnn_arch(scale: int, hidden: int | None = None, last_k: int | None = None,
-              hidden_k: tuple | None = None) -> tuple:
+              hidden_k=None) -> tuple:
     """ECNN: the IQ-LUT shapes of ``scale`` with L = 256 and no residual blocks."""
     return tuple(dict(a, L=256, residual=False)
                  for a in iqlut_arch(scale, hidden, last_k, hidden_k))

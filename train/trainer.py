@@ -232,8 +232,7 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
             raise ValueError(f"checkpoint {ckpt_path} is for another scale/kind")
     arch = cfg.arch or [dict(a) for a in
                         (iqlut_arch if cfg.kind == "iqlut" else ecnn_arch)(
-                            cfg.scale, cfg.hidden, cfg.last_k,
-                            tuple(cfg.hidden_k) if cfg.hidden_k is not None else None)]
+                            cfg.scale, cfg.hidden, cfg.last_k, cfg.hidden_k)]
     if st is not None and list(st["config"]["arch"]) != list(arch):
         if (cfg.arch or cfg.hidden is not None or cfg.last_k is not None
                 or cfg.hidden_k is not None):
