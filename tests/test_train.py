@@ -195,6 +195,52 @@ def test_a_net_started_from_a_model_computes_that_model(scale):
     np.testing.assert_array_equal(reference.upscale_planes(net.export(), planes), got)
 
 
+def test_width_sets_the_channels_between_layers():
+    arch = iqlut_arch(2, hidden=4, width=12)
+    assert [(a["c_in"], a["c_out"]) for a in arch] == [(1, 12)] + [(12, 12)] * 4 + [(12, None)]
+    assert [dict(a, c_in=0, c_out=0) for a in arch] == [
+        dict(a, c_in=0, c_out=0) for a in iqlut_arch(2, hidden=4)]
+    assert iqlut_arch(4, width=8) == iqlut_arch(4)
+    assert [(a["c_in"], a["L"]) for a in ecnn_arch(2, width=12)][1:] == [(12, 256)] * 3
+    for bad in (0, 33):
+        with pytest.raises(ValueError, match="width must be"):
+            iqlut_arch(2, width=bad)
+    # tables grow with the width, the ECNN's with it: the storage rule holds at any width
+    iq, ecnn = arch_storage(arch, 2)
+    assert iq > 2 * arch_storage(iqlut_arch(2, hidden=4), 2)[0] and ecnn / iq >= 15.0
+
+
+def test_a_wider_net_started_from_a_model_computes_that_model():
+    """``--init`` with ``--width``: the model fills each layer's first channels, tables from
+    the extra channels are zero, so the net (and its export) computes the model exactly
+    while the extra channels already carry new features of the input."""
+    from iqlut_gpu.model import default_model
+
+    torch.manual_seed(SESSION_SEED)
+    model = default_model(2).with_ensemble(1)
+    hidden = len(model.layers) - 2
+    net = LUTNet(2, iqlut_arch(2, hidden=hidden + 1, width=12)).double()
+    assert net.load_model(model) == 1
+    net.freeze_knots()
+    net.start_quant(like=model)
+    for layer, src in zip(net.layers[1:-2], model.layers[1:-1]):
+        np.testing.assert_array_equal(layer.rounded_knots()[:8], src.knots)
+    planes = np.random.default_rng(SESSION_SEED).integers(0, 256, (2, 11, 14), dtype=np.uint8)
+    x = torch.from_numpy(planes.astype(np.float64))[:, None]
+    with torch.no_grad():
+        got = net(x)[:, 0].numpy()
+        extra = torch.clamp(128.0 + net.layers[0].delta(x), 0, 255)[:, 8:]
+    want = reference.upscale_planes(model, planes)
+    np.testing.assert_array_equal(got, want, err_msg=f"seed {SESSION_SEED}")
+    assert float(extra.std()) > 1.0, "the extra channels should start as features, not constants"
+    exported = net.export()
+    assert [(layer.c_in, layer.c_out) for layer in exported.layers][:2] == [(1, 12), (12, 12)]
+    np.testing.assert_array_equal(reference.upscale_planes(exported, planes), want,
+                                  err_msg=f"seed {SESSION_SEED}")
+    with pytest.raises(ValueError, match="cannot start a layer"):  # never narrower
+        LUTNet(2, iqlut_arch(2, hidden=hidden, width=6)).load_model(model)
+
+
 def test_load_model_refuses_nets_it_cannot_start():
     from iqlut_gpu.model import default_model
 

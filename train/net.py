@@ -101,14 +101,23 @@ class _QuantTable(torch.nn.Module):
     @torch.no_grad()
     def load_layer(self, layer: Layer) -> None:
         """Start from an exported integer layer: float tables equal to its int8 table
-        (``table * 2**(8-S)`` code units), its bias; not yet quantised."""
-        want = (self.c_in, self.L, self.k, self.k, self.c_out)
-        if tuple(layer.table.shape) != want or bool(layer.residual) != bool(self.residual):
+        (``table * 2**(8-S)`` code units), its bias; not yet quantised.
+
+        A wider layer (more input and/or output channels, the same k, L and residual flag)
+        takes ``layer`` as its first channels: tables from the extra inputs are zero, so the
+        first outputs are ``layer``'s exactly; the extra outputs keep this layer's random
+        start (new features of the old inputs)."""
+        ci, L, k, _, co = layer.table.shape
+        if ((L, k) != (self.L, self.k) or ci > self.c_in or co > self.c_out
+                or bool(layer.residual) != bool(self.residual)):
             raise ValueError(f"cannot start a layer {self.spec()} from {layer.spec()}")
-        w = torch.from_numpy(layer.table.astype(np.float64) * 2.0 ** (8 - layer.shift))
-        self.theta.copy_(self._weight_of(w).to(self.theta.dtype) / THETA_UNIT)
-        self.beta.copy_(torch.from_numpy(layer.bias.astype(np.float64) / 2.0 ** layer.shift
-                                         / THETA_UNIT).to(self.beta.dtype))
+        table = self._table_layout(self.float_weight().detach().double().cpu())
+        table[ci:] = 0
+        table[:ci, ..., :co] = torch.from_numpy(layer.table.astype(np.float64)
+                                                * 2.0 ** (8 - layer.shift))
+        self.theta.copy_(self._weight_of(table).to(self.theta.dtype) / THETA_UNIT)
+        self.beta[:co] = torch.from_numpy(layer.bias.astype(np.float64) / 2.0 ** layer.shift
+                                          / THETA_UNIT).to(self.beta.dtype)
 
     def spec(self) -> dict:
         return {"c_in": self.c_in, "c_out": self.c_out, "k": self.k, "L": self.L,
@@ -186,7 +195,7 @@ class IQLayer(_QuantTable):
         inc = np.diff(layer.knots.astype(np.float64), axis=1)
         free = 255.0 - (self.L - 1) * self.min_gap
         share = np.maximum(inc - self.min_gap, 1e-3) / free
-        self.knot_logits.copy_(torch.from_numpy(np.log(share)).to(self.knot_logits.dtype))
+        self.knot_logits[:len(share)] = torch.from_numpy(np.log(share)).to(self.knot_logits.dtype)
 
     def _export_knots(self) -> np.ndarray:
         return self.rounded_knots()
@@ -336,7 +345,7 @@ class TeacherCNN(torch.nn.Module):
 # Per-layer L tuned for >= 15x less storage than ECNN at every scale (DESIGN.md's start
 # was L = 17 everywhere: 14.9x); the runtime's DEFAULT_ARCH is the one definition.
 def iqlut_arch(scale: int, hidden: int | None = None, last_k: int | None = None,
-               hidden_k=None) -> tuple:
+               hidden_k=None, width: int | None = None) -> tuple:
     """The IQ-LUT layer specs trained for ``scale`` (the last layer's c_out is scale**2);
     ``hidden``: that many residual 8->8 layers between the first and the last instead of
     the default's two; ``last_k``: the last layer's window instead of the default's 3 (1:
@@ -344,7 +353,8 @@ def iqlut_arch(scale: int, hidden: int | None = None, last_k: int | None = None,
     last layer, so depth can move into the hidden layers); ``hidden_k``: the window of
     each residual layer in order, any sequence of ints (its length is the number of them;
     a k = 1 layer mixes each pixel's own eight codes, a ninth of a k = 3 layer's work and
-    table)."""
+    table); ``width``: the channels between layers instead of the default's 8 (table size
+    and work grow as its square in the residual layers)."""
     arch = DEFAULT_ARCH
     if hidden is not None and hidden < 0:
         raise ValueError(f"hidden must be >= 0, got {hidden}")
@@ -361,14 +371,23 @@ def iqlut_arch(scale: int, hidden: int | None = None, last_k: int | None = None,
         arch = (arch[0],) + tuple(dict(arch[1], k=int(k)) for k in ks) + (arch[-1],)
     if last_k is not None:
         arch = arch[:-1] + (dict(arch[-1], k=last_k),)
+    if width is not None:
+        if not 1 <= width <= MAX_WIDTH:
+            raise ValueError(f"width must be 1..{MAX_WIDTH}, got {width}")
+        arch = ((dict(arch[0], c_out=width),) + tuple(dict(a, c_in=width, c_out=width)
+                                                      for a in arch[1:-1])
+                + (dict(arch[-1], c_in=width),))
     return arch
 
 
+MAX_WIDTH = 32  # channels between layers (the CUDA kernels take up to 64)
+
+
 def ecnn_arch(scale: int, hidden: int | None = None, last_k: int | None = None,
-              hidden_k=None) -> tuple:
+              hidden_k=None, width: int | None = None) -> tuple:
     """ECNN: the IQ-LUT shapes of ``scale`` with L = 256 and no residual blocks."""
     return tuple(dict(a, L=256, residual=False)
-                 for a in iqlut_arch(scale, hidden, last_k, hidden_k))
+                 for a in iqlut_arch(scale, hidden, last_k, hidden_k, width))
 
 
 def arch_storage(arch, scale: int) -> tuple[int, int]:

@@ -77,6 +77,7 @@ class Config:
     hidden: int | None = None  # with no arch: this many 8->8 layers (None: the default's)
     last_k: int | None = None  # with no arch: the last layer's window (None: the default's 3)
     hidden_k: list | None = None  # with no arch: each hidden layer's window (None: all 3)
+    width: int | None = None  # with no arch: channels between layers (None: the default's 8)
     init: str = ""  # start the student from this model file (LUTNet.load_model); not on resume
     init_note: dict = field(default_factory=dict)  # what init loaded (kept in checkpoints)
     calib_patches: int = 4096  # training patches for the last layer's bias refit (0: none)
@@ -232,14 +233,15 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
             raise ValueError(f"checkpoint {ckpt_path} is for another scale/kind")
     arch = cfg.arch or [dict(a) for a in
                         (iqlut_arch if cfg.kind == "iqlut" else ecnn_arch)(
-                            cfg.scale, cfg.hidden, cfg.last_k, cfg.hidden_k)]
+                            cfg.scale, cfg.hidden, cfg.last_k, cfg.hidden_k, cfg.width)]
     if st is not None and list(st["config"]["arch"]) != list(arch):
         if (cfg.arch or cfg.hidden is not None or cfg.last_k is not None
-                or cfg.hidden_k is not None):
+                or cfg.hidden_k is not None or cfg.width is not None):
             old = st["config"]["arch"]
             raise ValueError(f"checkpoint {ckpt_path} has {len(old)} layers (windows "
-                             f"{[a['k'] for a in old]}), not the {len(arch)} (windows "
-                             f"{[a['k'] for a in arch]}) asked for")
+                             f"{[a['k'] for a in old]}, width {old[0]['c_out']}), not the "
+                             f"{len(arch)} (windows {[a['k'] for a in arch]}, width "
+                             f"{arch[0]['c_out']}) asked for")
         arch = st["config"]["arch"]  # a run started under another default shape continues as it was
     cfg.arch = [dict(a) for a in arch]
 

@@ -33,6 +33,10 @@ def add_arguments(p) -> None:
                    help="each residual layer's window, in order (their number is the count "
                    "of windows; e.g. 3,3,3,1: three k = 3 layers, then a k = 1 one, which "
                    "costs a ninth of a k = 3 layer)")
+    p.add_argument("--width", type=int, default=None, metavar="C",
+                   help="channels between layers (default 8); with --init a wider net takes "
+                   "the model as its first channels (the extra ones start as new features "
+                   "its later layers do not read yet)")
     p.add_argument("--init", default="", metavar="MODEL",
                    help="start the student from this trained model file (e.g. a shipped "
                    "default); --hidden may add residual layers, which start as the identity")
@@ -62,6 +66,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     try:
         from ..train.trainer import Config, train
+        from ..train.net import MAX_WIDTH
     except ModuleNotFoundError as e:
         if e.name == "torch":
             raise CLIError("training needs torch: pip install 'iqlut-gpu[train]'") from None
@@ -70,6 +75,8 @@ def run(args) -> int:
         raise CLIError("--time-budget must be positive")
     if args.hidden is not None and not 0 <= args.hidden <= 16:
         raise CLIError("--hidden must be between 0 and 16")
+    if args.width is not None and not 1 <= args.width <= MAX_WIDTH:
+        raise CLIError(f"--width must be between 1 and {MAX_WIDTH}")
     hidden_k = None
     if args.hidden_k is not None:
         try:
@@ -87,6 +94,7 @@ def run(args) -> int:
                  max_iters=args.max_iters, seed=args.seed, batch=args.batch, patch=args.patch,
                  lr=args.lr, lam=args.lam, threads=args.threads, val_every=args.val_every,
                  bf16=args.bf16, hidden=args.hidden, last_k=args.last_k, hidden_k=hidden_k,
+                 width=args.width,
                  init=args.init, ensemble=args.ensemble, int8_only=args.int8_only)
     if args.int8_only and not args.init:
         raise CLIError("--int8-only fine-tunes a trained model: give it with --init MODEL")
