@@ -89,14 +89,18 @@ def test_resume_keeps_the_checkpoints_layers(cache):
     s = train(Config(max_iters=5, **base), resume=True, progress=False, log=lambda m: None)
     assert s["iterations"] == 5
     assert [layer.L for layer in load_model(out).layers] == [a["L"] for a in TINY_ARCH]
-    with pytest.raises(ValueError, match=r"has 3 layers \(windows \[3, 3, 1\]\), not the 4"):
+    with pytest.raises(ValueError, match=r"has 3 layers \(windows \[3, 3, 1\], width 4\), "
+                       r"not the 4 \(windows \[5, 3, 3, 3\], width 8\)"):
         train(Config(max_iters=6, hidden=2, **base), resume=True, progress=False,
               log=lambda m: None)
-    with pytest.raises(ValueError, match=r"not the 3 \(windows \[5, 3, 3\]\) asked for"):
+    with pytest.raises(ValueError, match=r"not the 3 \(windows \[5, 3, 3\], width 8\) asked for"):
         train(Config(max_iters=6, hidden=1, last_k=3, **base), resume=True, progress=False,
               log=lambda m: None)
-    with pytest.raises(ValueError, match=r"not the 3 \(windows \[5, 1, 3\]\) asked for"):
+    with pytest.raises(ValueError, match=r"not the 3 \(windows \[5, 1, 3\], width 8\) asked for"):
         train(Config(max_iters=6, hidden_k=[1], **base), resume=True, progress=False,
+              log=lambda m: None)
+    with pytest.raises(ValueError, match=r"not the 4 \(windows \[5, 3, 3, 3\], width 12\)"):
+        train(Config(max_iters=6, width=12, **base), resume=True, progress=False,
               log=lambda m: None)
 
 
