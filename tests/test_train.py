@@ -263,14 +263,17 @@ def test_init_starts_a_run_from_a_model_and_resume_remembers_it(cache):
                 val_every=1e9, ckpt_every=0.0, val_crop=48, images=TEXTURED[:1], limit_val=1)
     train(Config(out=str(first), max_iters=3, arch=[dict(a) for a in TINY_ARCH], **base),
           progress=False, log=lambda m: None)
-    deeper = TINY_ARCH[:2] + [TINY_ARCH[1]] + TINY_ARCH[2:]
+    # one layer deeper and two channels wider (--hidden, --width)
+    deeper = [dict(TINY_ARCH[0], c_out=6)] + [dict(TINY_ARCH[1], c_in=6, c_out=6)] * 2 + [
+        dict(TINY_ARCH[2], c_in=6)]
     out = cache / "warm" / "tiny_x2.safetensors"
     logs = []
     train(Config(out=str(out), max_iters=2, init=str(first), arch=[dict(a) for a in deeper], **base),
           progress=False, log=logs.append)
-    assert any("1 identity layers added" in m for m in logs)
+    assert any("1 identity layers added, widened from 4 to 6 channels" in m for m in logs), logs
     note = load_model(out).provenance["init"]
     assert note["file"] == first.name and note["layers_added"] == 1 and note["iterations"] == 3
+    assert note["width_from"] == 4
     # resumed without --init, the run still says where it started
     train(Config(out=str(out), max_iters=4, arch=[dict(a) for a in deeper], **base), resume=True,
           progress=False, log=lambda m: None)

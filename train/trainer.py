@@ -258,8 +258,12 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
         cfg.init_note = {"file": Path(cfg.init).name, "layers_added": added,
                          **{k: init_model.provenance[k] for k in ("iterations", "train_seconds", "seed")
                             if k in init_model.provenance}}
+        widened = ""
+        if init_model.layers[0].c_out != arch[0]["c_out"]:
+            cfg.init_note["width_from"] = init_model.layers[0].c_out
+            widened = f", widened from {init_model.layers[0].c_out} to {arch[0]['c_out']} channels"
         log(f"student starts from {cfg.init} ({len(init_model.layers)} layers, {added} identity "
-            f"layers added); distillation only on batches where the teacher is better")
+            f"layers added{widened}); distillation only on batches where the teacher is better")
     # what is trained, validated, refit and exported: the net, or its n-pass ensemble
     student = EnsembleNet(net, cfg.ensemble)
     use_teacher = cfg.kind == "iqlut" and cfg.lam > 0
