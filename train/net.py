@@ -342,6 +342,9 @@ class TeacherCNN(torch.nn.Module):
         return torch.clamp(self.upsample(codes) + F.pixel_shuffle(res, self.scale), 0, 255)
 
 
+MAX_WIDTH = 32  # channels between layers (the CUDA kernels take up to 64)
+
+
 # Per-layer L tuned for >= 15x less storage than ECNN at every scale (DESIGN.md's start
 # was L = 17 everywhere: 14.9x); the runtime's DEFAULT_ARCH is the one definition.
 def iqlut_arch(scale: int, hidden: int | None = None, last_k: int | None = None,
@@ -378,9 +381,6 @@ def iqlut_arch(scale: int, hidden: int | None = None, last_k: int | None = None,
                                                       for a in arch[1:-1])
                 + (dict(arch[-1], c_in=width),))
     return arch
-
-
-MAX_WIDTH = 32  # channels between layers (the CUDA kernels take up to 64)
 
 
 def ecnn_arch(scale: int, hidden: int | None = None, last_k: int | None = None,

@@ -25,8 +25,8 @@ def add_arguments(p) -> None:
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--lam", type=float, default=0.5, help="distillation weight (iqlut only)")
     p.add_argument("--hidden", type=int, default=None, metavar="N",
-                   help="residual layers (8->8, or --width) between the first and the last (default 2; the "
-                   "shipped x2 and x3 have 4, x4 3)")
+                   help="residual layers (8->8, or --width) between the first and the last "
+                   "(default 2; the shipped x2 and x3 have 4, x4 3)")
     p.add_argument("--last-k", type=int, choices=(1, 3, 5), default=None, metavar="K",
                    help="the last layer's window (default 3; 1 is cheaper, see the README)")
     p.add_argument("--hidden-k", default=None, metavar="K,K,...",
