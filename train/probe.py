@@ -25,7 +25,7 @@ import sys
 import numpy as np
 
 from .. import backends
-from ..evaluate import bicubic_upscale, imresize, modcrop, psnr, rgb_to_y, shave
+from ..evaluate import bicubic_upscale, degrade, psnr, rgb_to_y, shave
 from ..model import default_model_path, load_model
 from . import data
 
@@ -49,14 +49,9 @@ def features(plane: np.ndarray, taps: int) -> np.ndarray:
     return np.stack(cols + [np.ones((h, w))], axis=-1)
 
 
-def phases(target: np.ndarray, scale: int) -> np.ndarray:
-    """[H, W, r*r]: the r x r HR block of each LR pixel, row-major sub-pixel order."""
-    H, W = target.shape
-    return target.reshape(H // scale, scale, W // scale, scale).transpose(0, 2, 1, 3).reshape(
-        H // scale, W // scale, scale * scale)
-
-
 def unphase(blocks: np.ndarray, scale: int) -> np.ndarray:
+    """[h, w, r*r] -> [h*r, w*r]: sub-pixel ``a*r + b`` of LR pixel (y, x) goes to HR
+    pixel (y*r + a, x*r + b), the order ``fit`` samples its targets in."""
     h, w, _ = blocks.shape
     return blocks.reshape(h, w, scale, scale).transpose(0, 2, 1, 3).reshape(h * scale, w * scale)
 
@@ -93,10 +88,6 @@ def apply(lr_plane: np.ndarray, weights: np.ndarray, scale: int, taps: int) -> n
     return unphase(features(lr_plane, taps) @ weights, scale)
 
 
-def _planes(img: np.ndarray) -> list[np.ndarray]:
-    return [img] if img.ndim == 2 else [img[..., c] for c in range(img.shape[2])]
-
-
 def _image(planes: list[np.ndarray], like: np.ndarray) -> np.ndarray:
     out = [np.clip(np.round(p), 0, 255).astype(np.uint8) for p in planes]
     return out[0] if like.ndim == 2 else np.stack(out, axis=-1)
@@ -117,9 +108,8 @@ def probe(scale: int, model_path: str, taps: int = 6, planes: int = 1500,
 
     rows = {"bicubic": {}, "linear": {}, "model": {}, "model+linear": {}}
     for name, img in sorted(data.validation_images(crop).items()):
-        hr_img = modcrop(img, scale)
-        lr_img = imresize(hr_img, 1.0 / scale)
-        lr_planes = _planes(lr_img)
+        hr_img, lr_img = degrade(img, scale)
+        lr_planes = data._planes(lr_img)
         sr_img = np.asarray(backends.run_planes(backend, model, np.ascontiguousarray(
             np.stack(lr_planes))))
         outs = {
