@@ -107,7 +107,9 @@ def main(argv=None) -> int:
     import numba
 
     from iqlut_gpu.model import ModelError
-    from .registry import bench_frames, frames_to_planes
+    from iqlut_gpu.planes import to_planes
+
+    from .registry import bench_frames
 
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
     try:
@@ -126,7 +128,7 @@ def main(argv=None) -> int:
         cv_frame = frames[0]
     clock = time.process_time if args.threads == 1 else time.perf_counter
     try:
-        result = compare(models, frames_to_planes(frames), args.mode, args.repeats, clock, cv_frame)
+        result = compare(models, to_planes(frames)[0], args.mode, args.repeats, clock, cv_frame)
     except ValueError as e:
         print(f"model_ab: {e}", file=sys.stderr)
         return 2

@@ -16,8 +16,8 @@ call that encodes the video (``-c:a copy``), whereas the PyAV plugin writes no a
 would need a second mux pass; and it is one small wheel with a static ffmpeg.
 
 The pipeline (``upscale_video``): a decoder thread fills a bounded queue with frames, an
-upscaler thread turns them into upscaled frames with ``iqlut_gpu.frames.upscale_frames``
-(batches of ``batch`` frames per backend call) into a second bounded queue, and the
+upscaler thread turns them into upscaled frames with ``Upscaler.frames`` (batches of
+``batch`` frames per backend call) into a second bounded queue, and the
 calling thread feeds the encoder. At most about ``4 * batch`` frames are in memory
 whatever the length of the video. The output is written under a temporary name and
 renamed at the end; on any error or interrupt both ffmpeg processes are killed and the
@@ -463,37 +463,39 @@ def check_output_path(src: Path, dst: Path, overwrite: bool) -> None:
 
 
 def upscale_video(src, dst, scale: int = 4, *, model=None, backend: str = "auto",
-                  batch: int = 4, mode: str = "auto", codec: str | None = None,
-                  crf: int | None = None, overwrite: bool = False, progress=None,
-                  queue_batches: int = 2) -> VideoStats:
+                  mode: str = "auto", ensemble: int | None = None, upscaler=None,
+                  batch: int = 4, codec: str | None = None, crf: int | None = None,
+                  overwrite: bool = False, progress=None, queue_batches: int = 2) -> VideoStats:
     """Upscale the video ``src`` into ``dst``: same frame rate, same frame count, audio copied.
 
+    What runs is ``upscaler`` (an ``iqlut_gpu.Upscaler``), or one built from ``scale``,
+    ``model``, ``backend``, ``mode`` and ``ensemble`` (as for ``iqlut_gpu.upscale``).
     ``progress``: None, or a callable ``progress(n_frames_done)`` called from the calling
     thread after each encoded frame. ``batch`` frames go to the backend in one call;
     ``queue_batches`` batches may wait between stages. Raises VideoError (a ValueError)
     for unreadable input or a failed encode; on any exception (KeyboardInterrupt
     included) ``dst`` is left untouched and no temporary file remains.
     """
-    from .api import _as_model
-    from .backends import resolve
-    from .frames import upscale_frames
     from .io import atomic_path
+    from .upscaler import Upscaler
 
     src, dst = Path(src), Path(dst)
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
-    model = _as_model(model, scale)
-    name = resolve(backend)
+    if upscaler is None:
+        upscaler = Upscaler(scale, model=model, backend=backend, mode=mode, ensemble=ensemble)
+    elif model is not None or backend != "auto" or mode != "auto" or ensemble is not None:
+        raise TypeError("give model, backend, mode and ensemble to the Upscaler, not here")
     info = probe(src)
     check_output_path(src, dst, overwrite)
     codec = codec or "libx264"
     if crf is None and codec in CRF_CODECS:
         crf = DEFAULT_CRF
-    r = model.scale
+    r = upscaler.scale
     out_size = (info.width * r, info.height * r)
     check_encoder(dst, out_size, info.fps, codec=codec, crf=crf,
                   audio_from=src if info.audio else None)
-    stats = VideoStats(info=info, output_size=out_size, backend=name,
+    stats = VideoStats(info=info, output_size=out_size, backend=upscaler.backend,
                        stages={"decode": 0.0, "upload": 0.0, "kernels": 0.0, "download": 0.0,
                                "encode": 0.0})
     depth = max(1, queue_batches) * batch
@@ -516,8 +518,7 @@ def upscale_video(src, dst, scale: int = 4, *, model=None, backend: str = "auto"
             frames.close()
 
     def upscale():
-        return upscale_frames(_drain(decoded, stop), model.scale, model=model, backend=name,
-                              batch=batch, mode=mode, stats=stats.stages)
+        return upscaler.frames(_drain(decoded, stop), batch, stats.stages)
 
     threads = []
     try:

@@ -6,6 +6,17 @@ import pytest
 import cases
 
 
+@pytest.fixture(autouse=True)
+def fresh_backend_probes():
+    """Backend probes are cached per process; tests change what they would find (fake CuPy,
+    IQLUT_BACKEND, missing modules), so each test starts and ends with fresh ones."""
+    from iqlut_gpu import backends
+
+    backends.reset()
+    yield
+    backends.reset()
+
+
 def pytest_report_header(config):
     return f"iqlut random cases: IQLUT_TEST_SEED={cases.SESSION_SEED} (set it to reproduce)"
 

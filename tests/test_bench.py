@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import registry, runner  # noqa: E402
+from iqlut_gpu.planes import to_planes  # noqa: E402
 
 
 def test_registry_covers_the_issue():
@@ -186,7 +187,7 @@ def test_model_check_holds_for_a_self_ensemble():
     from iqlut_gpu.model import default_model
 
     model = default_model(2).with_ensemble(4)
-    planes = registry.frames_to_planes(registry.bench_frames((48, 40), 1))
+    planes = to_planes(registry.bench_frames((48, 40), 1))[0]
     check = registry._model_crop_check(model, planes, lambda out: out, 2)
     assert check(backends.run_planes("cpu", model, planes))["max_abs_err"] == 0
     assert check(backends.run_planes("cpu", model.with_ensemble(1), planes))["max_abs_err"] > 0
@@ -220,7 +221,7 @@ def test_model_ab_ratios_are_taken_within_rounds(monkeypatch):
     raw = {"A": [1.0, 2.0, 4.0], "B": [1.5, 2.2, 6.0], "opencv": [0.1, 0.1, 0.2]}
     monkeypatch.setattr(runner, "interleaved_rounds", lambda runs, rounds, calls, clock:
                         [{k: v[i] for k, v in raw.items()} for i in range(rounds)])
-    planes = registry.frames_to_planes(registry.bench_frames((16, 12), 1))
+    planes = to_planes(registry.bench_frames((16, 12), 1))[0]
     r = model_ab.compare({"A": default_model(2), "B": default_model(2)}, planes, "expanded", 3,
                          time.perf_counter, opencv_frame=registry.bench_frames((16, 12), 1)[0])
     assert r["models"]["A"]["time_vs_first"] == 1.0

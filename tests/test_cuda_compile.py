@@ -12,11 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from iqlut_gpu.kernels import cuda_backend
+from iqlut_gpu.kernels import cuda_plan
 
 
 def _load_compile_report():
-    path = cuda_backend.SOURCE_DIR / "compile_report.py"
+    path = cuda_plan.SOURCE_DIR / "compile_report.py"
     spec = importlib.util.spec_from_file_location("iqlut_compile_report", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 import cases
-from iqlut_gpu import default_model, upscale, upscale_frames
-from iqlut_gpu.frames import _generate
+from iqlut_gpu import Upscaler, default_model, upscale, upscale_frames
+from iqlut_gpu.frames import StreamRunner, SyncRunner, generate
 
 
 def mixed_frames(rng, n):
@@ -126,21 +126,17 @@ class HostStreamer:
         return self.buffers[slot]
 
 
-def test_two_batches_in_flight_with_reused_buffers(monkeypatch):
+def test_two_batches_in_flight_with_reused_buffers():
     """The seam for a streaming device runner: with two batches in flight and buffers that
     are overwritten, every frame still comes out right (grayscale ones too, whose result
     could otherwise alias the buffer)."""
-    from iqlut_gpu import frames as frames_mod
-
     model = default_model(2)
     streamer = HostStreamer(model)
     streamer.oom_sizes = (8,)  # batches of 8 planes (two RGBA frames) "do not fit the device"
-    fallback = frames_mod._SyncRunner("reference", model, "interp")
-    monkeypatch.setattr(frames_mod, "_runner",
-                        lambda name, model, mode: frames_mod._StreamRunner(streamer, fallback))
+    fallback = SyncRunner(Upscaler(model=model, backend="reference", mode="interp"))
     rng = np.random.default_rng(9)
     frames = mixed_frames(rng, 14) + [np.full((6, 6, 4), 200, np.uint8)] * 2
-    got = list(_generate(iter(frames), model, "reference", 2, "interp", None))
+    got = list(generate(lambda: StreamRunner(streamer, fallback), iter(frames), 2, None))
     assert streamer.max_in_flight == 2
     assert fallback.timings["kernels"] > 0  # the simulated out-of-memory batch went through it
     for i, (f, g) in enumerate(zip(frames, got)):
@@ -168,7 +164,7 @@ def test_cuda_stream_runner_matches_reference():
 
 
 class FakeCuda:
-    """Host stand-ins for the parts of cupy, cupyx and cuda_backend that _CudaStreamer uses.
+    """Host stand-ins for the parts of cupy, cupyx and cuda_backend that CudaStreamer uses.
     Work "queued on a stream" runs at once, but the host output buffer is filled only when
     the stream is synchronised, so a missing wait shows up as wrong frames."""
 
@@ -224,26 +220,24 @@ class FakeCuda:
     def run_planes(self, prepared, planes, mode, stream=None):
         assert isinstance(planes, self.DeviceArray) and stream is not None
         self.log.append("kernels")
-        return self.backends.run_planes("reference", prepared.model, np.asarray(planes),
+        return self.backends.run_planes("reference", self.model, np.asarray(planes),
                                         mode).view(self.DeviceArray)
 
 
-def test_cuda_streamer_sequence_on_host_stand_ins(monkeypatch):
-    """_CudaStreamer's own logic (pinned buffers per slot, reallocation when the batch
+def test_cuda_streamer_sequence_on_host_stand_ins():
+    """CudaStreamer's own logic (pinned buffers per slot, reallocation when the batch
     shape changes, upload/kernels/download queued per stream, wait before reading) run
     without a GPU through stand-ins; the GPU test above runs the real thing."""
     from iqlut_gpu import backends
-    from iqlut_gpu import frames as frames_mod
+    from iqlut_gpu.kernels.cuda_stream import CudaStreamer
 
     model = default_model(2)
     fake = FakeCuda(model)
-    streamer = frames_mod._CudaStreamer(backends.prepare(model), "interp",
-                                        modules=(fake, fake, fake))
-    monkeypatch.setattr(frames_mod, "_runner", lambda name, model, mode: frames_mod._StreamRunner(
-        streamer, frames_mod._SyncRunner("reference", model, mode)))
+    streamer = CudaStreamer(backends.prepare(model), "interp", modules=(fake, fake, fake))
+    fallback = SyncRunner(Upscaler(model=model, backend="reference", mode="interp"))
     frames = mixed_frames(np.random.default_rng(4), 13)
     stats = {}
-    got = list(_generate(iter(frames), model, "cuda", 2, "interp", stats))
+    got = list(generate(lambda: StreamRunner(streamer, fallback), iter(frames), 2, stats))
     for i, (f, g) in enumerate(zip(frames, got)):
         assert np.array_equal(g, upscale(f, 2, backend="reference")), f"frame {i}"
     assert fake.log[:3] == ["upload", "kernels", "download"] and len(fake.log) % 3 == 0

@@ -139,7 +139,7 @@ def test_interrupt_or_failure_leaves_no_output(tmp_path, monkeypatch, exc):
     make_clip(tmp_path / "in.mp4", n=12)
     (tmp_path / "out.mp4").write_bytes(b"precious")
     calls = []
-    real = frames._SyncRunner.submit
+    real = frames.SyncRunner.submit
 
     def flaky(self, planes):
         calls.append(1)
@@ -147,7 +147,7 @@ def test_interrupt_or_failure_leaves_no_output(tmp_path, monkeypatch, exc):
             raise exc("injected")
         return real(self, planes)
 
-    monkeypatch.setattr(frames._SyncRunner, "submit", flaky)
+    monkeypatch.setattr(frames.SyncRunner, "submit", flaky)
     with pytest.raises(exc):
         upscale_video(tmp_path / "in.mp4", tmp_path / "out.mp4", 2, backend="reference", batch=2,
                       overwrite=True)

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..evaluate import imresize, modcrop
+from ..planes import to_planes
 
 SKIMAGE_PHOTOS = ("astronaut.png", "brick.png", "camera.png", "cell.png", "chelsea.png",
                   "coffee.png", "coins.png", "grass.png", "gravel.png", "hubble_deep_field.jpg",
@@ -125,10 +126,6 @@ def validation_images(crop: int = VAL_CROP, limit: int = 0) -> dict[str, np.ndar
     return {k: center_crop(read_rgb(p), crop) for k, p in items}
 
 
-def _planes(img: np.ndarray) -> list[np.ndarray]:
-    return [img] if img.ndim == 2 else [img[..., c] for c in range(img.shape[2])]
-
-
 def build_bank(scale: int, cache_dir: str | None = None, limit: int | None = None,
                log=print, names=None) -> tuple[np.ndarray, np.ndarray]:
     """HR crops and their LR: uint8 [M, CROP, CROP] and [M, CROP/r, CROP/r].
@@ -173,8 +170,8 @@ def build_bank(scale: int, cache_dir: str | None = None, limit: int | None = Non
             if c.shape[0] != CROP or c.shape[1] != CROP:
                 continue
             lr = imresize(c, 1.0 / scale)
-            hrs.extend(_planes(c))
-            lrs.extend(_planes(lr))
+            hrs.extend(to_planes(c)[0])
+            lrs.extend(to_planes(lr)[0])
         log(f"  {name}: {len(crops)} crops")
     hr, lr = np.stack(hrs), np.stack(lrs)
     cache.parent.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ import numpy as np
 from .. import backends
 from ..evaluate import bicubic_upscale, degrade, psnr, rgb_to_y, shave
 from ..model import default_model_path, load_model
+from ..planes import to_planes
 from . import data
 
 
@@ -109,7 +110,7 @@ def probe(scale: int, model_path: str, taps: int = 6, planes: int = 1500,
     rows = {"bicubic": {}, "linear": {}, "model": {}, "model+linear": {}}
     for name, img in sorted(data.validation_images(crop).items()):
         hr_img, lr_img = degrade(img, scale)
-        lr_planes = data._planes(lr_img)
+        lr_planes = to_planes(lr_img)[0]
         sr_img = np.asarray(backends.run_planes(backend, model, np.ascontiguousarray(
             np.stack(lr_planes))))
         outs = {

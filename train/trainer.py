@@ -40,9 +40,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import backends
 from ..evaluate import bicubic_upscale, imresize, modcrop, psnr, rgb_to_y, shave, ssim
 from ..model import save_model
+from ..planes import from_planes, to_planes
+from ..upscaler import Upscaler
 from . import data
 from .calibrate import calibrate_bias
 from .net import EnsembleNet, LUTNet, TeacherCNN, ecnn_arch, iqlut_arch
@@ -138,28 +139,20 @@ class Validation:
         return self.score(lambda lr: bicubic_upscale(lr, self.scale))
 
 
-def planes_of(img: np.ndarray) -> np.ndarray:
-    return img[None] if img.ndim == 2 else np.moveaxis(img, -1, 0)
-
-
-def image_of(planes: np.ndarray, like_ndim: int) -> np.ndarray:
-    return planes[0] if like_ndim == 2 else np.moveaxis(planes, 0, -1)
-
-
 def torch_upscaler(net: torch.nn.Module, device):
+    """lr uint8 image -> the torch forward's uint8 image (the planes the runtime would run)."""
     def run(lr: np.ndarray) -> np.ndarray:
-        p = torch.from_numpy(planes_of(lr).astype(np.float32))[:, None].to(device)
+        planes, layout = to_planes(lr)
+        p = torch.from_numpy(planes.astype(np.float32))[:, None].to(device)
         with torch.no_grad():
             out = net(p)[:, 0].round().clamp(0, 255).cpu().numpy().astype(np.uint8)
-        return image_of(out, lr.ndim)
+        return from_planes(out, layout)
     return run
 
 
-def runtime_upscaler(model, backend: str = "cpu"):
-    def run(lr: np.ndarray) -> np.ndarray:
-        out = np.asarray(backends.run_planes(backend, model, np.ascontiguousarray(planes_of(lr))))
-        return image_of(out, lr.ndim)
-    return run
+def runtime_upscaler(model, backend: str = "cpu") -> Upscaler:
+    """The integer runtime the exported ``model`` will run on (for the export check)."""
+    return Upscaler(model=model, backend=backend)
 
 
 # ----------------------------------------------------------------------------- checkpoints

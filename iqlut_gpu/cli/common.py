@@ -25,15 +25,23 @@ def add_backend_args(p) -> None:
                    "(expanded on the CPU, interp on the GPU); the result is the same")
 
 
-def resolve_model(args):
-    """The model named by --model/--scale (run as --ensemble says); a --scale that
-    contradicts the file is an error."""
+def model_from_args(args):
+    """The model named by --model/--scale (as the file has it; --ensemble is applied by the
+    Upscaler); a --scale that contradicts the file is an error."""
     from ..model import default_model, load_model
 
     if args.model:
         model = load_model(args.model)
         if args.scale is not None and model.scale != args.scale:
             raise ValueError(f"{args.model} is an x{model.scale} model, not x{args.scale}")
-    else:
-        model = default_model(args.scale or 4)
-    return model.with_ensemble(getattr(args, "ensemble", None))
+        return model
+    return default_model(args.scale or 4)
+
+
+def upscaler_from_args(args, model=None):
+    """The ``Upscaler`` the options name: ``model`` (default: ``model_from_args``) run with
+    --ensemble on --backend in --mode; resolved once for the whole command."""
+    from ..upscaler import Upscaler
+
+    return Upscaler(model=model if model is not None else model_from_args(args),
+                    backend=args.backend, mode=args.mode, ensemble=getattr(args, "ensemble", None))

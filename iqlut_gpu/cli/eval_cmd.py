@@ -12,10 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
 from . import CLIError
-from .common import add_backend_args, add_model_args, resolve_model
+from .common import add_backend_args, add_model_args, upscaler_from_args
 
 
 def add_parser(sub) -> None:
@@ -54,18 +52,9 @@ def collect_inputs(inputs) -> list[Path]:
     return files
 
 
-def _upscaler(backend: str, model, mode: str):
-    from .. import backends
-
-    def run(lr: np.ndarray) -> np.ndarray:
-        planes = lr[None] if lr.ndim == 2 else np.moveaxis(lr, -1, 0)
-        out = np.asarray(backends.run_planes(backend, model, np.ascontiguousarray(planes), mode))
-        return out[0] if lr.ndim == 2 else np.moveaxis(out, 0, -1)
-    return run
-
-
 def evaluate(files, scale: int, methods: dict) -> dict:
-    """``methods``: name -> (upscale(lr) -> sr, storage bytes). Returns the results dict."""
+    """``methods``: name -> (upscaler: lr image -> sr image, e.g. an ``Upscaler``; storage
+    bytes). Returns the results dict."""
     from ..evaluate import bicubic_upscale, degrade, y_metrics
     from ..io import read_image
 
@@ -96,22 +85,21 @@ def evaluate(files, scale: int, methods: dict) -> dict:
 
 
 def run(args) -> int:
-    from ..backends import resolve
     from ..model import load_model
 
-    model = resolve_model(args)
-    scale = model.scale
-    backend = resolve(args.backend)
+    upscaler = upscaler_from_args(args)
+    model, scale, backend = upscaler.model, upscaler.scale, upscaler.backend
     files = collect_inputs(args.inputs)
     methods = {}
     if not args.no_ecnn:
         path = Path(args.ecnn) if args.ecnn else ecnn_path(scale)
         if path.exists() or args.ecnn:
-            ecnn = load_model(path).with_ensemble(args.ensemble)  # compared alike
+            ecnn = load_model(path)
             if ecnn.scale != scale:
                 raise CLIError(f"{path} is an x{ecnn.scale} model, not x{scale}")
-            methods["ecnn"] = (_upscaler(backend, ecnn, args.mode), ecnn.ecnn_storage_bytes())
-    methods["iqlut"] = (_upscaler(backend, model, args.mode), model.storage_bytes())
+            # compared alike: the same passes, backend and mode
+            methods["ecnn"] = (upscaler_from_args(args, model=ecnn), ecnn.ecnn_storage_bytes())
+    methods["iqlut"] = (upscaler, model.storage_bytes())
     res = evaluate(files, scale, methods)
     res["backend"] = backend
     res["ensemble"] = model.ensemble

@@ -1,10 +1,11 @@
 """``iqlut upscale INPUT... -o OUT``: upscale image files and folders of images.
 
 Many files are processed in batches: up to ``--batch`` files (and about ``BATCH_PIXELS``
-input pixels, so a batch of large photos stays small) are read while the previous batch
-is being upscaled; files of the same size and channel count go to the
-backend in one call. A file that cannot be read or written is reported on one line and
-the others continue; the exit code is 1 if any file failed.
+input pixels, so a batch of large photos stays small) are read in a reader thread while
+the previous batch is being upscaled. The images flow through one ``Upscaler.frames``
+stream, ordered so that files of the same size and channel count are consecutive and go
+to the backend together (up to ``--batch`` files and ``BATCH_PIXELS`` pixels a call). A file that cannot be read or written is reported on one
+line and the others continue; the exit code is 1 if any file failed.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import CLIError
-from .common import add_backend_args, add_model_args, resolve_model
+from .common import add_backend_args, add_model_args, upscaler_from_args
 
 DEFAULT_BATCH = 8
 BATCH_PIXELS = 1 << 23  # input pixels read ahead per batch (8 M: ~24 MB of RGB in)
@@ -96,16 +97,13 @@ def _read_batch(jobs, batch: int, overwrite: bool) -> list:
     return out
 
 
-def _groups(items: list) -> list[list]:
-    """Items with images grouped by shape (one backend call each), at most BATCH_PIXELS each."""
+def _by_shape(items: list) -> list:
+    """Items reordered so that images of one shape are consecutive (first-seen order), so
+    that ``Upscaler.frames`` sends each shape to the backend in one call."""
     groups: dict = {}
     for item in items:
         groups.setdefault(item[2].shape, []).append(item)
-    out = []
-    for shape, members in groups.items():
-        per = max(1, BATCH_PIXELS // (shape[0] * shape[1]))
-        out += [members[i:i + per] for i in range(0, len(members), per)]
-    return out
+    return [item for members in groups.values() for item in members]
 
 
 def _result(future, poll: float = 0.005):
@@ -119,16 +117,14 @@ def _result(future, poll: float = 0.005):
 
 
 def run(args) -> int:
-    import numpy as np
+    from collections import deque
 
-    from ..api import upscale
-    from ..backends import resolve
     from ..io import ImageError, write_image
 
     if args.batch < 1:
         raise CLIError(f"--batch must be at least 1, got {args.batch}")
-    model = resolve_model(args)
-    backend = resolve(args.backend)
+    upscaler = upscaler_from_args(args)
+    scale, backend = upscaler.scale, upscaler.backend
     jobs = collect_jobs(args.inputs, args.output)
     if not jobs:
         raise CLIError("no image files found in the inputs")
@@ -154,38 +150,39 @@ def run(args) -> int:
             progress.update(1)
 
     todo = iter(jobs)  # consumed by the one reader thread only, a batch at a time
+    queued: deque = deque()  # (src, dst, input image, when handed to the upscaler)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="iqlut-read") as reader:
-        ahead = reader.submit(_read_batch, todo, args.batch, args.overwrite)
-        while True:
-            items = _result(ahead)
-            if not items:
-                break
-            # read the next batch while this one is upscaled
+
+        def images():
             ahead = reader.submit(_read_batch, todo, args.batch, args.overwrite)
-            for src, dst, image in items:
-                if isinstance(image, ImageError):
-                    report(image)
-            for group in _groups([it for it in items if not isinstance(it[2], ImageError)]):
-                stack = np.stack([image for _, _, image in group])
-                gray = stack.ndim == 3  # (N, H, W): give it a channel axis, (N, H, W, 1)
-                t0 = time.perf_counter()
-                results = upscale(stack[..., None] if gray else stack, model.scale, model=model,
-                                  backend=backend, mode=args.mode)
-                if gray:
-                    results = results[..., 0]
-                seconds = (time.perf_counter() - t0) / len(group)
-                for (src, dst, image), result in zip(group, results):
-                    try:
-                        write_image(dst, result)
-                    except ImageError as e:
-                        report(e)
-                        continue
-                    if not args.quiet and progress is None:
-                        h, w = image.shape[:2]
-                        print(f"{dst}: {w}x{h} -> {result.shape[1]}x{result.shape[0]} (x{model.scale}, "
-                              f"backend {backend}, {seconds * 1000:.1f} ms)")
-                    if progress:
-                        progress.update(1)
+            while True:
+                items = _result(ahead)
+                if not items:
+                    return
+                # read the next batch while this one is upscaled
+                ahead = reader.submit(_read_batch, todo, args.batch, args.overwrite)
+                for src, dst, image in items:
+                    if isinstance(image, ImageError):
+                        report(image)
+                for src, dst, image in _by_shape([it for it in items
+                                                  if not isinstance(it[2], ImageError)]):
+                    queued.append((src, dst, image, time.perf_counter()))
+                    yield image
+
+        for result in upscaler.frames(images(), batch=args.batch, max_pixels=BATCH_PIXELS):
+            src, dst, image, t0 = queued.popleft()
+            seconds = time.perf_counter() - t0
+            try:
+                write_image(dst, result)
+            except ImageError as e:
+                report(e)
+                continue
+            if not args.quiet and progress is None:
+                h, w = image.shape[:2]
+                print(f"{dst}: {w}x{h} -> {result.shape[1]}x{result.shape[0]} (x{scale}, "
+                      f"backend {backend}, {seconds * 1000:.1f} ms)")
+            if progress:
+                progress.update(1)
     if progress:
         progress.close()
         print(f"{len(jobs) - failed} of {len(jobs)} images written to {args.output} "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import add_backend_args, add_model_args, resolve_model
+from .common import add_backend_args, add_model_args, upscaler_from_args
 
 
 def add_parser(sub) -> None:
@@ -30,21 +30,20 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..backends import resolve
     from ..video import probe, upscale_video
     from . import CLIError
 
     if args.batch < 1:
         raise CLIError(f"--batch must be at least 1, got {args.batch}")
-    model = resolve_model(args)
-    backend = resolve(args.backend)
+    upscaler = upscaler_from_args(args)
+    scale, backend = upscaler.scale, upscaler.backend
     info = probe(args.input)
     bar = None
     if not args.quiet:
         from tqdm import tqdm
 
         bar = tqdm(total=info.frames_estimate, unit="frame", file=sys.stderr, dynamic_ncols=True,
-                   desc=f"x{model.scale} {backend}")
+                   desc=f"x{scale} {backend}")
     done = 0
 
     def progress(n):
@@ -53,9 +52,9 @@ def run(args) -> int:
         done = n
 
     try:
-        stats = upscale_video(args.input, args.output, model.scale, model=model, backend=backend,
-                              batch=args.batch, mode=args.mode, codec=args.codec, crf=args.crf,
-                              overwrite=args.overwrite, progress=progress if bar else None)
+        stats = upscale_video(args.input, args.output, upscaler=upscaler, batch=args.batch,
+                              codec=args.codec, crf=args.crf, overwrite=args.overwrite,
+                              progress=progress if bar else None)
         if bar is not None:
             bar.total = bar.n  # the total was estimated from the duration; end at 100%
             bar.refresh()
@@ -66,6 +65,6 @@ def run(args) -> int:
         w, h = stats.output_size
         audio = f", audio copied ({', '.join(info.audio)})" if info.audio else ", no audio"
         print(f"{args.output}: {stats.frames} frames {info.width}x{info.height} -> {w}x{h} "
-              f"at {float(info.fps):g} fps{audio} (x{model.scale}, backend {backend}, "
+              f"at {float(info.fps):g} fps{audio} (x{scale}, backend {backend}, "
               f"{stats.fps:.2f} frames/s)", file=sys.stderr)
     return 0

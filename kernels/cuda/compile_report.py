@@ -62,10 +62,10 @@ def compile_nvrtc(kernels, arch: str, options=None) -> dict[str, str]:
     raises RuntimeError with the compiler log on failure."""
     from cupy.cuda import nvrtc
 
-    from iqlut_gpu.kernels import cuda_backend
+    from iqlut_gpu.kernels import cuda_backend, cuda_plan
 
     opts = list(options if options is not None else cuda_backend.COMPILE_OPTIONS)
-    prog = nvrtc.createProgram(cuda_backend.source(), "iqlut.cu", [], [])
+    prog = nvrtc.createProgram(cuda_plan.source(), "iqlut.cu", [], [])
     try:
         for k in kernels:
             nvrtc.addNameExpression(prog, k)
@@ -121,14 +121,14 @@ def parse_ptxas(log: str) -> list[dict]:
 def default_kernels() -> list[str]:
     """Specialisations of the shipped default models, both modes, shared and global tables."""
     from iqlut_gpu.backends import Prepared
-    from iqlut_gpu.kernels import cuda_backend
+    from iqlut_gpu.kernels import cuda_plan
     from iqlut_gpu.model import SCALES, default_model
 
     names = set()
     for scale in SCALES:
         prepared = Prepared(default_model(scale))
-        names.update(cuda_backend.kernels_for(prepared))
-        names.update(cuda_backend.kernels_for(prepared, modes=("interp",), shared_limit=0))
+        names.update(cuda_plan.kernels_for(prepared))
+        names.update(cuda_plan.kernels_for(prepared, modes=("interp",), shared_limit=0))
     return sorted(names)
 
 

@@ -80,7 +80,7 @@ class _Function:
         lib = self.module.library()
         ex = harness.EmuExecutor(lib, block=block[:2], max_blocks=grid[0])
         host_args = tuple(np.asarray(a) if isinstance(a, np.ndarray) else a for a in args)
-        from iqlut_gpu.kernels.cuda_backend import Launch
+        from iqlut_gpu.kernels.cuda_plan import Launch
 
         ex.launch(Launch(self.name, tuple(grid), tuple(block), host_args, 0))
 
@@ -156,11 +156,14 @@ def install(monkeypatch):
     """Make ``import cupy`` give this module and reset the backend's per-device caches."""
     import sys
 
+    from iqlut_gpu import backends
     from iqlut_gpu.kernels import cuda_backend
+    from iqlut_gpu.memo import IdentityMemo
 
     monkeypatch.setitem(sys.modules, "cupy", sys.modules[__name__])
+    backends.reset()  # the probes answered without the stand-in
     monkeypatch.setattr(cuda_backend, "_FUNCTIONS", {})
-    monkeypatch.setattr(cuda_backend, "_TABLES", __import__("weakref").WeakKeyDictionary())
+    monkeypatch.setattr(cuda_backend, "_TABLES", IdentityMemo())
     fresh = functools.lru_cache(maxsize=None)(cuda_backend._executor_for_device.__wrapped__)
     monkeypatch.setattr(cuda_backend, "_executor_for_device", fresh)
     monkeypatch.setattr(RawModule, "built", [])

@@ -5,7 +5,7 @@ exported entry point per kernel specialisation (``emu_k<i>``: grid, block and
 cuLaunchKernel-style argument pointers), loads it with ctypes and caches the shared
 library in the temp dir under the hash of everything that went into it.
 
-``EmuExecutor`` executes ``cuda_backend.Launch`` plans with that library: the same plans,
+``EmuExecutor`` executes ``cuda_plan.Launch`` plans with that library: the same plans,
 built by the same launcher code, that ``cuda_backend.CupyExecutor`` sends to a GPU. It
 checks every argument against the kernel's C parameter types (pointer element type or
 ``int``), as a real launch would need them.
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from iqlut_gpu.kernels import cuda_backend
+from iqlut_gpu.kernels import cuda_plan
 
 EMU_DIR = Path(__file__).resolve().parent
 HEADER = EMU_DIR / "cuda_emu.h"
@@ -95,7 +95,7 @@ class EmuLibrary:
             self.signature[name] = sig().decode().rstrip(",").split(",")
 
 
-def build(kernels, compiler: str | None = None, source: Path = cuda_backend.SOURCE_FILE) -> EmuLibrary:
+def build(kernels, compiler: str | None = None, source: Path = cuda_plan.SOURCE_FILE) -> EmuLibrary:
     """Compile (or fetch from the cache) a library holding ``kernels`` (name expressions)
     of the CUDA file ``source`` (default: the backend's iqlut.cu)."""
     compiler = compiler or find_compiler()
@@ -124,10 +124,10 @@ def build(kernels, compiler: str | None = None, source: Path = cuda_backend.SOUR
     return EmuLibrary(lib_path, kernels)
 
 
-class RecordingExecutor(cuda_backend.RecordingExecutor):
-    """``cuda_backend.RecordingExecutor`` with the emulation's small default geometry."""
+class RecordingExecutor(cuda_plan.RecordingExecutor):
+    """``cuda_plan.RecordingExecutor`` with the emulation's small default geometry."""
 
-    def __init__(self, block=(5, 3), max_blocks=3, shared_limit=cuda_backend.SHARED_LIMIT):
+    def __init__(self, block=(5, 3), max_blocks=3, shared_limit=cuda_plan.SHARED_LIMIT):
         super().__init__(block=block, max_blocks=max_blocks, shared_limit=shared_limit)
 
 
@@ -191,8 +191,9 @@ class GuardedAlloc:
 
 
 def run_planes(executor, prepared, planes, mode, alloc=None):
-    """``cuda_backend`` whole-model path on host arrays through ``executor``."""
-    tables = cuda_backend.DeviceTables(prepared, mode, np)
+    """``cuda_plan.run_model`` (the CUDA backend's whole-model path) on host arrays through
+    ``executor``."""
+    tables = cuda_plan.DeviceTables(prepared, mode, np)
     planes = np.ascontiguousarray(planes, dtype=np.uint8)
     alloc = alloc or (lambda shape, dtype: np.empty(shape, dtype))
-    return cuda_backend._run_planes_with(executor, prepared, planes, mode, tables, alloc)
+    return cuda_plan.run_model(executor, prepared, planes, mode, tables, alloc)
