@@ -1,7 +1,7 @@
 """``upscale_frames``: upscale a stream of frames, several frames per backend call.
 
 A batch of N frames with C channels is N*C planes, the backends' unit of work
-(DESIGN.md, "Planes and codes"). Frames are gathered lazily from any iterable: at most
+(docs/design.md, "Planes and codes"). Frames are gathered lazily from any iterable: at most
 ``batch`` frames are read ahead of the frame being yielded (two batches where the backend
 overlaps one batch's transfers with the previous batch's kernels), so memory stays
 bounded for endless streams.
