@@ -377,8 +377,9 @@ def default_model(scale: int = 4) -> Model:
     return _DEFAULT_CACHE[scale]
 
 
-# The shipped models' architecture: DESIGN.md's starting point 1->8 (k=5), 8->8 (k=3,
-# residual) x2, 8->r*r (k=3), with L = 17 knots in the first layer and 16 in the others
+# The shipped models' architecture: the starting point of docs/design.md, "Starting
+# architecture": 1->8 (k=5), 8->8 (k=3, residual) x2, 8->r*r (k=3), with L = 17 knots in
+# the first layer and 16 in the others
 # (all-17 is 14.9x smaller than ECNN; 17/16/16/16 is 15.6-15.7x, past the 15x goal).
 DEFAULT_ARCH = (
     dict(c_in=1, c_out=8, k=5, L=17, residual=False),

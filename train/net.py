@@ -345,8 +345,9 @@ class TeacherCNN(torch.nn.Module):
 MAX_WIDTH = 32  # channels between layers (the CUDA kernels take up to 64)
 
 
-# Per-layer L tuned for >= 15x less storage than ECNN at every scale (DESIGN.md's start
-# was L = 17 everywhere: 14.9x); the runtime's DEFAULT_ARCH is the one definition.
+# Per-layer L tuned for >= 15x less storage than ECNN at every scale (docs/design.md,
+# "Starting architecture", began with L = 17 everywhere: 14.9x); the runtime's
+# DEFAULT_ARCH is the one definition.
 def iqlut_arch(scale: int, hidden: int | None = None, last_k: int | None = None,
                hidden_k=None, width: int | None = None) -> tuple:
     """The IQ-LUT layer specs trained for ``scale`` (the last layer's c_out is scale**2);
