@@ -38,7 +38,7 @@ def test_upscale_one_file(run_cli, tmp_path):
     out = np.asarray(Image.open(tmp_path / "out.png"))
     img = np.asarray(Image.open(src))
     assert out.shape == (40, 48, 3)
-    # the shipped x2 runs as its file says (a 4-pass ensemble)
+    # the shipped x2 runs as its file says (one pass)
     assert np.array_equal(out[:, :, 1], reference.upscale_planes(default_model(2), img[None, :, :, 1])[0])
     assert "24x20 -> 48x40" in proc.stdout and "backend cpu" in proc.stdout
 
