@@ -10,8 +10,8 @@ kernels), so memory stays bounded for endless streams.
 
 Runners (``make_runner``):
 
-- ``SyncRunner``: every backend; one blocking ``Upscaler.run_planes`` per batch (large
-  frames in tiles, device out-of-memory retried with smaller tiles).
+- ``SyncRunner``: every backend; one blocking ``Upscaler.run_layout`` per batch (large
+  frames in tiles, device out-of-memory retried with smaller tiles; luma mode).
 - ``StreamRunner`` over a streamer with ``depth`` batches in flight: on the cuda backend,
   ``kernels/cuda_stream.CudaStreamer`` (two CUDA streams with pinned host buffers; batch
   k+1's upload overlaps batch k's kernels and download).
@@ -56,9 +56,9 @@ class SyncRunner:
         self.upscaler = upscaler
         self.timings = dict.fromkeys(STAGES, 0.0)
 
-    def submit(self, planes: np.ndarray):
+    def submit(self, planes: np.ndarray, layout):
         t0 = time.perf_counter()
-        out = self.upscaler.run_planes(planes)
+        out = self.upscaler.run_layout(planes, layout)
         self.timings["kernels"] += time.perf_counter() - t0
         return out
 
@@ -85,13 +85,13 @@ class StreamRunner:
                 t[k] = t.get(k, 0.0) + v
         return t
 
-    def submit(self, planes):
+    def submit(self, planes, layout):
         try:
             return True, self._s.submit(planes)
         except MemoryError:  # backends.DeviceOutOfMemory, or CuPy's for the batch buffers
             if self._fallback is None:
                 raise
-            return False, self._fallback.submit(planes)
+            return False, self._fallback.submit(planes, layout)
 
     def collect(self, token):
         streamed, value = token
@@ -99,8 +99,9 @@ class StreamRunner:
 
 
 def make_runner(upscaler):
-    """The runner for ``upscaler``'s backend: streamed on CUDA, synchronous elsewhere."""
-    if upscaler.backend == "cuda":
+    """The runner for ``upscaler``'s backend: streamed on CUDA (RGB mode), synchronous
+    elsewhere."""
+    if upscaler.backend == "cuda" and upscaler.color == "rgb":
         from .kernels.cuda_stream import CudaStreamer
 
         return StreamRunner(CudaStreamer(backends.prepare(upscaler.model), upscaler.mode),
@@ -148,7 +149,7 @@ def generate(new_runner, frames, batch, stats, max_pixels=None) -> Iterator[np.n
         packed = time.perf_counter() - t0
         if stats is not None:
             stats["upload"] = stats.get("upload", 0.0) + packed
-        inflight.append((runner.submit(planes), layout, pending[0].ndim))
+        inflight.append((runner.submit(planes, layout), layout, pending[0].ndim))
         pending.clear()
 
     def finish():

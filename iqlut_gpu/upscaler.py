@@ -8,12 +8,15 @@ export check and the bench. Construction resolves, once:
   self-ensemble it runs with (``iqlut_gpu.ensemble``);
 - the backend (``iqlut_gpu.backends.resolve``: "auto" honours ``IQLUT_BACKEND``, probes
   are cached) and the concrete table mode ("auto": expanded on the CPU, interp on a GPU);
-- the tile size that bounds memory (``iqlut_gpu.tiling``).
+- the tile size that bounds memory (``iqlut_gpu.tiling``);
+- the colour mode: "rgb" runs every channel through the model, "luma" only the luma of
+  RGB(A) images (``iqlut_gpu.color``: Cb, Cr and alpha get the fixed bicubic base).
 
 Then an image takes one straight path::
 
     Upscaler.__call__(images)
       -> planes.to_planes            uint8 images -> planes [P, H, W]
+      -> Upscaler.run_layout         luma mode: Y through the model, Cb/Cr bicubic
       -> Upscaler.run_planes         tiles with halos; a device out of memory: smaller tiles
       -> backends.run_planes         the backend's whole-model run (kernels/...)
       -> planes.from_planes          planes -> the caller's layout
@@ -30,8 +33,9 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 
 from . import backends
+from . import color as color_mod
 from .model import SCALES, Model, default_model, load_model
-from .planes import from_planes, to_planes
+from .planes import Layout, from_planes, to_planes
 from .tiling import run_tiled
 
 MODES = backends.MODES
@@ -54,6 +58,16 @@ def resolve_model(model=None, scale: int | None = None) -> Model:
     return model
 
 
+def _color_kernels():
+    """The colour conversion for host planes: the Numba kernels where Numba runs, else the
+    NumPy reference (bit-identical)."""
+    if backends.probe("cpu") is None:
+        from .kernels import numba_color
+
+        return numba_color
+    return color_mod
+
+
 def _check_tile(tile) -> int:
     tile = DEFAULT_TILE if tile is None else int(tile)
     if tile < 1:
@@ -68,18 +82,25 @@ class Upscaler:
     ``Model``, a path or None (the shipped default). ``backend``: "auto", "cpu", "cuda" or
     "reference". ``mode``: "auto", "interp" or "expanded" (same results). ``tile``: input
     pixels per tile side (default 1024). ``ensemble``: 1, 2, 4 or 8 passes, or None for the
-    model's own. Raises ValueError/ModelError for a bad choice and BackendUnavailable for a
-    backend that cannot run here.
+    model's own. ``color``: "rgb" (every channel through the model) or "luma" (only the
+    luma of RGB(A) images; ``iqlut_gpu.color``). Raises ValueError/ModelError for a bad
+    choice and BackendUnavailable for a backend that cannot run here.
     """
 
     def __init__(self, scale: int | None = None, *, model=None, backend: str = "auto",
-                 mode: str = "auto", tile: int | None = None, ensemble: int | None = None):
+                 mode: str = "auto", tile: int | None = None, ensemble: int | None = None,
+                 color: str = "rgb"):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.color = color_mod.check(color)
         self.model = resolve_model(model, scale).with_ensemble(ensemble)
         self.backend = backends.resolve(backend)
         self.mode = backends.concrete_mode(self.backend, mode)
         self.tile = _check_tile(tile)
+        self._chroma = None
+        if self.color == "luma":  # Cb, Cr and alpha: the fixed bicubic base, same backend
+            self._chroma = Upscaler(model=color_mod.bicubic_model(self.scale),
+                                    backend=self.backend, mode=self.mode, tile=self.tile)
 
     @property
     def scale(self) -> int:
@@ -87,7 +108,7 @@ class Upscaler:
 
     def __repr__(self) -> str:
         return (f"Upscaler(x{self.scale}, backend={self.backend!r}, mode={self.mode!r}, "
-                f"ensemble={self.model.ensemble}, tile={self.tile})")
+                f"ensemble={self.model.ensemble}, tile={self.tile}, color={self.color!r})")
 
     def run_planes(self, planes: np.ndarray) -> np.ndarray:
         """uint8 planes [P, H, W] -> [P, H*r, W*r] (numpy) with bounded memory: planes
@@ -121,9 +142,23 @@ class Upscaler:
                 raise backends.BackendUnavailable(
                     f"images are on a CUDA device but backend {self.backend!r} was chosen; "
                     "use 'cuda' or 'auto'")
+            if self.color != "rgb":
+                raise ValueError("luma mode takes host (numpy) images; device arrays run "
+                                 "color='rgb'")
             return cuda_backend.upscale_device(images, backends.prepare(self.model), self.mode)
         planes, layout = to_planes(images)
-        return from_planes(self.run_planes(planes), layout)
+        return from_planes(self.run_layout(planes, layout), layout)
+
+    def run_layout(self, planes: np.ndarray, layout: Layout) -> np.ndarray:
+        """``run_planes`` for the planes of images in ``layout`` (``planes.to_planes``): in
+        luma mode the planes of RGB(A) frames are converted to YCbCr, Y goes through the
+        model and the rest through the bicubic base, and the result converted back."""
+        if self._chroma is None or layout.channels not in (3, 4):
+            return self.run_planes(planes)
+        conv = _color_kernels()
+        y, rest = conv.split_planes(planes, layout.channels)
+        return conv.join_planes(self.run_planes(y), self._chroma.run_planes(rest),
+                                layout.channels)
 
     def frames(self, frames: Iterable[np.ndarray], batch: int | None = None,
                stats: dict | None = None, max_pixels: int | None = None) -> Iterator[np.ndarray]:

@@ -141,11 +141,11 @@ def test_interrupt_or_failure_leaves_no_output(tmp_path, monkeypatch, exc):
     calls = []
     real = frames.SyncRunner.submit
 
-    def flaky(self, planes):
+    def flaky(self, *args):
         calls.append(1)
         if len(calls) == 3:
             raise exc("injected")
-        return real(self, planes)
+        return real(self, *args)
 
     monkeypatch.setattr(frames.SyncRunner, "submit", flaky)
     with pytest.raises(exc):

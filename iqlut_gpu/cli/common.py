@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..backends import BACKENDS
+from ..color import COLORS
 from ..ensemble import ENSEMBLES
 from ..model import SCALES
 
@@ -15,6 +16,13 @@ def add_model_args(p) -> None:
     p.add_argument("--ensemble", type=int, choices=ENSEMBLES, default=None, metavar="N",
                    help="average N rotated/flipped passes (1, 2, 4 or 8; N times the time, "
                    "better quality; default: as the model file says, 1 for the shipped models)")
+
+
+def add_color_arg(p) -> None:
+    p.add_argument("--color", choices=COLORS, default="rgb",
+                   help="rgb: every channel through the model (default); luma: only the luma "
+                   "(BT.601 Y) through the model, chroma and alpha by bicubic: about a third "
+                   "of the work for RGB images, Y-PSNR within a few hundredths of a dB")
 
 
 def add_backend_args(p) -> None:
@@ -40,8 +48,10 @@ def model_from_args(args):
 
 def upscaler_from_args(args, model=None):
     """The ``Upscaler`` the options name: ``model`` (default: ``model_from_args``) run with
-    --ensemble on --backend in --mode; resolved once for the whole command."""
+    --ensemble (and --color where the command has it) on --backend in --mode; resolved
+    once for the whole command."""
     from ..upscaler import Upscaler
 
     return Upscaler(model=model if model is not None else model_from_args(args),
-                    backend=args.backend, mode=args.mode, ensemble=getattr(args, "ensemble", None))
+                    backend=args.backend, mode=args.mode, ensemble=getattr(args, "ensemble", None),
+                    color=getattr(args, "color", "rgb"))

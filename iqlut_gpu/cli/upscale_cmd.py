@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import CLIError
-from .common import add_backend_args, add_model_args, upscaler_from_args
+from .common import add_backend_args, add_color_arg, add_model_args, upscaler_from_args
 
 DEFAULT_BATCH = 8
 BATCH_PIXELS = 1 << 23  # input pixels read ahead per batch (8 M: ~24 MB of RGB in)
@@ -30,6 +30,7 @@ def add_parser(sub) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output file or folder")
     add_model_args(p)
+    add_color_arg(p)
     add_backend_args(p)
     p.add_argument("--batch", type=int, default=DEFAULT_BATCH, metavar="B",
                    help=f"files per batch (default {DEFAULT_BATCH}); same-size images of a batch "
