@@ -121,9 +121,14 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise ImageError(f"{path}: cannot decode image ({msg})") from None
 
 
-def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
-    """Write uint8 (H,W), (H,W,3) or (H,W,4) atomically; the format follows the suffix."""
+def write_image(path: str | os.PathLike, image: np.ndarray, png_level: int | None = None) -> None:
+    """Write uint8 (H,W), (H,W,3) or (H,W,4) atomically; the format follows the suffix.
+
+    PNG goes through ``iqlut_gpu.png`` (parallel deflate; ``png_level`` 0-9, default
+    ``png.DEFAULT_LEVEL``); other formats through Pillow (JPEG at quality 95)."""
     from PIL import Image
+
+    from . import png
 
     path = Path(path)
     fmt = Image.registered_extensions().get(path.suffix.lower())
@@ -131,10 +136,15 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
         raise ImageError(f"{path}: unknown output format {path.suffix!r} (use .png, .jpg, ...)")
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
-    img = Image.fromarray(np.ascontiguousarray(image))
-    if fmt == "JPEG" and img.mode == "RGBA":
+    if fmt == "JPEG" and image.ndim == 3 and image.shape[2] == 4:
         raise ImageError(f"{path}: JPEG cannot store an alpha channel; use .png")
     try:
+        if fmt == "PNG":
+            data = png.encode(image, png.DEFAULT_LEVEL if png_level is None else png_level)
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(data)
+            return
+        img = Image.fromarray(np.ascontiguousarray(image))
         with atomic_path(path) as tmp:
             img.save(tmp, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
     except OSError as e:

@@ -5,7 +5,9 @@ input pixels, so a batch of large photos stays small) are read in a reader threa
 the previous batch is being upscaled. The images flow through one ``Upscaler.frames``
 stream, ordered so that files of the same size and channel count are consecutive and go
 to the backend together (up to ``--batch`` files and ``BATCH_PIXELS`` pixels a call). A file that cannot be read or written is reported on one
-line and the others continue; the exit code is 1 if any file failed.
+line and the others continue; the exit code is 1 if any file failed. Each result is
+written (encoded and saved atomically) in a writer thread while the next batch is
+upscaled; at most one more result waits behind the one being written.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from ..png import DEFAULT_LEVEL as DEFAULT_PNG_LEVEL
 from . import CLIError
 from .common import add_backend_args, add_color_arg, add_model_args, upscaler_from_args
 
@@ -35,6 +38,9 @@ def add_parser(sub) -> None:
     p.add_argument("--batch", type=int, default=DEFAULT_BATCH, metavar="B",
                    help=f"files per batch (default {DEFAULT_BATCH}); same-size images of a batch "
                    "go to the backend in one call")
+    p.add_argument("--png-level", type=int, default=None, choices=range(10), metavar="0-9",
+                   help="PNG compression: 0 fastest and largest, 9 smallest and slowest "
+                   f"(default {DEFAULT_PNG_LEVEL}, chosen by measurement: bench/README.md)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=run)
@@ -151,7 +157,7 @@ def run(args) -> int:
             progress.update(1)
 
     todo = iter(jobs)  # consumed by the one reader thread only, a batch at a time
-    queued: deque = deque()  # (src, dst, input image, when handed to the upscaler)
+    queued: deque = deque()  # (src, dst, input image, when it was handed to the upscaler)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="iqlut-read") as reader:
 
         def images():
@@ -170,20 +176,30 @@ def run(args) -> int:
                     queued.append((src, dst, image, time.perf_counter()))
                     yield image
 
-        for result in upscaler.frames(images(), batch=args.batch, max_pixels=BATCH_PIXELS):
-            src, dst, image, t0 = queued.popleft()
-            seconds = time.perf_counter() - t0
+        def written(job):
+            future, dst, (h, w), shape, seconds = job
             try:
-                write_image(dst, result)
+                _result(future)
             except ImageError as e:
                 report(e)
-                continue
+                return
             if not args.quiet and progress is None:
-                h, w = image.shape[:2]
-                print(f"{dst}: {w}x{h} -> {result.shape[1]}x{result.shape[0]} (x{scale}, "
+                print(f"{dst}: {w}x{h} -> {shape[1]}x{shape[0]} (x{scale}, "
                       f"backend {backend}, {seconds * 1000:.1f} ms)")
             if progress:
                 progress.update(1)
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="iqlut-write") as writer:
+            writing: deque = deque()
+            for result in upscaler.frames(images(), batch=args.batch, max_pixels=BATCH_PIXELS):
+                src, dst, image, t0 = queued.popleft()
+                seconds = time.perf_counter() - t0
+                writing.append((writer.submit(write_image, dst, result, args.png_level), dst,
+                                image.shape[:2], result.shape, seconds))
+                while len(writing) > 1:
+                    written(writing.popleft())
+            while writing:
+                written(writing.popleft())
     if progress:
         progress.close()
         print(f"{len(jobs) - failed} of {len(jobs)} images written to {args.output} "
