@@ -23,6 +23,8 @@ $(VENV)/.base: setup.cfg pyproject.toml
 
 $(VENV)/.test: $(VENV)/.base
 	$(PIP) install --quiet "$(TORCH)"
+	@# the contrib build replaces the plain one (both install the cv2 package)
+	$(PIP) uninstall --quiet --yes opencv-python-headless 2>/dev/null || true
 	$(PIP) install --quiet -e ".[test,train,video,bench,$(CUDA)]"
 	touch $@
 

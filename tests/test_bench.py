@@ -252,3 +252,28 @@ def test_model_ab_command_runs_and_refuses_bad_models(tmp_path):
     p = subprocess.run([sys.executable, "-m", "bench.model_ab", "x2", str(bad)], cwd=ROOT,
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 2 and p.stderr.startswith("model_ab: ") and "Traceback" not in p.stderr
+
+
+def test_peers_skip_with_a_reason_and_run_beside_iqlut(tmp_path):
+    """The peer networks (OpenCV dnn_superres) are contenders when their graphs are present;
+    a missing or unreadable graph is a skip with the reason, not a failure."""
+    from bench import peers
+
+    with pytest.raises(registry.Skip, match="give --peers"):
+        peers.load(None, "ESPCN", 4)
+    with pytest.raises(registry.Skip, match="not found"):
+        peers.load(tmp_path, "ESPCN", 4)
+    (tmp_path / "ESPCN_x4.pb").write_bytes(b"not a graph")
+    with pytest.raises(registry.Skip, match="cannot run|dnn_superres"):
+        peers.load(tmp_path, "ESPCN", 4)
+    shared = peers.default_dir()
+    if shared is None:
+        pytest.skip("no shared peer graphs beside the checkout")
+    res = peers.speed(4, shared, rounds=1)
+    assert {"iqlut-rgb", "iqlut-luma", "opencv-bicubic"} <= set(res["median_ms"])
+    if "ESPCN" not in res["median_ms"]:
+        pytest.skip(f"OpenCV here cannot run the shared graphs: {res}")
+    assert res["time_vs_espcn"]["ESPCN"] == 1.0 and set(res["goals"]) == {
+        "iqlut-luma <= 0.35x ESPCN", "iqlut-rgb <= 0.8x ESPCN"}
+    out = peers.contenders(4, shared)["ESPCN"](np.zeros((6, 7, 3), np.uint8))
+    assert out.shape == (24, 28, 3)
