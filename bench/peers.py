@@ -76,6 +76,14 @@ def load(peers_dir, name: str, scale: int):
     return sr
 
 
+def _run_peer(sr, img: np.ndarray) -> np.ndarray:
+    """dnn_superres on an RGB image (it works in BGR; the flips are part of what a user
+    pays) or a gray one (given as three equal channels: its luma is the gray itself)."""
+    if img.ndim == 2:
+        return np.ascontiguousarray(sr.upsample(np.stack([img] * 3, -1))[..., 1])
+    return np.ascontiguousarray(sr.upsample(img[..., ::-1])[..., ::-1])
+
+
 def contenders(scale: int, peers_dir, log=lambda m: None) -> dict:
     """name -> callable(rgb uint8 image) -> upscaled image, for every contender that runs."""
     import cv2
@@ -90,8 +98,7 @@ def contenders(scale: int, peers_dir, log=lambda m: None) -> dict:
         except Exception as e:  # registry.Skip
             log(f"{name} x{scale}: skipped ({e})")
             continue
-        # dnn_superres works in BGR; the flips are part of what a user pays
-        out[name] = lambda img, sr=sr: np.ascontiguousarray(sr.upsample(img[..., ::-1])[..., ::-1])
+        out[name] = lambda img, sr=sr: _run_peer(sr, img)
 
     def bicubic(img):
         return cv2.resize(img, (img.shape[1] * scale, img.shape[0] * scale),
@@ -132,8 +139,6 @@ def quality(scale: int, peers_dir, crop: int = 384, log=lambda m: None) -> dict:
     fns["bicubic"] = lambda lr: bicubic_upscale(lr, scale)
     sums = {k: [0.0, 0.0] for k in fns}
     for name, img in sorted(images.items()):
-        if img.ndim == 2:
-            img = np.stack([img] * 3, -1)  # the peers take colour images
         hr, lr = degrade(img, scale)
         for k, fn in fns.items():
             p, s = y_metrics(fn(lr), hr, scale)
