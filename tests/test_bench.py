@@ -277,3 +277,13 @@ def test_peers_skip_with_a_reason_and_run_beside_iqlut(tmp_path):
         "iqlut-luma <= 0.35x ESPCN", "iqlut-rgb <= 0.8x ESPCN"}
     out = peers.contenders(4, shared)["ESPCN"](np.zeros((6, 7, 3), np.uint8))
     assert out.shape == (24, 28, 3)
+
+
+def test_end_to_end_measures_the_cli_beside_the_kernels():
+    from bench import end_to_end
+
+    res = end_to_end.measure(size=(24, 16), scale=2, folder=2, rounds=1)
+    assert set(res["median_s"]) == {"kernels", "single", "folder"}
+    assert all(v > 0 for v in res["median_s"].values())
+    assert set(res["over_kernels"]) == {"single", "folder"}
+    assert isinstance(res["goal_single_at_most_1.5x_kernels"], bool)
