@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from . import CLIError
-from .common import add_backend_args, upscaler_from_args
+from .common import add_backend_args, add_color_arg, upscaler_from_args
 
 OUT_SUFFIXES = (".json", ".csv")
 MEAN_ROW = "(mean)"  # the image column of the mean rows in CSV (image names have suffixes)
@@ -64,6 +64,7 @@ def add_parser(sub) -> None:
     p.add_argument("--ensemble", type=int, choices=ENSEMBLES, default=None, metavar="N",
                    help="run every model as an N-pass self-ensemble (1, 2, 4 or 8; default: "
                    "each as its file says, shown in the passes column)")
+    add_color_arg(p)
     add_backend_args(p)
     p.add_argument("--make-lr", action="store_true",
                    help="make the LR from HR with MATLAB bicubic even where the data set has LR files")
@@ -285,7 +286,7 @@ def build_methods(args, scale: int, given) -> tuple[dict, dict, list]:
         rows.append((name, p, m))
     methods, info = {}, {"bicubic": {"path": None, "passes": None, "storage_bytes": 0}}
     for name, p, m in rows:
-        up = upscaler_from_args(args, model=m)  # the same --ensemble, backend and mode for all
+        up = upscaler_from_args(args, model=m)  # the same --ensemble, --color, backend, mode
         methods[name] = (up, _storage(m))
         info[name] = {"path": str(p), "passes": up.model.ensemble, "storage_bytes": _storage(m)}
     return methods, info, notes
@@ -328,7 +329,8 @@ def _summary(result: dict) -> str:
     backend = result["backend"]
     head = (f"x{scale}; Y-PSNR dB / SSIM on BT.601 luma, {scale}-pixel border shaved; HR cropped "
             f"at the bottom/right to a multiple of {scale}"
-            + (f"; backend {backend} ({result['mode']} tables)" if backend else ""))
+            + (f"; backend {backend} ({result['mode']} tables)" if backend else "")
+            + ("; luma mode (only Y through the models)" if result.get("color") == "luma" else ""))
     lines = [head]
     for d in sets:
         check = d.get("lr_check")
@@ -471,7 +473,8 @@ def run(args) -> int:
     for note in notes:
         print(f"iqlut eval: note: {note}", file=sys.stderr)
 
-    result = {"scale": scale, "backend": backend, "mode": mode, "methods": info,
+    result = {"scale": scale, "backend": backend, "mode": mode, "color": args.color,
+              "methods": info,
               "datasets": [_dataset_entry(d, res) for d, res in results]}
     if args.dataset:
         doc = result
@@ -479,7 +482,7 @@ def run(args) -> int:
         doc = dict(results[0][1])
         passes = [m["passes"] for n, m in info.items() if n == "iqlut"] or [
             m["passes"] for m in info.values() if m["passes"] is not None] or [None]
-        doc.update(backend=backend, mode=mode, methods=info, ensemble=passes[0])
+        doc.update(backend=backend, mode=mode, color=args.color, methods=info, ensemble=passes[0])
     json_text = json.dumps(doc, indent=2) + "\n"
     for path in outputs:
         _write(path, json_text if path.suffix.lower() == ".json" else to_csv(result))
