@@ -28,10 +28,12 @@ cr = _load_compile_report()
 pytestmark = pytest.mark.slow
 
 # odd shapes beside the default models': 1x1 windows, 2 knots, nearest (T=1) and
-# bilinear (T=2) bases, one output channel, global-memory tables
-ODD_KERNELS = ["iqlut::hidden_interp<3,1,1,2,true>", "iqlut::hidden_interp<4,4,5,9,false>",
-               "iqlut::hidden_expanded<4,4,5>", "iqlut::last_interp<1,1,3,3,1,false>",
-               "iqlut::last_expanded<2,3,2,2>", "iqlut::last_interp<16,5,33,4,2,false>"]
+# bilinear (T=2) bases (denominators 1, 2r), one output channel, padded rows (CP > C_OUT),
+# global-memory tables
+ODD_KERNELS = ["iqlut::hidden_interp<3,1,1,1,2,true>", "iqlut::hidden_interp<4,4,4,5,9,false>",
+               "iqlut::hidden_interp<2,3,4,3,5,true>", "iqlut::hidden_expanded<4,4,4,5>",
+               "iqlut::last_interp<1,1,3,3,16,1,1,false>", "iqlut::last_expanded<2,3,2,4,2,4>",
+               "iqlut::last_expanded<2,3,3,16,2,6>", "iqlut::last_interp<16,5,33,4,16,2,8,false>"]
 
 
 @pytest.fixture(scope="module")
