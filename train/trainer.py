@@ -33,61 +33,24 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+import argparse
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..evaluate import bicubic_upscale, imresize, modcrop, psnr, rgb_to_y, shave, ssim
 from ..model import save_model
 from ..planes import from_planes, to_planes
-from ..upscaler import Upscaler
 from . import data
 from .calibrate import calibrate_bias
+from .config import Config, add_arguments
 from .net import EnsembleNet, LUTNet, TeacherCNN, ecnn_arch, iqlut_arch
 from .torch_forward import bf16_supported
+from .validate import Validation, runtime_upscaler
 
 QUANT_AT = 0.7
-
-
-@dataclass
-class Config:
-    scale: int = 4
-    kind: str = "iqlut"  # or "ecnn"
-    out: str = ""
-    time_budget: float = 1800.0
-    max_iters: int = 0  # 0: no limit (the time budget decides)
-    seed: int = 0
-    batch: int = 16
-    patch: int = 36
-    lr: float = 3e-4
-    knot_lr: float = 5e-3
-    lam: float = 0.5
-    teacher_width: int = 32
-    bf16: str = "off"  # the student's backward convs in bfloat16: auto | on | off
-    threads: int = 0  # 0: torch's default
-    val_every: float = 180.0
-    ckpt_every: float = 120.0
-    val_crop: int = 192
-    limit_images: int = 0  # tests: use only the first N training images
-    limit_val: int = 0  # tests: use only the first N validation images
-    images: tuple = ()  # tests: train on these images only (names as in data.sources())
-    arch: list = field(default_factory=list)  # layer specs; empty: iqlut_arch / ecnn_arch
-    hidden: int | None = None  # with no arch: this many 8->8 layers (None: the default's)
-    last_k: int | None = None  # with no arch: the last layer's window (None: the default's 3)
-    hidden_k: list | None = None  # with no arch: each hidden layer's window (None: all 3)
-    width: int | None = None  # with no arch: channels between layers (None: the default's 8)
-    init: str = ""  # start the student from this model file (LUTNet.load_model); not on resume
-    init_note: dict = field(default_factory=dict)  # what init loaded (kept in checkpoints)
-    calib_patches: int = 4096  # training patches for the last layer's bias refit (0: none)
-    ensemble: int = 1  # train (validate, refit, export) the n-pass self-ensemble's output
-    int8_only: bool = False  # with init: no float stage, fine-tune the int8 tables throughout
-
-    def resolved_out(self) -> Path:
-        prefix = "iqlut" if self.kind == "iqlut" else "ecnn"
-        return Path(self.out or f"{prefix}_x{self.scale}.safetensors")
 
 
 def _device() -> torch.device:
@@ -108,37 +71,6 @@ def machine() -> str:
             f"(torch {torch.__version__}, shared machine)")
 
 
-# ----------------------------------------------------------------------------- validation
-
-
-class Validation:
-    """The validation split at one scale: HR (modcropped) and MATLAB-bicubic LR images."""
-
-    def __init__(self, scale: int, crop: int, images: dict | None = None, limit: int = 0):
-        self.scale = scale
-        imgs = images if images is not None else data.validation_images(crop, limit=limit)
-        self.names, self.hr, self.lr = [], [], []
-        for name, img in sorted(imgs.items()):
-            hr = modcrop(img, scale)
-            self.names.append(name)
-            self.hr.append(hr)
-            self.lr.append(imresize(hr, 1.0 / scale))
-
-    def score(self, upscale) -> dict:
-        """``upscale(lr uint8 image) -> uint8 image``; mean Y-PSNR / SSIM and per image."""
-        per = {}
-        for name, hr, lr in zip(self.names, self.hr, self.lr):
-            sr = upscale(lr)
-            ys, yh = shave(rgb_to_y(sr), self.scale), shave(rgb_to_y(hr), self.scale)
-            per[name] = (psnr(ys, yh), ssim(ys, yh) if min(ys.shape) >= 11 else float("nan"))
-        return {"psnr": float(np.mean([v[0] for v in per.values()])),
-                "ssim": float(np.nanmean([v[1] for v in per.values()])),
-                "per_image": {k: [round(v[0], 4), round(v[1], 5)] for k, v in per.items()}}
-
-    def bicubic(self) -> dict:
-        return self.score(lambda lr: bicubic_upscale(lr, self.scale))
-
-
 def torch_upscaler(net: torch.nn.Module, device):
     """lr uint8 image -> the torch forward's uint8 image (the planes the runtime would run)."""
     def run(lr: np.ndarray) -> np.ndarray:
@@ -148,11 +80,6 @@ def torch_upscaler(net: torch.nn.Module, device):
             out = net(p)[:, 0].round().clamp(0, 255).cpu().numpy().astype(np.uint8)
         return from_planes(out, layout)
     return run
-
-
-def runtime_upscaler(model, backend: str = "cpu") -> Upscaler:
-    """The integer runtime the exported ``model`` will run on (for the export check)."""
-    return Upscaler(model=model, backend=backend)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -309,9 +236,7 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
             log(f"budget extended from {old_budget:.0f} to {cfg.time_budget:.0f} s: "
                 f"the rest of the schedule stretches to the new end")
 
-    if cfg.int8_only and st is None:
-        if not cfg.init:
-            raise ValueError("int8_only fine-tunes a trained model: it needs init")
+    if cfg.int8_only and st is None:  # Config checked that init is given
         # the model's knots (frozen) and int8 tables (exact at the chosen shift) from step 0:
         # the whole budget is the int8 stage, its cosine from 0.3 of the peak rate to zero
         quantised, quant_point, opt = enter_int8(like=init_model)
@@ -467,15 +392,18 @@ def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -
 
 
 def main(argv=None) -> int:
-    """``python -m iqlut_gpu.train.trainer`` (same options as ``iqlut train``)."""
-    from ..cli import train_cmd
-    import argparse
-
-    p = argparse.ArgumentParser()
-    train_cmd.add_arguments(p)
-    return train_cmd.run(p.parse_args(argv))
+    """``python -m iqlut_gpu.train.trainer`` (the options of ``iqlut train``)."""
+    p = argparse.ArgumentParser(prog="python -m iqlut_gpu.train.trainer",
+                                description="Train an IQ-LUT model (as `iqlut train`).")
+    add_arguments(p)
+    args = p.parse_args(argv)
+    try:
+        cfg = Config.from_args(args)
+    except ValueError as e:
+        p.error(str(e))
+    train(cfg, resume=args.resume, progress=not args.no_progress)
+    return 0
 
 
 if __name__ == "__main__":
     sys.exit(main())
-
