@@ -55,9 +55,6 @@ from .net import EnsembleNet, LUTNet, TeacherCNN, ecnn_arch, iqlut_arch
 from .torch_forward import bf16_supported
 from .validate import Validation, runtime_upscaler
 
-__all__ = ["Config", "Trainer", "train", "save_checkpoint", "torch_upscaler", "use_bf16",
-           "Validation", "runtime_upscaler"]
-
 QUANT_AT = 0.7
 
 
