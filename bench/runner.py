@@ -363,17 +363,39 @@ def select(cases, quick: bool, filters, groups, no_gpu: bool):
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from iqlut_gpu.cli.bench_cmd import add_bench_arguments
+GROUPS = ("model", "layer", "size", "batch", "baseline")
 
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    add_bench_arguments(p)
+
+def build_parser(prog: str = "python -m bench") -> argparse.ArgumentParser:
+    """The benchmark's options (``python -m bench``, and ``iqlut bench``, which hands its
+    command line over to ``main``)."""
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="the quick subset (about a minute)")
+    p.add_argument("--filter", action="append", default=[], metavar="TEXT",
+                   help="only cases whose name contains TEXT (repeatable: all must match)")
+    p.add_argument("--group", action="append", default=[], choices=GROUPS,
+                   help="only cases of this group (repeatable)")
+    p.add_argument("--list", action="store_true", help="list the selected cases and exit")
+    p.add_argument("--repeats", type=int, default=5, help="minimum timed runs per case (default 5)")
+    p.add_argument("--min-time", type=float, default=1.0,
+                   help="keep repeating until this many seconds per case (default 1)")
+    p.add_argument("--max-runs", type=int, default=50, help="at most this many timed runs per case")
+    p.add_argument("--rounds", type=int, default=7,
+                   help="interleaved rounds for the goal ratios (Numba vs PyTorch CPU vs OpenCV, "
+                        "x4 320x180) when those cases are selected; 0: off (default 7)")
+    p.add_argument("--no-gpu", action="store_true", help="skip GPU cases without probing")
+    p.add_argument("--no-limits", action="store_true", help="skip the machine-limit microbenchmarks")
+    p.add_argument("--threads", type=int, help="Numba threads (default: Numba's default)")
+    p.add_argument("--out", type=Path, help="JSON path (default bench/results/<machine>_<quick|full>.json)")
+    p.add_argument("--no-plot", action="store_true", help="do not write the PNG plot")
     return p
 
 
-def main(argv=None) -> int:
+def main(argv=None, prog: str = "python -m bench") -> int:
+    """Parse ``argv`` (default: ``sys.argv[1:]``) and run; ``prog`` names the command in
+    the help and in usage errors."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    return run(build_parser().parse_args(argv), argv)
+    return run(build_parser(prog).parse_args(argv), argv)
 
 
 def run(args, argv) -> int:

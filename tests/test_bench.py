@@ -156,6 +156,27 @@ def test_cli_bench_outside_checkout_says_how(tmp_path):
     assert p.returncode == 1 and "checkout" in p.stderr and "Traceback" not in p.stderr
 
 
+def test_cli_bench_hands_its_command_line_to_the_runner(capsys, monkeypatch):
+    """`iqlut bench` parses no option itself: its help, usage errors and options are the
+    runner's (bench/runner.py), the same as `python -m bench`."""
+    from iqlut_gpu import cli
+
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["bench", "--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and out.startswith("usage: iqlut bench")
+    assert "--filter TEXT" in out and "--no-plot" in out
+    with pytest.raises(SystemExit) as e:
+        cli.main(["bench", "--group", "nope"])
+    assert e.value.code == 2 and "iqlut bench: error: argument --group" in capsys.readouterr().err
+    seen = {}
+    monkeypatch.setattr(runner, "run", lambda args, argv: seen.update(args=args, argv=argv) or 0)
+    assert cli.main(["bench", "--quick", "--filter", "x4", "--no-plot"]) == 0
+    assert seen["argv"] == ["--quick", "--filter", "x4", "--no-plot"]
+    assert seen["args"].quick and seen["args"].filter == ["x4"] and seen["args"].no_plot
+
+
 def test_kernel_ab_checks_bytes_and_times_both():
     from bench import kernel_ab
 
