@@ -28,6 +28,7 @@ from functools import lru_cache
 import numpy as np
 
 from iqlut_gpu import ensemble
+from iqlut_gpu.errors import DeviceOutOfMemory
 from iqlut_gpu.memo import IdentityMemo
 from iqlut_gpu.planes import from_planes, to_planes
 
@@ -235,9 +236,7 @@ def as_device_planes(planes):
 
 
 def _out_of_memory(e):
-    from iqlut_gpu import backends
-
-    return backends.DeviceOutOfMemory(f"CUDA device out of memory: {e}")
+    return DeviceOutOfMemory(f"CUDA device out of memory: {e}")
 
 
 def run_planes(prepared, planes, mode: str = "interp", stream=None):
@@ -246,7 +245,7 @@ def run_planes(prepared, planes, mode: str = "interp", stream=None):
     numpy planes in -> numpy out (copied to the device and back; waits for the result).
     Device planes in (cupy, or ``__dlpack__`` on the device) -> cupy out, queued on
     ``stream`` without waiting: the caller synchronises (e.g. ``stream.synchronize()``).
-    Device memory exhaustion raises ``iqlut_gpu.backends.DeviceOutOfMemory``.
+    Device memory exhaustion raises ``iqlut_gpu.errors.DeviceOutOfMemory``.
     """
     import cupy
 

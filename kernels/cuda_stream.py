@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from iqlut_gpu.frames import STAGES
+# the stages it times, by the names of iqlut_gpu.frames.STAGES (a test checks they agree)
+STAGES = ("upload", "kernels", "download")
 from iqlut_gpu.planes import from_planes, to_planes
 
 MIN_CAPACITY = 1 << 16  # bytes: the smallest buffer a slot allocates

@@ -172,3 +172,10 @@ def test_cuda_stream_runner_matches_reference():
 # The CUDA streamer itself (kernels/cuda_stream.CudaStreamer) runs without a GPU in
 # tests/test_cuda_async.py, through the asynchronous CuPy stand-in: every wait it needs,
 # pinned-memory fallback and pool growth, frames split and joined on the device.
+
+
+def test_the_cuda_streamer_times_the_stages_the_runners_report():
+    from iqlut_gpu import frames
+    from iqlut_gpu.kernels import cuda_stream
+
+    assert cuda_stream.STAGES == frames.STAGES
