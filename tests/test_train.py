@@ -373,7 +373,8 @@ def test_bias_refit_zeroes_the_mean_error_and_keeps_the_export_exact(kind, cache
     rng = np.random.default_rng(SESSION_SEED)
     lo, hi = data.sample_batch(rng, hr, lr, 2, 256, 16)  # other patches than the refit's
     before, mse_before = phase_errors(net, lo, hi, "cpu")
-    report = calibrate_bias(net, hr, lr, 16, "cpu", seed=SESSION_SEED % 1000, patches=1024)
+    report = calibrate_bias(net, data.BankSource(hr, lr, 2), 16, "cpu", seed=SESSION_SEED % 1000,
+                            patches=1024)
     after, mse_after = phase_errors(net, lo, hi, "cpu")
     assert report["rounds"] >= 1 and report["mse_after"] < report["mse_before"]
     assert np.abs(report["mean_error_after"]).max() < 0.1, f"seed {SESSION_SEED}: {report}"

@@ -44,6 +44,12 @@ BAD = [
     (dict(int8_only=True), "--int8-only fine-tunes a trained model: give it with --init MODEL"),
     (dict(kind="ecnn", init="m.safetensors"), "--init starts an IQ-LUT student; it is not for "
                                               "--kind ecnn"),
+    (dict(device="gpu"), "--device must be auto, cpu or cuda, got 'gpu'"),
+    (dict(workers=-1), "--workers must be 0"),
+    (dict(with_installed=True), "--with-installed mixes the installed photos into --data DIR"),
+    (dict(data=("d",), with_installed=True, installed_share=1.0), "--installed-share must be between 0 and 1"),
+    (dict(data=("d",), installed_share=0.0), "--installed-share must be between 0 and 1"),
+    (dict(data=("d",), images=("skimage/brick",)), "images / limit_images pick installed images"),
 ]
 
 
@@ -68,14 +74,18 @@ def test_options_map_onto_the_config():
                   "--seed", "3", "--batch", "8", "--patch", "24", "--lr", "1e-4",
                   "--threads", "2", "--val-every", "30", "--kind", "iqlut", "--lam", "0.25",
                   "--hidden", "3", "--hidden-k", "3,3,1", "--last-k", "1", "--width", "12",
-                  "--ensemble", "4", "--bf16", "on", "--resume", "--no-progress")
+                  "--ensemble", "4", "--bf16", "on", "--resume", "--no-progress",
+                  "--data", "a", "b", "--data", "c", "--with-installed", "--installed-share", "0.3",
+                  "--val", "v", "--device", "cpu", "--workers", "2", "--cache-dir", "cache")
     cfg = Config.from_args(args)
     assert cfg == Config(scale=2, out="m.safetensors", time_budget=60.0, max_iters=9, seed=3,
                          batch=8, patch=24, lr=1e-4, threads=2, val_every=30.0, lam=0.25,
                          hidden=3, hidden_k=[3, 3, 1], last_k=1, width=12, ensemble=4,
-                         bf16="on")
-    # the defaults of the options are the config's
+                         bf16="on", data=("a", "b", "c"), with_installed=True,
+                         installed_share=0.3, val="v", device="cpu", workers=2, cache_dir="cache")
+    # the defaults of the options are the config's; batch and patch are the device's
     assert Config.from_args(_parse()) == Config(scale=2)
+    assert Config(scale=2).batch is None and Config(scale=2).patch is None
     with pytest.raises(ValueError, match="disagree"):
         Config.from_args(_parse("--hidden", "2", "--hidden-k", "3"))
 
@@ -86,10 +96,12 @@ def test_help_puts_the_research_options_in_the_experimental_group():
     groups = {g.title: {o for a in g._group_actions for o in a.option_strings}
               for g in p._action_groups}
     assert groups["experimental"] == {"--kind", "--lam", "--hidden", "--hidden-k", "--last-k",
-                                      "--width", "--ensemble", "--int8-only", "--bf16"}
+                                      "--width", "--ensemble", "--int8-only", "--bf16",
+                                      "--installed-share"}
     everyday = {"--scale", "--out", "--time-budget", "--max-iters", "--seed", "--resume",
                 "--init", "--batch", "--patch", "--lr", "--threads", "--val-every",
-                "--no-progress"}
+                "--no-progress", "--data", "--with-installed", "--val", "--device", "--workers",
+                "--cache-dir"}
     assert everyday <= groups["options"]
     text = p.format_help()  # after the usage line: the everyday options, then the group
     assert (text.index("\n  --no-progress") < text.index("\nexperimental:")

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from ..ensemble import TRANSFORMS, inverse
-from . import data
 from .net import THETA_UNIT
 
 
@@ -58,13 +57,15 @@ def phase_errors(net, lo: np.ndarray, hi: np.ndarray, device, chunk: int = 256):
 
 
 @torch.no_grad()
-def calibrate_bias(net, hr_bank: np.ndarray, lr_bank: np.ndarray, patch: int, device,
-                   seed: int, patches: int = 4096, rounds: int = 3) -> dict:
-    """Refit ``net.layers[-1]``'s biases in place; returns what it did (for provenance).
-    Under an ensemble (``EnsembleNet``) a phase's error is the mean over passes of several
-    channels' biases (``phase_map``); the refit is the least-squares (minimum-norm) step."""
+def calibrate_bias(net, source, patch: int, device, seed: int, patches: int = 4096,
+                   rounds: int = 3) -> dict:
+    """Refit ``net.layers[-1]``'s biases in place on ``patches`` patches of ``source`` (a
+    training source: ``sample(rng, batch, patch)``, e.g. ``data.BankSource``); returns
+    what it did (for provenance). Under an ensemble (``EnsembleNet``) a phase's error is
+    the mean over passes of several channels' biases (``phase_map``); the refit is the
+    least-squares (minimum-norm) step."""
     rng = np.random.default_rng([seed, 0xB1A5])  # its own stream: training's stays as it was
-    lo, hi = data.sample_batch(rng, hr_bank, lr_bank, net.scale, patches, patch)
+    lo, hi = source.sample(rng, patches, patch)
     was_training = net.training
     net.eval()
     last = net.layers[-1]

@@ -21,6 +21,12 @@ from pathlib import Path
 from ..ensemble import ENSEMBLES
 
 MAX_WIDTH = 32  # channels between layers (the CUDA kernels take up to 64)
+DEVICES = ("auto", "cpu", "cuda")
+# --batch / --patch when not given: what suits the device (a GPU takes far larger batches
+# per step for little more time; a patch of 48 LR pixels still fits the installed bank's
+# 240-pixel crops at x4)
+CPU_BATCH, CPU_PATCH = 16, 36
+GPU_BATCH, GPU_PATCH = 64, 48
 MAX_HIDDEN = 16  # residual layers between the first and the last
 WINDOWS = (1, 3, 5)  # the windows (k x k) --last-k and --hidden-k take
 BF16 = ("auto", "on", "off")
@@ -34,8 +40,8 @@ class Config:
     time_budget: float = 1800.0
     max_iters: int = 0  # 0: no limit (the time budget decides)
     seed: int = 0
-    batch: int = 16
-    patch: int = 36
+    batch: int | None = None  # None: CPU_BATCH or GPU_BATCH, by the device (a resume: the checkpoint's)
+    patch: int | None = None  # None: CPU_PATCH or GPU_PATCH, likewise
     lr: float = 3e-4
     knot_lr: float = 5e-3
     lam: float = 0.5
@@ -60,6 +66,15 @@ class Config:
     calib_patches: int = 4096  # training patches for the last layer's bias refit (0: none)
     ensemble: int = 1  # train (validate, refit, export) the n-pass self-ensemble's output
     int8_only: bool = False  # with init: no float stage, fine-tune the int8 tables throughout
+    # your own images (train/folders.py): folders (or files) of HR images; empty: the
+    # installed sources
+    data: tuple = ()
+    with_installed: bool = False  # with data: the installed training bank mixed in
+    installed_share: float = 0.5  # with with_installed: that share of each batch's patches
+    val: str = ""  # validation images (a folder); empty: held out of data (or the installed split)
+    device: str = "auto"  # auto: cuda when torch sees one
+    workers: int | None = None  # loader processes (None: 0 on the CPU, up to 4 with CUDA)
+    cache_dir: str = ""  # decoded images and their LR; empty: $IQLUT_DATA_CACHE or /tmp/iqlut_data
 
     def __post_init__(self):
         if isinstance(self.hidden_k, str):
@@ -75,8 +90,20 @@ class Config:
             raise ValueError("--time-budget must be positive")
         if self.max_iters < 0:
             raise ValueError("--max-iters must be 0 (no limit) or positive")
-        if self.batch < 1 or self.patch < 1:
+        if (self.batch is not None and self.batch < 1) or (self.patch is not None and self.patch < 1):
             raise ValueError("--batch and --patch must be positive")
+        if self.device not in DEVICES:
+            raise ValueError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+        if self.workers is not None and self.workers < 0:
+            raise ValueError("--workers must be 0 (load in the training process) or positive")
+        if self.with_installed and not self.data:
+            raise ValueError("--with-installed mixes the installed photos into --data DIR...; "
+                             "without --data they are the training set already")
+        if not 0.0 < self.installed_share < 1.0:
+            raise ValueError(f"--installed-share must be between 0 and 1 (exclusive), got "
+                             f"{self.installed_share}")
+        if self.data and (self.images or self.limit_images):
+            raise ValueError("images / limit_images pick installed images; not with --data")
         if self.bf16 not in BF16:
             raise ValueError(f"--bf16 must be auto, on or off, got {self.bf16!r}")
         if self.ensemble not in ENSEMBLES:
@@ -105,7 +132,10 @@ class Config:
         """The config of parsed ``add_arguments`` options (``--resume`` and
         ``--no-progress`` are not the config's: they are ``train``'s arguments)."""
         given = vars(args)
-        return cls(**{f.name: given[f.name] for f in fields(cls) if f.name in given})
+        cfg = {f.name: given[f.name] for f in fields(cls) if f.name in given}
+        if "data" in cfg:
+            cfg["data"] = tuple(cfg["data"])
+        return cls(**cfg)
 
     def resolved_out(self) -> Path:
         prefix = "iqlut" if self.kind == "iqlut" else "ecnn"
@@ -131,11 +161,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-iters", type=int, default=0, help="stop after this many iterations")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from PATH.ckpt if it exists")
+    p.add_argument("--data", nargs="+", action="extend", default=[], metavar="DIR",
+                   help="train on your HR images: folders (searched with their subfolders; "
+                   "PNG, JPEG, ...; e.g. DIV2K_train_HR) or image files; LR is made with "
+                   "MATLAB bicubic, once per image, and cached (--cache-dir). A seeded tenth "
+                   "of the images (1 to 16) is held out for validation unless --val is given. "
+                   "Default: the installed photos (train/get_data.sh)")
+    p.add_argument("--with-installed", action="store_true",
+                   help="with --data: mix the installed photos' training crops into every "
+                   "batch (half of its patches; --installed-share), e.g. to tune a model to "
+                   "your images without losing the general ones")
+    p.add_argument("--val", default="", metavar="DIR",
+                   help="validation images (a folder; default: held out of --data, or the "
+                   "installed validation split)")
     p.add_argument("--init", default="", metavar="MODEL",
-                   help="start the student from this trained model file (e.g. a shipped "
-                   "default); --hidden may add residual layers, which start as the identity")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--patch", type=int, default=36, help="LR patch size")
+                   help="start the student from a trained model: a file, or x2 / x3 / x4 for "
+                   "the shipped default of that scale (its shape, unless --hidden, --width, "
+                   "... say otherwise; added residual layers start as the identity)")
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="where torch trains (auto: cuda when torch sees a CUDA device)")
+    p.add_argument("--batch", type=int, default=None,
+                   help=f"patches per step (default {CPU_BATCH} on the CPU, {GPU_BATCH} with CUDA)")
+    p.add_argument("--patch", type=int, default=None,
+                   help=f"LR patch size (default {CPU_PATCH} on the CPU, {GPU_PATCH} with CUDA)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="loader processes (default 0 on the CPU: loading costs under 1%% of a "
+                   "step there; up to 4 with CUDA, with pinned memory)")
+    p.add_argument("--cache-dir", default="", metavar="DIR",
+                   help="where decoded images and their LR are cached (default "
+                   "$IQLUT_DATA_CACHE or /tmp/iqlut_data)")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.add_argument("--val-every", type=float, default=180.0, metavar="SECONDS")
@@ -144,6 +198,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     x = p.add_argument_group("experimental", "research options: other architectures, the "
                              "baseline, distillation and schedule variants (docs/training.md "
                              "records what each one measured)")
+    x.add_argument("--installed-share", type=float, default=0.5, metavar="F",
+                   help="with --with-installed: the share of each batch taken from the "
+                   "installed photos (default 0.5)")
     x.add_argument("--kind", choices=("iqlut", "ecnn"), default="iqlut",
                    help="iqlut (default) or the ECNN baseline (L=256, no distillation)")
     x.add_argument("--lam", type=float, default=0.5, help="distillation weight (iqlut only)")

@@ -233,3 +233,21 @@ def sample_batch(rng: np.random.Generator, hr: np.ndarray, lr: np.ndarray, scale
         hp = hr[idx[b], ys[b] * scale:(ys[b] + patch) * scale, xs[b] * scale:(xs[b] + patch) * scale]
         lo[b], hi[b] = dihedral(lp, hp, int(rng.integers(0, 8)))
     return lo, hi
+
+
+class BankSource:
+    """Random patch pairs from a crop bank (``bank_of``): ``sample_batch``, with the
+    patch no larger than the crops allow."""
+
+    def __init__(self, hr: np.ndarray, lr: np.ndarray, scale: int):
+        self.hr, self.lr, self.scale = hr, lr, scale
+
+    def __len__(self) -> int:
+        return len(self.hr)
+
+    def max_patch(self) -> int:
+        return min(self.lr.shape[1:])
+
+    def sample(self, rng: np.random.Generator, batch: int, patch: int):
+        # looked up at each call (tests replace it to stop a run mid-step)
+        return sample_batch(rng, self.hr, self.lr, self.scale, batch, patch)

@@ -46,20 +46,60 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..model import load_model, save_model
+from ..model import SCALES, default_model_path, load_model, save_model
 from ..planes import from_planes, to_planes
-from . import data
+from . import data, folders
 from .calibrate import calibrate_bias
-from .config import Config, add_arguments
+from .config import CPU_BATCH, CPU_PATCH, GPU_BATCH, GPU_PATCH, Config, add_arguments
+from .loader import Batches, default_workers
 from .net import EnsembleNet, LUTNet, TeacherCNN, ecnn_arch, iqlut_arch
 from .torch_forward import bf16_supported
 from .validate import Validation, runtime_upscaler
 
 QUANT_AT = 0.7
+SHOW_EVERY = 1.0  # seconds between progress-bar updates (each reads the loss off the device)
 
 
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def resolve_device(setting: str = "auto") -> torch.device:
+    """``--device``: auto is cuda when torch sees a CUDA device, else the CPU; cuda without
+    one is an error (one line)."""
+    if setting == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if setting == "cuda":
+        why = ("this torch is built without CUDA" if torch.version.cuda is None
+               else "no CUDA device or driver found")
+        raise ValueError(f"--device cuda: torch {torch.__version__} sees no CUDA device ({why})")
+    return torch.device("cpu")
+
+
+def exact_float32() -> None:
+    """float32 convolutions and matrix products in full float32 on CUDA (no TF32, which
+    torch allows for convolutions by default): the quantised forward must compute what
+    the integer runtime does, and TF32 keeps 10 mantissa bits."""
+    cudnn_conv = getattr(torch.backends.cudnn, "conv", None)
+    if cudnn_conv is not None and hasattr(cudnn_conv, "fp32_precision"):  # torch >= 2.9
+        cudnn_conv.fp32_precision = "ieee"
+        torch.backends.cuda.matmul.fp32_precision = "ieee"
+    else:
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def resolve_init(name: str) -> str:
+    """``--init``: a model file, or ``x2`` / ``x3`` / ``x4`` for the shipped default of that
+    scale (a file of that name, if there is one, comes first)."""
+    if not Path(name).exists() and name.lower() in {f"x{s}" for s in SCALES}:
+        return str(default_model_path(int(name[1:])))
+    return name
+
+
+def arch_of(model) -> list:
+    """The layer specs of a trained model (``--init`` without shape options trains its shape)."""
+    last = len(model.layers) - 1
+    return [dict(c_in=layer.c_in, c_out=None if n == last else layer.c_out, k=layer.k, L=layer.L,
+                 residual=bool(layer.residual)) for n, layer in enumerate(model.layers)]
 
 
 def use_bf16(setting: str, device: torch.device) -> bool:
@@ -69,9 +109,10 @@ def use_bf16(setting: str, device: torch.device) -> bool:
     return bf16_supported(device) if setting == "auto" else setting == "on"
 
 
-def machine() -> str:
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)} (torch {torch.__version__})"
+def machine(device: torch.device | None = None) -> str:
+    device = device if device is not None else resolve_device("auto")
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (torch {torch.__version__})"
     return (f"CPU {platform.machine()} x{os.cpu_count()} threads={torch.get_num_threads()} "
             f"(torch {torch.__version__}, shared machine)")
 
@@ -108,17 +149,23 @@ def read_checkpoint(path: Path, cfg: Config) -> dict:
     return st
 
 
-def resolve_arch(cfg: Config, st: dict | None, ckpt_path: Path) -> list:
+def resolve_arch(cfg: Config, st: dict | None, ckpt_path: Path, like=None) -> list:
     """The layer specs to train: ``cfg.arch``, else the default shape with ``cfg``'s
-    hidden/last_k/hidden_k/width. A resumed run keeps its checkpoint's layers (it may have
-    started under another default); other layers asked for explicitly are an error."""
-    arch = cfg.arch or [dict(a) for a in
-                        (iqlut_arch if cfg.kind == "iqlut" else ecnn_arch)(
-                            cfg.scale, cfg.hidden, cfg.last_k, cfg.hidden_k, cfg.width)]
+    hidden/last_k/hidden_k/width, or with none of these and a model to start from
+    (``like``: ``--init``), that model's shape. A resumed run keeps its checkpoint's layers
+    (it may have started under another default); other layers asked for explicitly are an
+    error."""
+    explicit = bool(cfg.arch or cfg.hidden is not None or cfg.last_k is not None
+                    or cfg.hidden_k is not None or cfg.width is not None)
+    if like is not None and not explicit:
+        arch = arch_of(like)
+    else:
+        arch = cfg.arch or [dict(a) for a in
+                            (iqlut_arch if cfg.kind == "iqlut" else ecnn_arch)(
+                                cfg.scale, cfg.hidden, cfg.last_k, cfg.hidden_k, cfg.width)]
     if st is None or list(st["config"]["arch"]) == list(arch):
         return arch
-    if (cfg.arch or cfg.hidden is not None or cfg.last_k is not None
-            or cfg.hidden_k is not None or cfg.width is not None):
+    if explicit:
         old = st["config"]["arch"]
         raise ValueError(f"checkpoint {ckpt_path} has {len(old)} layers (windows "
                          f"{[a['k'] for a in old]}, width {old[0]['c_out']}), not the "
@@ -187,28 +234,36 @@ class Trainer:
       forward on the validation split.
     """
 
-    def __init__(self, cfg: Config, resume: bool = False, log=print):
+    def __init__(self, cfg: Config, resume: bool = False, log=print, warn=None,
+                 progress: bool = False):
         self.cfg, self.log = cfg, log
+        self.warn = warn or (lambda m: print(m, file=sys.stderr))
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.device = _device()
+        self.device = resolve_device(cfg.device)
+        if self.device.type == "cuda":
+            exact_float32()
+            torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN picks its fastest
         self.out = cfg.resolved_out()
         self.ckpt_path = self.out.with_name(self.out.name + ".ckpt")
         self.out.parent.mkdir(parents=True, exist_ok=True)
         st = read_checkpoint(self.ckpt_path, cfg) if resume and self.ckpt_path.exists() else None
-        arch = resolve_arch(cfg, st, self.ckpt_path)
-        cfg.arch = [dict(a) for a in arch]
-
-        torch.manual_seed(cfg.seed)
-        self.rng = np.random.default_rng(cfg.seed)
-        self.bf16 = use_bf16(cfg.bf16, self.device)
-        self.net = LUTNet(cfg.scale, arch, kind=cfg.kind, bf16_grad=self.bf16).to(self.device)
+        self._resolve_sizes(st)
         init_model = None  # the model --init loaded (int8_only keeps its shifts)
         if st is not None:  # where the run started is the run's, whatever this command says
             cfg.init = st["config"].get("init", "")
             cfg.init_note = st["config"].get("init_note", {})
         elif cfg.init:
-            init_model = self._start_from(cfg.init)
+            init_model = self._read_init(cfg.init)
+        arch = resolve_arch(cfg, st, self.ckpt_path, like=init_model)
+        cfg.arch = [dict(a) for a in arch]
+
+        torch.manual_seed(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed)  # kept in checkpoints; batches: loader.batch_rng
+        self.bf16 = use_bf16(cfg.bf16, self.device)
+        self.net = LUTNet(cfg.scale, arch, kind=cfg.kind, bf16_grad=self.bf16).to(self.device)
+        if init_model is not None:
+            self._start_from(init_model)
         # what is trained, validated, refit and exported: the net, or its n-pass ensemble
         self.student = EnsembleNet(self.net, cfg.ensemble)
         self.teacher = None
@@ -227,17 +282,40 @@ class Trainer:
             # the model's knots (frozen) and int8 tables (exact at the chosen shift) from
             # step 0: the whole budget is the int8 stage, its cosine from 0.3 of the peak
             self.enter_int8(like=init_model)
-        log(f"training {cfg.kind} x{cfg.scale} on {machine()}; budget {cfg.time_budget:.0f} s"
+        log(f"training {cfg.kind} x{cfg.scale} on {machine(self.device)}; budget "
+            f"{cfg.time_budget:.0f} s; batch {cfg.batch} of {cfg.patch} px"
+            f"{f'; {self.workers} loader processes' if self.workers else ''}"
             f"{'; bfloat16 gradients' if self.bf16 else ''}")
-        self._load_data()
+        self._batches = None  # the loader (made when steps begin: loader.Batches)
+        self._load_data(progress)
 
     # ---- setup and resume
 
-    def _start_from(self, path: str):
+    def _resolve_sizes(self, st: dict | None) -> None:
+        """``--batch`` / ``--patch`` not given: a resumed run's own, else what suits the
+        device; ``--workers`` not given: ``loader.default_workers``."""
+        cfg = self.cfg
+        gpu = self.device.type == "cuda"
+        if cfg.batch is None:
+            cfg.batch = st["config"]["batch"] if st else (GPU_BATCH if gpu else CPU_BATCH)
+        if cfg.patch is None:
+            cfg.patch = st["config"]["patch"] if st else (GPU_PATCH if gpu else CPU_PATCH)
+        self.workers = cfg.workers if cfg.workers is not None else default_workers(self.device)
+
+    def _read_init(self, name: str):
+        """The ``--init`` model (a file, or x2 / x3 / x4: ``resolve_init``), of this scale."""
+        path = resolve_init(name)
+        model = load_model(path)
+        if model.scale != self.cfg.scale:
+            raise ValueError(f"--init {name}: the model is x{model.scale}, this run is "
+                             f"--scale {self.cfg.scale}")
+        self.init_path = path
+        return model
+
+    def _start_from(self, init_model) -> None:
         """Load the ``--init`` model into the net (``LUTNet.load_model``); note it in the
-        config (checkpoints keep it, the export's provenance says it); returns the model."""
-        cfg, arch = self.cfg, self.cfg.arch
-        init_model = load_model(path)
+        config (checkpoints keep it, the export's provenance says it)."""
+        cfg, arch, path = self.cfg, self.cfg.arch, self.init_path
         added = self.net.load_model(init_model)
         cfg.init_note = {"file": Path(path).name, "layers_added": added,
                          **{k: init_model.provenance[k] for k in ("iterations", "train_seconds", "seed")
@@ -248,7 +326,6 @@ class Trainer:
             widened = f", widened from {init_model.layers[0].c_out} to {arch[0]['c_out']} channels"
         self.log(f"student starts from {path} ({len(init_model.layers)} layers, {added} identity "
                  f"layers added{widened}); distillation only on batches where the teacher is better")
-        return init_model
 
     def _optimisers(self) -> None:
         """Adam for the student's tables and biases, and (a higher rate) its knots; Adam for
@@ -292,15 +369,86 @@ class Trainer:
             self.log(f"budget extended from {old_budget:.0f} to {cfg.time_budget:.0f} s: "
                      f"the rest of the schedule stretches to the new end")
 
-    def _load_data(self) -> None:
-        """The training bank and the validation split (with its bicubic score)."""
+    def _load_data(self, progress: bool = False) -> None:
+        """The training source (``self.source``: the installed photos' crop bank, your
+        images (``--data``), or both) and the validation images (held out of ``--data``,
+        ``--val``, or the installed split), with their bicubic score. Data errors are
+        ``folders.DataError`` (one line); skipped files are reported through ``warn``."""
         cfg = self.cfg
-        self.hr_bank, self.lr_bank = data.build_bank(cfg.scale, limit=cfg.limit_images or None,
-                                                     log=lambda m: None, names=cfg.images or None)
-        self.val = Validation(cfg.scale, cfg.val_crop, limit=cfg.limit_val)
+        val_images = None  # None: the installed validation split
+        if cfg.data:
+            self.source, val_images, what = self._folder_data(progress)
+        else:
+            self.source = self._installed_bank()
+            what = f"{len(self.source)} training crops ({data.CROP}px planes) of the installed photos"
+        if cfg.val:
+            val_images = self._val_folder()
+        if self.source.max_patch() < cfg.patch:
+            raise ValueError(f"--patch {cfg.patch}: the installed photos' crops take LR patches "
+                             f"of at most {self.source.max_patch()} pixels at x{cfg.scale}")
+        self.val = Validation(cfg.scale, cfg.val_crop, images=val_images, limit=cfg.limit_val)
         self.bic = self.val.bicubic()["psnr"]
-        self.log(f"data: {len(self.hr_bank)} training crops ({data.CROP}px planes), "
-                 f"{len(self.val.names)} validation images; bicubic validation {self.bic:.3f} dB")
+        self.data_note = what
+        self.log(f"data: {what}; {len(self.val.names)} validation images"
+                 f"{f' ({cfg.val})' if cfg.val else ''}; bicubic validation {self.bic:.3f} dB"
+                 f"{f'; cache {folders.cache_root(cfg.cache_dir)}' if cfg.data else ''}")
+
+    def _installed_bank(self) -> data.BankSource:
+        cfg = self.cfg
+        hr, lr = data.build_bank(cfg.scale, limit=cfg.limit_images or None, log=lambda m: None,
+                                 names=cfg.images or None)
+        return data.BankSource(hr, lr, cfg.scale)
+
+    def _folder_data(self, progress: bool):
+        """``--data``: the images found, checked, split and prepared (``folders``); returns
+        (source, validation images or None, a line for the log and the provenance)."""
+        cfg = self.cfg
+        files, notes = folders.find_images(cfg.data)
+        for note in notes:
+            self.warn(note)
+        files = folders.usable(files, cfg.patch * cfg.scale, self.warn)
+        val_images = None
+        if cfg.val:
+            val_real = {os.path.realpath(f.path) for f in folders.find_images([cfg.val], "--val")[0]}
+            kept = [f for f in files if os.path.realpath(f.path) not in val_real]
+            if len(kept) < len(files):
+                self.warn(f"note: {len(files) - len(kept)} images of --data are in --val too; "
+                          "not trained on")
+            if not kept:
+                raise folders.DataError("--data: every image is in --val; nothing left to train on")
+            train_files, held = kept, ""
+        else:
+            train_files, val_files = folders.holdout(files)
+            val_images = folders.validation_images(val_files, cfg.val_crop, self.warn)
+            if not val_images:
+                raise folders.DataError("--data: no held-out image could be read for validation")
+            names = sorted(val_images)
+            held = (f", {len(names)} held out for validation ({', '.join(names[:4])}"
+                    f"{', ...' if len(names) > 4 else ''})")
+        entries = folders.prepare(train_files, cfg.scale, cfg.cache_dir, self.warn, progress)
+        source = folders.ImageSource(entries, cfg.scale)
+        planes = sum(e.planes for e in entries)
+        what = f"{len(entries)} training images ({planes} planes) of {', '.join(cfg.data)}{held}"
+        if cfg.with_installed:
+            bank = self._installed_bank()
+            source = folders.MixedSource(source, bank, cfg.installed_share)
+            what += (f"; with the installed photos' {len(bank)} crops, "
+                     f"{cfg.installed_share:.0%} of each batch")
+        return source, val_images, what
+
+    def _val_folder(self) -> dict:
+        """``--val DIR``: its images (checked as ``--data``'s are), centre-cropped."""
+        from ..datasets import min_side
+
+        cfg = self.cfg
+        files, notes = folders.find_images([cfg.val], "--val")
+        for note in notes:
+            self.warn(note)
+        files = folders.usable(files, min_side(cfg.scale), self.warn, "--val")
+        images = folders.validation_images(files, cfg.val_crop, self.warn)
+        if not images:
+            raise folders.DataError(f"--val {cfg.val}: none of its images could be read")
+        return images
 
     def state(self) -> dict:
         """What a checkpoint holds (``read_checkpoint``, ``_restore``)."""
@@ -363,20 +511,19 @@ class Trainer:
                      f"{[int(layer.shift) for layer in self.net.layers]})")
         for g in self.opt.param_groups:
             g["lr"] = g["base"] * _lr_factor(frac, self.quant_frac())
-        lo, hi = data.sample_batch(self.rng, self.hr_bank, self.lr_bank, cfg.scale, cfg.batch,
-                                   cfg.patch)
-        x = torch.from_numpy(lo.astype(np.float32))[:, None].to(self.device)
-        y = torch.from_numpy(hi.astype(np.float32))[:, None].to(self.device) / 255.0
+        x, y = next(self.batches)
         pred = self.student(x) / 255.0
         loss = F.mse_loss(pred, y)
         total = loss
         if self.teacher is not None:
             tpred, tloss = self._teacher_step(x, y)
-            # a student started from a trained model is, at first, far better than the
-            # teacher trained alongside from scratch: follow the teacher only where it is
-            # the better of the two on this batch
-            if not cfg.init or float(tloss.detach()) < float(loss.detach()):
-                total = loss + cfg.lam * F.mse_loss(pred, tpred.detach())
+            distill = F.mse_loss(pred, tpred.detach())
+            if cfg.init:
+                # a student started from a trained model is, at first, far better than the
+                # teacher trained alongside from scratch: follow the teacher only where it
+                # is the better of the two on this batch (decided on the device: no wait)
+                distill = distill * (tloss.detach() < loss.detach()).to(distill.dtype)
+            total = loss + cfg.lam * distill
         self.opt.zero_grad(set_to_none=True)
         total.backward()
         self.opt.step()
@@ -392,14 +539,34 @@ class Trainer:
         self.topt.step()
         return tpred, tloss
 
+    @property
+    def batches(self):
+        """The run's batches from this iteration on (``loader.Batches``; made when first
+        needed, closed by ``fit``); a benchmark may put another iterator here."""
+        if self._batches is None:
+            cfg = self.cfg
+            self._batches = Batches(self.source, cfg.seed, cfg.batch, cfg.patch, self.device,
+                                    start=self.it, workers=self.workers)
+        return self._batches
+
+    @batches.setter
+    def batches(self, value) -> None:
+        self._batches = value
+
+    def close_batches(self) -> None:
+        if self._batches is not None:
+            self._batches.close()
+            self._batches = None
+
     def _count(self, loss, x, y, t0: float) -> None:
         """Running means of the loss and of the bicubic base's loss (the progress bar's
-        gain), and the step's seconds against the budget (``counted_step_time``)."""
-        lv = float(loss.detach())
+        gain; kept on the device, read when shown), and the step's seconds against the
+        budget (``counted_step_time``)."""
         with torch.no_grad():
-            bv = float(F.mse_loss(self.net.upsample(x) / 255.0, y))
-        self.loss_ema = lv if self.loss_ema is None else 0.98 * self.loss_ema + 0.02 * lv
-        self.base_ema = bv if self.base_ema is None else 0.98 * self.base_ema + 0.02 * bv
+            lv = loss.detach()
+            bv = F.mse_loss(self.net.upsample(x) / 255.0, y)
+            self.loss_ema = lv if self.loss_ema is None else 0.98 * self.loss_ema + 0.02 * lv
+            self.base_ema = bv if self.base_ema is None else 0.98 * self.base_ema + 0.02 * bv
         dt = counted_step_time(time.monotonic() - t0, self.step_ema)
         self.step_ema = dt if self.step_ema is None else 0.95 * self.step_ema + 0.05 * dt
         self.elapsed += dt
@@ -422,9 +589,10 @@ class Trainer:
         cfg = self.cfg
         bar = self._progress_bar() if progress else None
         last_val = self.history[-1]["val_psnr"] if self.history else float("nan")
-        t_ckpt = t_val = time.monotonic()
         previous_term = _catch_sigterm()
         try:
+            self.batches  # noqa: B018 - start the loader (its processes) outside the timed steps
+            t_ckpt = t_val = t_show = time.monotonic()
             while not self.budget_spent():
                 self.step()
                 now = time.monotonic()
@@ -434,8 +602,9 @@ class Trainer:
                 if now - t_ckpt >= cfg.ckpt_every:
                     self.checkpoint()
                     t_ckpt = time.monotonic()
-                if bar is not None:
+                if bar is not None and now - t_show >= SHOW_EVERY:
                     self._show(bar, last_val)
+                    t_show = now
         except KeyboardInterrupt:  # keep what was learned: --resume continues from here
             self.checkpoint()
             if bar is not None:
@@ -446,7 +615,10 @@ class Trainer:
             raise
         finally:
             _restore_sigterm(previous_term)
+            self.close_batches()
             if bar is not None:
+                if self.loss_ema is not None:
+                    self._show(bar, last_val)
                 bar.close()
 
     def _progress_bar(self):
@@ -459,8 +631,9 @@ class Trainer:
 
     def _show(self, bar, last_val: float) -> None:
         bar.n = int(min(self.elapsed, self.cfg.time_budget))
-        bar.set_postfix(it=self.it, loss=f"{self.loss_ema:.2e}",
-                        gain_db=f"{10 * math.log10(self.base_ema / max(self.loss_ema, 1e-12)):+.2f}",
+        loss, base = float(self.loss_ema), float(self.base_ema)
+        bar.set_postfix(it=self.it, loss=f"{loss:.2e}",
+                        gain_db=f"{10 * math.log10(base / max(loss, 1e-12)):+.2f}",
                         val=f"{last_val:.2f}", refresh=False)
         bar.update(0)
 
@@ -474,8 +647,8 @@ class Trainer:
         if not self.quantised:
             self.enter_int8()
         if cfg.calib_patches:
-            self.calibration = calibrate_bias(self.student, self.hr_bank, self.lr_bank, cfg.patch,
-                                              self.device, cfg.seed, cfg.calib_patches)
+            self.calibration = calibrate_bias(self.student, self.source, cfg.patch, self.device,
+                                              cfg.seed, cfg.calib_patches)
             self.log(f"bias refit on {cfg.calib_patches} training patches: mean error per phase "
                      f"{self.calibration['mean_error_before']} -> "
                      f"{self.calibration['mean_error_after']} codes")
@@ -487,7 +660,7 @@ class Trainer:
         cfg = self.cfg
         return {
             "command": " ".join(sys.argv) if sys.argv and "iqlut" in sys.argv[0] else "iqlut_gpu.train.train()",
-            "kind": cfg.kind, "seed": cfg.seed, "machine": machine(), "iterations": self.it,
+            "kind": cfg.kind, "seed": cfg.seed, "machine": machine(self.device), "iterations": self.it,
             "train_seconds": round(self.elapsed, 1), "batch": cfg.batch, "patch": cfg.patch,
             "lambda": cfg.lam if self.teacher is not None else 0.0, "bf16_grad": self.bf16,
             **({"init": cfg.init_note} if cfg.init_note else {}),
@@ -496,8 +669,10 @@ class Trainer:
                                 f"--ensemble {cfg.ensemble}): its averaged output is what the "
                                 f"loss, the validation and the bias refit saw"}
                if cfg.ensemble > 1 else {}),
-            "dataset": "skimage+sklearn photos, mate-backgrounds, plasma-workspace-wallpapers "
-                       "(iqlut_gpu.train.data; validation split data.VALIDATION)",
+            "dataset": (self.data_note if cfg.data else
+                        "skimage+sklearn photos, mate-backgrounds, plasma-workspace-wallpapers "
+                        "(iqlut_gpu.train.data; validation split data.VALIDATION)")
+                       + (f"; validation: {cfg.val}" if cfg.val else ""),
         }
 
     def export(self) -> dict:
@@ -524,13 +699,16 @@ class Trainer:
                  f"export - torch {table['export_minus_torch_db']:+.4f} dB")
         return {"out": str(self.out), "iterations": self.it, "elapsed": self.elapsed,
                 "history": self.history, "validation": table,
-                "storage_bytes": model.storage_bytes(), "loss": self.loss_ema,
-                "base_loss": self.base_ema}
+                "storage_bytes": model.storage_bytes(),
+                "loss": None if self.loss_ema is None else float(self.loss_ema),
+                "base_loss": None if self.base_ema is None else float(self.base_ema)}
 
 
-def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -> dict:
-    """Train, export ``cfg.out`` (atomically) and return a summary dict."""
-    run = Trainer(cfg, resume=resume, log=log)
+def train(cfg: Config, resume: bool = False, log=print, progress: bool = True,
+          warn=None) -> dict:
+    """Train, export ``cfg.out`` (atomically) and return a summary dict. ``warn``: where
+    lines about skipped files go (``warning: ...``, ``note: ...``; default stderr)."""
+    run = Trainer(cfg, resume=resume, log=log, warn=warn, progress=progress)
     run.fit(progress)
     run.finish()
     return run.export()
