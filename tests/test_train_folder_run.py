@@ -159,3 +159,21 @@ def test_cli_errors_are_one_line(run_cli, tmp_path):
         proc = run_cli("train", "--scale", "2", "--device", "cuda", "--out", tmp_path / "m.safetensors")
         assert_clean_failure(proc, "iqlut train: error: --device cuda: torch ", "sees no CUDA device")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]  # nothing written
+
+
+def test_a_validation_image_bicubic_reproduces_exactly_is_not_scored(folder, tmp_path):
+    """A flat image's bicubic PSNR is infinite, which would make every mean infinite."""
+    val = tmp_path / "val"
+    val.mkdir()
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(val / "flat.png")
+    Image.fromarray(_textured(40, 44, np.random.default_rng(SESSION_SEED))).save(val / "busy.png")
+    lines = []
+    run = Trainer(_cfg(tmp_path, data=(str(folder),), val=str(val)), log=lambda m: None,
+                  warn=lines.append)
+    assert run.val.names == ["val/busy.png"] and np.isfinite(run.bic)
+    assert any(m.startswith("note: 1 validation image not scored: bicubic reproduces its crop "
+                            "exactly (val/flat.png)") for m in lines), lines
+    (val / "busy.png").unlink()
+    with pytest.raises(ValueError, match="no validation image to score"):
+        Trainer(_cfg(tmp_path, data=(str(folder),), val=str(val)), log=lambda m: None,
+                warn=lambda m: None)

@@ -154,7 +154,7 @@ def test_prepare_skips_a_file_that_fails_to_decode(tmp_path):
         folders.prepare(files[:1], 2, str(tmp_path / "c"), lambda m: None)
 
 
-def test_prepare_in_several_processes_makes_the_same_entries(tmp_path, monkeypatch):
+def test_prepare_in_several_threads_makes_the_same_entries(tmp_path, monkeypatch):
     rng = np.random.default_rng(SESSION_SEED)
     for i in range(5):
         _img(tmp_path / "d" / f"{i}.png", 20 + i, 24, rng)

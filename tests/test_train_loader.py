@@ -82,8 +82,9 @@ def test_device_cuda_without_cuda_is_one_line():
 
 def test_default_workers_by_device():
     assert default_workers(torch.device("cpu"), cpus=16) == 0
-    assert default_workers(torch.device("cuda"), cpus=16) == 4
-    assert default_workers(torch.device("cuda"), cpus=2) == 1
+    assert default_workers(torch.device("cuda"), cpus=16) == 8
+    assert default_workers(torch.device("cuda"), cpus=64) == 8
+    assert default_workers(torch.device("cuda"), cpus=6) == 3
     assert default_workers(torch.device("cuda"), cpus=1) == 0
 
 

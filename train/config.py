@@ -73,7 +73,7 @@ class Config:
     installed_share: float = 0.5  # with with_installed: that share of each batch's patches
     val: str = ""  # validation images (a folder); empty: held out of data (or the installed split)
     device: str = "auto"  # auto: cuda when torch sees one
-    workers: int | None = None  # loader processes (None: 0 on the CPU, up to 4 with CUDA)
+    workers: int | None = None  # loader processes (None: 0 on the CPU, cores/2 (<= 8) with CUDA)
     cache_dir: str = ""  # decoded images and their LR; empty: $IQLUT_DATA_CACHE or /tmp/iqlut_data
 
     def __post_init__(self):
@@ -185,8 +185,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patch", type=int, default=None,
                    help=f"LR patch size (default {CPU_PATCH} on the CPU, {GPU_PATCH} with CUDA)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="loader processes (default 0 on the CPU: loading costs under 1%% of a "
-                   "step there; up to 4 with CUDA, with pinned memory)")
+                   help="loader processes (default 0 on the CPU, where loading costs under 1%% "
+                   "of a step; with CUDA half the cores, at most 8, into pinned memory)")
     p.add_argument("--cache-dir", default="", metavar="DIR",
                    help="where decoded images and their LR are cached (default "
                    "$IQLUT_DATA_CACHE or /tmp/iqlut_data)")

@@ -51,9 +51,8 @@ import hashlib
 import math
 import os
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +66,7 @@ HOLDOUT_FRACTION = 0.1
 HOLDOUT_MAX = 16
 HOLDOUT_SEED = DATA_SEED
 STRIP_BYTES = 64 << 20  # imresize's float64 temporaries are cut into strips of about this
-PARALLEL_AT = 4  # images to make before preparing them in several processes
+PARALLEL_AT = 4  # images to make before preparing them in several threads
 
 
 class DataError(ValueError):
@@ -269,7 +268,7 @@ def _paths(root: Path, path, scale: int) -> tuple[Path, Path, Path, str]:
 
 def _make(root: Path, name: str, path: str, scale: int) -> tuple[Entry | None, str | None]:
     """The cache entry of one image, made if missing: (entry, None) or (None, why not).
-    Runs in a worker process when many images are made at once."""
+    Runs in a pool of threads when many images are made at once."""
     try:
         folder, hr_f, lr_f, key = _paths(root, path, scale)
     except OSError as e:
@@ -299,8 +298,8 @@ def _make(root: Path, name: str, path: str, scale: int) -> tuple[Entry | None, s
 
 def prepare(files: list[ImageFile], scale: int, cache_dir: str = "", warn=print,
             progress: bool = False, what: str = "--data") -> list[Entry]:
-    """The cache entries of ``files`` at ``scale`` (made where missing or stale; several
-    processes when more than a few are to be made). A file that fails to decode is
+    """The cache entries of ``files`` at ``scale`` (made where missing or stale; in several
+    threads when more than a few are to be made). A file that fails to decode is
     skipped with a warning. Raises DataError if none is left."""
     root = cache_root(cache_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -319,11 +318,11 @@ def prepare(files: list[ImageFile], scale: int, cache_dir: str = "", warn=print,
 
         bar = tqdm(total=len(todo), unit="img", desc=f"preparing x{scale} LR", leave=False)
     made: dict[Path, tuple] = {}
-    procs = min(len(todo), os.cpu_count() or 1, 8)
-    if len(todo) >= PARALLEL_AT and procs > 1:
-        # spawned workers import numpy and Pillow only (a forked copy of a process holding
-        # torch's thread pools can hang)
-        with ProcessPoolExecutor(procs, mp_context=get_context("spawn")) as pool:
+    threads = min(len(todo), os.cpu_count() or 1, 8)
+    if len(todo) >= PARALLEL_AT and threads > 1:
+        # threads: decoding (Pillow), NumPy's array arithmetic and the file writes release
+        # the GIL; no process start-up, nothing to pickle, no __main__ guard needed
+        with ThreadPoolExecutor(threads) as pool:
             futures = {pool.submit(_make, root, f.name, str(f.path), scale): f for f in todo}
             for fut in futures:
                 made[futures[fut].path] = fut.result()
@@ -374,7 +373,9 @@ class ImageSource:
             self._arrays = [None] * len(self.entries)
         if self._arrays[i] is None:
             e = self.entries[i]
-            self._arrays[i] = (np.load(e.hr, mmap_mode="r"), np.load(e.lr, mmap_mode="r"))
+            # plain arrays over the mapped files (slicing a np.memmap costs more)
+            self._arrays[i] = (np.asarray(np.load(e.hr, mmap_mode="r")),
+                               np.asarray(np.load(e.lr, mmap_mode="r")))
         return self._arrays[i]
 
     def max_patch(self) -> int:

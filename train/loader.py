@@ -107,12 +107,13 @@ class FixedBatches:
 
 def default_workers(device: torch.device, cpus: int | None = None) -> int:
     """``--workers`` when not given: 0 on the CPU (the loader would take cores from the
-    step, and costs under 1% of it there); with CUDA up to 4, leaving a core for the
-    training process."""
+    step, and costs under 1% of it there); with CUDA half the cores, at most 8 (one
+    process cuts about 65 batches of 64 x4 patches of 48 px a second on the loaded 2-core
+    test machine, docs/training.md; a GPU may take a few hundred)."""
     import os
 
     if device.type != "cuda":
         return 0
     cpus = cpus if cpus is not None else (os.cpu_count() or 1)
-    return max(0, min(4, cpus - 1))
+    return min(8, cpus // 2)
 

@@ -387,11 +387,29 @@ class Trainer:
             raise ValueError(f"--patch {cfg.patch}: the installed photos' crops take LR patches "
                              f"of at most {self.source.max_patch()} pixels at x{cfg.scale}")
         self.val = Validation(cfg.scale, cfg.val_crop, images=val_images, limit=cfg.limit_val)
+        if val_images is not None:
+            self._drop_exact_images(val_images)
         self.bic = self.val.bicubic()["psnr"]
         self.data_note = what
-        self.log(f"data: {what}; {len(self.val.names)} validation images"
-                 f"{f' ({cfg.val})' if cfg.val else ''}; bicubic validation {self.bic:.3f} dB"
-                 f"{f'; cache {folders.cache_root(cfg.cache_dir)}' if cfg.data else ''}")
+        counted = "" if cfg.data and not cfg.val else f"; {len(self.val.names)} validation images"
+        self.log(f"data: {what}{counted}{f' ({cfg.val})' if cfg.val else ''}; bicubic validation "
+                 f"{self.bic:.3f} dB{f'; cache {folders.cache_root(cfg.cache_dir)}' if cfg.data else ''}")
+
+    def _drop_exact_images(self, images: dict) -> None:
+        """Validation images whose crop bicubic reproduces exactly (a flat or linear one:
+        an infinite PSNR would make every mean infinite) are not scored, with a note."""
+        per = self.val.bicubic()["per_image"]
+        exact = sorted(k for k, (p, _) in per.items() if p == float("inf"))
+        if not exact:
+            return
+        self.warn(f"note: {len(exact)} validation image{'s' if len(exact) > 1 else ''} not "
+                  f"scored: bicubic reproduces {'their' if len(exact) > 1 else 'its'} crop exactly "
+                  f"({', '.join(exact[:3])}{', ...' if len(exact) > 3 else ''})")
+        kept = {k: v for k, v in images.items() if k not in exact}
+        if not kept:
+            raise folders.DataError("no validation image to score: bicubic reproduces every one "
+                                    "exactly (give --val DIR with other images)")
+        self.val = Validation(self.cfg.scale, self.cfg.val_crop, images=kept)
 
     def _installed_bank(self) -> data.BankSource:
         cfg = self.cfg
@@ -625,12 +643,18 @@ class Trainer:
         from tqdm import tqdm
 
         cfg = self.cfg
-        return tqdm(total=int(cfg.time_budget), initial=int(min(self.elapsed, cfg.time_budget)),
-                    unit="s", desc=f"{cfg.kind} x{cfg.scale}", file=sys.stderr,
-                    mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
+        total = cfg.max_iters or int(cfg.time_budget)  # iterations under --max-iters, else seconds
+        return tqdm(total=total, initial=min(self._progress_point(), total),
+                    unit="it" if cfg.max_iters else "s", desc=f"{cfg.kind} x{cfg.scale}",
+                    file=sys.stderr, mininterval=1.0 if sys.stderr.isatty() else 30.0,
+                    dynamic_ncols=True)
+
+    def _progress_point(self) -> int:
+        cfg = self.cfg
+        return self.it if cfg.max_iters else int(min(self.elapsed, cfg.time_budget))
 
     def _show(self, bar, last_val: float) -> None:
-        bar.n = int(min(self.elapsed, self.cfg.time_budget))
+        bar.n = min(self._progress_point(), bar.total)
         loss, base = float(self.loss_ema), float(self.base_ema)
         bar.set_postfix(it=self.it, loss=f"{loss:.2e}",
                         gain_db=f"{10 * math.log10(base / max(loss, 1e-12)):+.2f}",
