@@ -85,10 +85,10 @@ def test_train_from_a_folder_holds_out_validation_exports_and_resumes(folder, tm
     np.testing.assert_array_equal(
         reference.upscale_planes(model, planes),
         module_from_model(model)(torch.from_numpy(planes.astype(np.float64))[:, None])[:, 0].detach().numpy())
-    # the cache was made during setup; a resumed run reads it and draws batch 6 next
-    again = Trainer(_cfg(tmp_path, data=(str(folder),), max_iters=8), resume=True,
-                    log=lambda m: None, warn=lambda m: None)
-    assert again.it == 6
+    # a resumed run (given no --data: the checkpoint's) reads the cache and draws batch 6 next
+    again = Trainer(_cfg(tmp_path, max_iters=8), resume=True, log=lambda m: None, warn=lambda m: None)
+    assert again.it == 6 and again.cfg.data == (str(folder),)
+    assert {e.name for e in again.source.entries} == trained
     x, y = next(again.batches)
     lo, hi = again.source.sample(batch_rng(cfg.seed, 6), 4, 12)
     assert torch.equal(x[:, 0], torch.from_numpy(lo).float()) and torch.equal(y[:, 0] * 255, torch.from_numpy(hi).float())

@@ -293,9 +293,15 @@ class Trainer:
 
     def _resolve_sizes(self, st: dict | None) -> None:
         """``--batch`` / ``--patch`` not given: a resumed run's own, else what suits the
-        device; ``--workers`` not given: ``loader.default_workers``."""
+        device; ``--workers`` not given: ``loader.default_workers``. A resumed run given no
+        ``--data`` keeps its checkpoint's data (and ``--val``, ``--with-installed``)."""
         cfg = self.cfg
         gpu = self.device.type == "cuda"
+        old = st["config"] if st else {}
+        if not cfg.data and old.get("data"):
+            cfg.data, cfg.with_installed = tuple(old["data"]), old.get("with_installed", False)
+            cfg.installed_share = old.get("installed_share", cfg.installed_share)
+            cfg.val = cfg.val or old.get("val", "")
         if cfg.batch is None:
             cfg.batch = st["config"]["batch"] if st else (GPU_BATCH if gpu else CPU_BATCH)
         if cfg.patch is None:
