@@ -98,3 +98,27 @@ def test_exact_float32_turns_tf32_off():
         assert conv.fp32_precision == "ieee" and torch.backends.cuda.matmul.fp32_precision == "ieee"
     finally:
         conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = before
+
+
+def test_loader_bench_measures_both_loaders_in_one_run(tmp_path, monkeypatch):
+    """``loader_bench.measure`` on a tiny run: real and fixed blocks alternate, the ratio
+    and the waiting share come out (no speed is asserted: that is the bench's job)."""
+    from PIL import Image
+
+    from iqlut_gpu.train.config import Config
+    from iqlut_gpu.train.loader_bench import measure
+    from iqlut_gpu.train.trainer import Trainer
+
+    monkeypatch.setenv("IQLUT_DATA_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(SESSION_SEED)
+    for i in range(3):
+        (tmp_path / "d").mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "d" / f"{i}.png")
+    arch = [dict(c_in=1, c_out=2, k=1, L=5, residual=False), dict(c_in=2, c_out=None, k=1, L=5, residual=False)]
+    cfg = Config(scale=2, data=(str(tmp_path / "d"),), out=str(tmp_path / "m.safetensors"), batch=2,
+                 patch=6, lam=0.0, arch=arch, device="cpu", time_budget=1e12, val_crop=24)
+    run = Trainer(cfg, log=lambda m: None, warn=lambda m: None)
+    res = measure(run, rounds=2, steps=2, warmup=1)
+    assert len(res["rounds"]) == 2 and all(set(r) == {"real", "fixed"} for r in res["rounds"])
+    assert res["ratio"] > 0 and 0 <= res["waiting_share"] < 1 and res["loader_alone_batches_per_s"] > 0
+    assert run.it == 1 + 2 * 2 * 2 and run._batches is None  # every step trained; loader closed
