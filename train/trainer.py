@@ -382,13 +382,16 @@ class Trainer:
         ``folders.DataError`` (one line); skipped files are reported through ``warn``."""
         cfg = self.cfg
         val_images = None  # None: the installed validation split
+        val_files = self._val_files() if cfg.val else None
         if cfg.data:
-            self.source, val_images, what = self._folder_data(progress)
+            self.source, val_images, what = self._folder_data(progress, val_files)
         else:
             self.source = self._installed_bank()
             what = f"{len(self.source)} training crops ({data.CROP}px planes) of the installed photos"
-        if cfg.val:
-            val_images = self._val_folder()
+        if val_files is not None:
+            val_images = folders.validation_images(val_files, cfg.val_crop, self.warn)
+            if not val_images:
+                raise folders.DataError(f"--val {cfg.val}: none of its images could be read")
         if self.source.max_patch() < cfg.patch:
             raise ValueError(f"--patch {cfg.patch}: the installed photos' crops take LR patches "
                              f"of at most {self.source.max_patch()} pixels at x{cfg.scale}")
@@ -423,17 +426,18 @@ class Trainer:
                                  names=cfg.images or None)
         return data.BankSource(hr, lr, cfg.scale)
 
-    def _folder_data(self, progress: bool):
-        """``--data``: the images found, checked, split and prepared (``folders``); returns
-        (source, validation images or None, a line for the log and the provenance)."""
+    def _folder_data(self, progress: bool, val_files: list | None):
+        """``--data``: the images found, checked, split and prepared (``folders``), none of
+        ``val_files`` (``--val``) among them; returns (source, validation images held out
+        or None, a line for the log and the provenance)."""
         cfg = self.cfg
         files, notes = folders.find_images(cfg.data)
         for note in notes:
             self.warn(note)
         files = folders.usable(files, cfg.patch * cfg.scale, self.warn)
         val_images = None
-        if cfg.val:
-            val_real = {os.path.realpath(f.path) for f in folders.find_images([cfg.val], "--val")[0]}
+        if val_files is not None:
+            val_real = {os.path.realpath(f.path) for f in val_files}
             kept = [f for f in files if os.path.realpath(f.path) not in val_real]
             if len(kept) < len(files):
                 self.warn(f"note: {len(files) - len(kept)} images of --data are in --val too; "
@@ -460,19 +464,16 @@ class Trainer:
                      f"{cfg.installed_share:.0%} of each batch")
         return source, val_images, what
 
-    def _val_folder(self) -> dict:
-        """``--val DIR``: its images (checked as ``--data``'s are), centre-cropped."""
+    def _val_files(self) -> list:
+        """``--val DIR``: its image files, checked as ``--data``'s are (large enough for the
+        protocol's border shave and SSIM window)."""
         from ..datasets import min_side
 
         cfg = self.cfg
         files, notes = folders.find_images([cfg.val], "--val")
         for note in notes:
             self.warn(note)
-        files = folders.usable(files, min_side(cfg.scale), self.warn, "--val")
-        images = folders.validation_images(files, cfg.val_crop, self.warn)
-        if not images:
-            raise folders.DataError(f"--val {cfg.val}: none of its images could be read")
-        return images
+        return folders.usable(files, min_side(cfg.scale), self.warn, "--val")
 
     def state(self) -> dict:
         """What a checkpoint holds (``read_checkpoint``, ``_restore``)."""
