@@ -10,7 +10,8 @@ themselves (docs/training.md, "the bias refit", has what it measured).
 The refit uses training patches only (a fixed, seeded sample, flips and rotations as in
 training) and the quantised torch forward, which the integer runtime reproduces exactly,
 so the export check still compares like with like. A few rounds (the output's rounding and
-clamping make one step inexact); a round that does not lower the sample's MSE is undone.
+clamping make one step inexact); a round that does not lower the largest mean error, or
+that raises the sample's MSE by more than the mean squared error it removes, is undone.
 """
 
 from __future__ import annotations
@@ -77,7 +78,11 @@ def calibrate_bias(net, source, patch: int, device, seed: int, patches: int = 40
         keep = last.beta.detach().clone()
         last.beta -= torch.from_numpy(step @ err / THETA_UNIT).to(last.beta.dtype).to(last.beta.device)
         new_err, new_mse = phase_errors(net, lo, hi, device)
-        if new_mse >= mse:
+        # Without rounding, removing a mean error e lowers the MSE by mean(e^2); with the
+        # output rounded to codes the sample's MSE moves by about as much either way (a
+        # tiny run: -e^2 = -0.012 expected, +0.005 seen). So a round is kept when it lowers
+        # the largest mean error and costs at most mean(e^2) of MSE, and undone otherwise.
+        if np.abs(new_err).max() >= np.abs(err).max() or new_mse > mse + float(np.mean(err ** 2)):
             last.beta.copy_(keep)
             break
         err, mse = new_err, new_mse
