@@ -285,6 +285,12 @@ def _band(it, nb, H):
     return p, y0, min(BAND, H - y0)
 
 
+def row_reads(c_in: int, k: int, c_out: int) -> float:
+    """8-lane table-row reads (inner-loop vector steps) per output pixel of one layer, as
+    these kernels do them (``bench.accounting``, ``bench.kernel_floor``)."""
+    return c_in * k * k * _cpad(c_out) / VEC
+
+
 @njit(inline="always")
 def _cpad(c_out):
     """int32 lanes per accumulator column: c_out rounded up to a multiple of VEC."""
