@@ -183,6 +183,29 @@ def _vput(typingctx, arr, i, v):
     return types.void(arr, i, v), codegen
 
 
+@intrinsic
+def _vmac(typingctx, acc, arr, i, w):
+    """``acc + arr[i:i+VEC] * w`` (int32 lanes, ``w`` a scalar)."""
+
+    def codegen(context, builder, sig, args):
+        v = builder.load(_at(context, builder, sig.args[1], args[1], args[2], sig.args[2], VEC, 32),
+                         align=4)
+        return builder.add(args[0], builder.mul(v, _splat(builder, args[3])))
+
+    return LANES(acc, arr, i, w), codegen
+
+
+@intrinsic
+def _vround(typingctx, v, half, shift):
+    """``(v + half) >> shift`` (arithmetic): the upsample's rounding division by a power
+    of two."""
+
+    def codegen(context, builder, sig, args):
+        return builder.ashr(builder.add(args[0], _splat(builder, args[1])), _splat(builder, args[2]))
+
+    return LANES(v, half, shift), codegen
+
+
 def _transpose8(builder, rows):
     """8 vectors of 8 lanes -> their transpose (unpack 32-bit, unpack 64-bit, swap halves)."""
     lo, hi = [0, 8, 1, 9, 4, 12, 5, 13], [2, 10, 3, 11, 6, 14, 7, 15]
@@ -428,112 +451,124 @@ def _transpose_block(acc, q, Cs, C, tmp):
 @njit(**JIT_BODY)
 def _row_store_hidden(x, p, y, acc, Cs, tmp, bias, shift, residual, out):
     """Output row y of every channel, ``clamp(base + requant(A + bias))``, from the
-    pixel-major sums ``acc[q*Cs + o]``: 8 pixels at a time through an 8x8 transpose."""
-    W = x.shape[3]
+    pixel-major sums ``acc[q*Cs + o]``: 8 pixels at a time through an 8x8 transpose.
+    (Flat arrays and offsets in the loops, as in ``_row_store_last``.)"""
+    H, W = x.shape[2], x.shape[3]
     C = bias.shape[0]
     W8 = W - W % 8
     sh = np.int32(shift)
+    xf, of = x.reshape(-1), out.reshape(-1)
+    HW = H * W
+    xrow = (p * x.shape[1] * H + y) * W  # x[p, 0, y, 0]
+    orow = (p * C * H + y) * W  # out[p, 0, y, 0]
     for q in range(0, W8, 8):
         _transpose_block(acc, q, Cs, C, tmp)
         for o in range(C):
             bo = np.int32(_bias_round(bias, o, shift))
-            _vhidden(out[p, o, y], _U(q), _vget(tmp, _U(o * 8)), bo, sh,
-                     x[p, o if residual else 0, y], _U(q), residual)
+            _vhidden(of, _U(orow + o * HW + q), _vget(tmp, _U(o * 8)), bo, sh,
+                     xf, _U(xrow + (o * HW if residual else 0) + q), residual)
     for o in range(C):
         bo = _bias_round(bias, o, shift)
         for q in range(W8, W):
-            base = np.int64(x[p, o, y, q]) if residual else np.int64(128)
-            out[p, o, y, q] = _clamp(base + ((np.int64(acc[q * Cs + o]) + bo) >> shift), 0, 255)
+            base = np.int64(xf[xrow + o * HW + q]) if residual else np.int64(128)
+            of[orow + o * HW + q] = _clamp(base + ((np.int64(acc[q * Cs + o]) + bo) >> shift), 0, 255)
 
 
 @njit(**JIT_BODY)
-def _row_store_last(plane, p, y, acc, Cs, tmp, bias, shift, up_off, up_w, up_den, den_shift,
-                    V, S, out):
-    """Rows y*r .. y*r + r-1 of the output: fixed upsample (reference.fixed_upsample) plus the
-    pixel-shuffled deltas. The separable upsample sum is computed vertical-first into ``V``
-    (int32 [r + 1, W + pads]; row r holds an edge-padded copy of the source row being
-    added), then horizontally into ``S`` (int32 [r*r, Wr], rounded); integer sums are
-    exact, so the result equals the reference's double sum. Then 8 pixels at a time: the
-    deltas transposed to channel vectors, added to the base, and each output row's r
-    phases interleaved into 8*r bytes."""
+def _base_rows(plane, p, ylo, pad_l, U):
+    """``U[i, j] = plane[p, clamp(ylo + i), clamp(j - pad_l)]`` (int32): the edge-padded
+    source rows the band's upsample reads, copied once per band."""
     H, W = plane.shape[1], plane.shape[2]
-    r = up_off.shape[0]
-    T = up_w.shape[1]
-    lo = 0
+    Wu = U.shape[1]
+    for i in range(U.shape[0]):
+        src = plane[p, _clamp(ylo + i, 0, H - 1)]
+        u = U[i]
+        for j in range(pad_l):
+            u[j] = np.int32(src[0])
+        um = u[pad_l:pad_l + W]
+        for j in range(W):
+            um[j] = np.int32(src[j])
+        for j in range(pad_l + W, Wu):
+            u[j] = np.int32(src[W - 1])
+
+
+@njit(**JIT_BODY)
+def _phase(vf, i, up_w, b):
+    """``sum_t up_w[b, t] * vf[i + t : i + t + VEC]``: the horizontal upsample sum of phase
+    b at 8 pixels (before rounding)."""
+    s = _v0()
+    for t in range(up_w.shape[1]):
+        s = _vmac(s, vf, _U(i + t), up_w[b, t])
+    return s
+
+
+@njit(**JIT_BODY)
+def _row_store_last(p, y, acc, Cs, tmp, bias, shift, up_off, up_w, up_den, den_shift, U, ylo,
+                    pad_l, V, W, out):
+    """Rows y*r .. y*r + r-1 of the output: fixed upsample (reference.fixed_upsample) plus the
+    pixel-shuffled deltas. The separable upsample sum is computed vertical-first, 8 lanes
+    at a time, from the band's padded source rows ``U`` into ``V`` (int32 [r, Wu]), then
+    horizontally per phase in registers; integer sums are exact (|sums| <= 255 * (sum
+    |w|)**2 < 2**31 for every upsample; bicubic: sum |w| < 320), so the result equals the
+    reference's double sum. 8 pixels at a time: the deltas transposed to channel vectors,
+    added to the base, and each output row's r phases interleaved into 8*r bytes. A
+    divisor that is not a power of two (bilinear x3) and the last W % 8 pixels take the
+    scalar path. (Flat arrays and offsets in the loops: a row view made there costs a
+    reference-count call pair per iteration.)"""
+    r, T = up_w.shape[0], up_w.shape[1]
+    Wu = U.shape[1]
+    Uf, Vf, of = U.reshape(-1), V.reshape(-1), out.reshape(-1)
     for a in range(r):
-        lo = min(lo, up_off[a])
-    pad_l = -lo
-    Wp = V.shape[1]
-    # V[a, j] = sum_i up_w[a, i] * plane[clamp(y + up_off[a] + i), clamp(j - pad_l)], from an
-    # edge-padded int32 copy of each source row (V[r]) so that the sums have no clamps
-    prow = V[r]
-    for a in range(r):
-        va = V[a]
-        for j in range(Wp):
-            va[j] = 0
-        for i in range(T):
-            wy = up_w[a, i]
-            src = plane[p, _clamp(y + up_off[a] + i, 0, H - 1)]
-            for j in range(pad_l):
-                prow[j] = np.int32(src[0])
-            for j in range(W):
-                prow[pad_l + j] = np.int32(src[j])
-            for j in range(pad_l + W, Wp):
-                prow[j] = np.int32(src[W - 1])
-            for j in range(Wp):
-                va[j] += wy * prow[j]
+        base = (y - ylo + up_off[a]) * Wu
+        for j in range(0, Wu, VEC):
+            v = _v0()
+            for i in range(T):
+                v = _vmac(v, Uf, _U(base + i * Wu + j), up_w[a, i])
+            _vput(Vf, _U(a * Wu + j), v)
     d2 = np.int32(up_den * up_den)
     half = np.int32(d2 // 2)
-    # |sums| <= 255 * (sum |w|)**2 < 2**31 for every upsample (bicubic: sum |w| < 320)
-    for a in range(r):
-        vrow = V[a]
-        for b in range(r):
-            sr = S[a * r + b]
-            # S[q] = sum_t up_w[b, t] * V[a, q + up_off[b] + pad_l + t]  (contiguous, vectorisable)
-            for q in range(W):
-                sr[q] = 0
-            for t in range(T):
-                wb = up_w[b, t]
-                off = _U(up_off[b] + pad_l + t)
-                for q in range(W):
-                    sr[q] += wb * vrow[_U(q) + off]
-            if den_shift >= 0:
-                for q in range(W):
-                    sr[q] = (sr[q] + half) >> den_shift  # == floor division by a power of two
-            else:
-                for q in range(W):
-                    sr[q] = (sr[q] + half) // d2  # // floors, as in the reference
-    W8 = W - W % 8
+    ds = np.int32(den_shift)
+    W8 = W - W % 8 if den_shift >= 0 else 0
     sh = np.int32(shift)
-    C = r * r
+    Wr = W * r
+    row0 = (p * out.shape[1] + y * r) * Wr
     for q in range(0, W8, 8):
-        _transpose_block(acc, q, Cs, C, tmp)
+        _transpose_block(acc, q, Cs, r * r, tmp)
         for a in range(r):
-            orow = out[p, y * r + a]
+            oi = _U(row0 + a * Wr + q * r)
+            vi = a * Wu + q + pad_l
             o = a * r
-            f0 = _vlast(_vget(S[o], _U(q)), _vget(tmp, _U(o * 8)), np.int32(_bias_round(bias, o, shift)), sh)
-            f1 = _vlast(_vget(S[o + 1], _U(q)), _vget(tmp, _U(o * 8 + 8)),
-                        np.int32(_bias_round(bias, o + 1, shift)), sh)
+            f0 = _vlast(_vround(_phase(Vf, vi + up_off[0], up_w, 0), half, ds),
+                        _vget(tmp, _U(o * 8)), np.int32(_bias_round(bias, o, shift)), sh)
+            f1 = _vlast(_vround(_phase(Vf, vi + up_off[1], up_w, 1), half, ds),
+                        _vget(tmp, _U(o * 8 + 8)), np.int32(_bias_round(bias, o + 1, shift)), sh)
             if r == 2:
-                _vshuffle2(orow, _U(q * r), f0, f1)
+                _vshuffle2(of, oi, f0, f1)
             else:
-                f2 = _vlast(_vget(S[o + 2], _U(q)), _vget(tmp, _U(o * 8 + 16)),
-                            np.int32(_bias_round(bias, o + 2, shift)), sh)
+                f2 = _vlast(_vround(_phase(Vf, vi + up_off[2], up_w, 2), half, ds),
+                            _vget(tmp, _U(o * 8 + 16)), np.int32(_bias_round(bias, o + 2, shift)), sh)
                 if r == 3:
-                    _vshuffle3(orow, _U(q * r), f0, f1, f2)
+                    _vshuffle3(of, oi, f0, f1, f2)
                 else:
-                    f3 = _vlast(_vget(S[o + 3], _U(q)), _vget(tmp, _U(o * 8 + 24)),
-                                np.int32(_bias_round(bias, o + 3, shift)), sh)
-                    _vshuffle4(orow, _U(q * r), f0, f1, f2, f3)
+                    f3 = _vlast(_vround(_phase(Vf, vi + up_off[3], up_w, 3), half, ds),
+                                _vget(tmp, _U(o * 8 + 24)), np.int32(_bias_round(bias, o + 3, shift)),
+                                sh)
+                    _vshuffle4(of, oi, f0, f1, f2, f3)
     for a in range(r):
-        orow = out[p, y * r + a]
         for b in range(r):
             o = a * r + b
             bo = _bias_round(bias, o, shift)
-            sr = S[o]
+            vi = a * Wu + up_off[b] + pad_l
             for q in range(W8, W):
+                sq = np.int64(0)
+                for t in range(T):
+                    sq += np.int64(up_w[b, t]) * np.int64(Vf[vi + q + t])
+                if den_shift >= 0:
+                    sq = (sq + half) >> den_shift  # == floor division by a power of two
+                else:
+                    sq = (sq + half) // d2  # // floors, as in the reference
                 delta = (np.int64(acc[q * Cs + o]) + bo) >> shift
-                orow[q * r + b] = _clamp(_clamp(sr[q], 0, 255) + delta, 0, 255)
+                of[row0 + a * Wr + q * r + b] = _clamp(_clamp(sq, 0, 255) + delta, 0, 255)
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -600,18 +635,22 @@ def _last_band(x, tab, interp, idx, wt, bias, shift, plane, up_off, up_w, up_den
     k, rowlen = tab.shape[1], tab.shape[3]
     R = k // 2
     Cp = _cpad(bias.shape[0])
-    r = up_off.shape[0]
+    r, T = up_w.shape[0], up_w.shape[1]
     p, y0, nrows = _band(it, nb, H)
     nsrc, Wq, offs, acc, tmp = _scratch(c_in, nrows, R, W, Cp)
     wts = np.empty((c_in, nsrc, Wq) if interp else (1, 1, 1), np.int32)
-    V = np.empty((r + 1, v_width), np.int32)
-    S = np.empty((r * r, W + VEC), np.int32)
+    lo, hi = up_off.min(), up_off.max()
+    pad_l = max(0, -lo)
+    Wu = (v_width + 2 * VEC - 1) // VEC * VEC  # room for the 8-lane reads past v_width
+    U = np.empty((nrows + hi - lo + T - 1, Wu), np.int32)
+    V = np.empty((r, Wu), np.int32)
+    _base_rows(plane, p, y0 + lo, pad_l, U)
     _band_sources(x, p, y0, nsrc, R, rowlen, interp, idx, wt, offs, wts)
     offs_f, wts_f, tab_f = offs.reshape(-1), wts.reshape(-1), tab.reshape(-1)
     for bb in range(nrows):
         _row_sums(tab_f, offs_f, wts_f, interp, c_in, k, Cp, bb, nsrc, Wq, W, acc)
-        _row_store_last(plane, p, y0 + bb, acc, Cp, tmp, bias, shift, up_off, up_w, up_den,
-                        den_shift, V, S, out)
+        _row_store_last(p, y0 + bb, acc, Cp, tmp, bias, shift, up_off, up_w, up_den, den_shift,
+                        U, y0 + lo, pad_l, V, W, out)
 
 
 # The band bodies are compiled as plain functions, called once per band from the kernels'
