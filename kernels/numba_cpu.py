@@ -390,6 +390,27 @@ def _sums_pairs(tab, offs, wts, interp, c_in, k, Cp, bb, nsrc, Wq, W, acc):
 
 
 @njit(**JIT_BODY)
+def _sums_k1_16(tab, offs, wts, interp, c_in, bb, nsrc, Wq, W, acc):
+    """``_sums_pairs`` for k = 1 and 16 lanes (x4's last layer): no window to share, so
+    one pixel at a time with both lane halves in registers, one row start per read pair."""
+    f = 2 if interp else 1
+    ct = tab.shape[0] // c_in
+    for q in range(W):
+        a = _v0()
+        b = _v0()
+        j = _U(bb * Wq + q)
+        tb = _U(0)
+        for c in range(c_in):
+            o = tb + _U(offs[j])
+            a = _step(a, tab, o, wts, j, interp)
+            b = _step(b, tab, o + _U(f * VEC), wts, j, interp)
+            j += _U(nsrc * Wq)
+            tb += _U(ct)
+        _vput(acc, _U(q * 16), a)
+        _vput(acc, _U(q * 16 + VEC), b)
+
+
+@njit(**JIT_BODY)
 def _sums_packed(tab, offs, wts, interp, c_in, k, bb, nsrc, Wq, W, acc):
     """As ``_sums_pairs`` for c_out <= 4: one 8-lane accumulator holds pixel q (lanes 0-3)
     and q+1 (lanes 4-7), ``acc[q*4 + o]``. Table rows of ``(k+2)*4`` lanes: zero, window
@@ -426,7 +447,7 @@ def _row_sums(tab, offs, wts, interp, c_in, k, Cp, bb, nsrc, Wq, W, acc):
     elif k == 5 and Cp == 8:
         _sums_pairs(tab, offs, wts, interp, c_in, 5, 8, bb, nsrc, Wq, W, acc)
     elif k == 1 and Cp == 16:
-        _sums_pairs(tab, offs, wts, interp, c_in, 1, 16, bb, nsrc, Wq, W, acc)
+        _sums_k1_16(tab, offs, wts, interp, c_in, bb, nsrc, Wq, W, acc)
     else:
         _sums_pairs(tab, offs, wts, interp, c_in, k, Cp, bb, nsrc, Wq, W, acc)
 
