@@ -633,7 +633,7 @@ def _scratch(c_in, nrows, R, W, Cp):
     return nsrc, Wq, offs, acc, tmp
 
 
-@njit(**JIT_BODY)
+@njit(inline="always")
 def _hidden_band(x, tab, interp, idx, wt, bias, shift, residual, out, it, nb):
     P, c_in, H, W = x.shape
     k, rowlen = tab.shape[1], tab.shape[3]
@@ -649,7 +649,7 @@ def _hidden_band(x, tab, interp, idx, wt, bias, shift, residual, out, it, nb):
         _row_store_hidden(x, p, y0 + bb, acc, Cp, tmp, bias, shift, residual, out)
 
 
-@njit(**JIT_BODY)
+@njit(inline="always")
 def _last_band(x, tab, interp, idx, wt, bias, shift, plane, up_off, up_w, up_den, den_shift,
                v_width, out, it, nb):
     P, c_in, H, W = x.shape
@@ -702,6 +702,8 @@ def _band_last_expanded(x, tab, bias, shift, plane, up_off, up_w, up_den, den_sh
                den_shift, v_width, out, it, nb)
 
 
+# (np.int64(it): the parallel passes type the prange index both signed and unsigned, and a
+# band body called with it as is was compiled twice, 5 s each.)
 @njit(inline="always")
 def _nbands(x):
     return (x.shape[2] + BAND - 1) // BAND
@@ -711,14 +713,14 @@ def _nbands(x):
 def _k_hidden_interp(x, idx, wt, tab, bias, shift, residual, out):
     nb = _nbands(x)
     for it in prange(x.shape[0] * nb):
-        _band_hidden_interp(x, idx, wt, tab, bias, shift, residual, out, it, nb)
+        _band_hidden_interp(x, idx, wt, tab, bias, shift, residual, out, np.int64(it), nb)
 
 
 @njit(**JIT)
 def _k_hidden_expanded(x, tab, bias, shift, residual, out):
     nb = _nbands(x)
     for it in prange(x.shape[0] * nb):
-        _band_hidden_expanded(x, tab, bias, shift, residual, out, it, nb)
+        _band_hidden_expanded(x, tab, bias, shift, residual, out, np.int64(it), nb)
 
 
 @njit(**JIT)
@@ -727,7 +729,7 @@ def _k_last_interp(x, idx, wt, tab, bias, shift, plane, up_off, up_w, up_den, de
     nb = _nbands(x)
     for it in prange(x.shape[0] * nb):
         _band_last_interp(x, idx, wt, tab, bias, shift, plane, up_off, up_w, up_den, den_shift,
-                          v_width, out, it, nb)
+                          v_width, out, np.int64(it), nb)
 
 
 @njit(**JIT)
@@ -735,7 +737,7 @@ def _k_last_expanded(x, tab, bias, shift, plane, up_off, up_w, up_den, den_shift
     nb = _nbands(x)
     for it in prange(x.shape[0] * nb):
         _band_last_expanded(x, tab, bias, shift, plane, up_off, up_w, up_den, den_shift, v_width,
-                            out, it, nb)
+                            out, np.int64(it), nb)
 
 
 # ----------------------------------------------------------------------------- launchers
