@@ -514,18 +514,18 @@ def _base_rows(plane, p, ylo, pad_l, U):
 
 
 @njit(**JIT_BODY)
-def _phase(vf, i, up_w, b):
-    """``sum_t up_w[b, t] * vf[i + t : i + t + VEC]``: the horizontal upsample sum of phase
-    b at 8 pixels (before rounding)."""
+def _phase(vf, i, up_w, b, T):
+    """``sum_t up_w[b, t] * vf[i + t : i + t + VEC]`` for t < T (``up_w.shape[1]``): the
+    horizontal upsample sum of phase b at 8 pixels (before rounding)."""
     s = _v0()
-    for t in range(up_w.shape[1]):
+    for t in range(T):
         s = _vmac(s, vf, _U(i + t), up_w[b, t])
     return s
 
 
 @njit(**JIT_BODY)
 def _row_store_last(p, y, acc, Cs, tmp, bias, shift, up_off, up_w, up_den, den_shift, U, ylo,
-                    pad_l, V, W, out):
+                    pad_l, V, W, out, r, T):
     """Rows y*r .. y*r + r-1 of the output: fixed upsample (reference.fixed_upsample) plus the
     pixel-shuffled deltas. The separable upsample sum is computed vertical-first, 8 lanes
     at a time, from the band's padded source rows ``U`` into ``V`` (int32 [r, Wu]), then
@@ -534,9 +534,9 @@ def _row_store_last(p, y, acc, Cs, tmp, bias, shift, up_off, up_w, up_den, den_s
     reference's double sum. 8 pixels at a time: the deltas transposed to channel vectors,
     added to the base, and each output row's r phases interleaved into 8*r bytes. A
     divisor that is not a power of two (bilinear x3) and the last W % 8 pixels take the
-    scalar path. (Flat arrays and offsets in the loops: a row view made there costs a
+    scalar path. ``r, T``: ``up_w.shape``, passed as literals for bicubic x2 and x4 so that
+    the phase loops are unrolled with the weights hoisted. (Flat arrays and offsets in the loops: a row view made there costs a
     reference-count call pair per iteration.)"""
-    r, T = up_w.shape[0], up_w.shape[1]
     Wu = U.shape[1]
     Uf, Vf, of = U.reshape(-1), V.reshape(-1), out.reshape(-1)
     for a in range(r):
@@ -559,19 +559,19 @@ def _row_store_last(p, y, acc, Cs, tmp, bias, shift, up_off, up_w, up_den, den_s
             oi = _U(row0 + a * Wr + q * r)
             vi = a * Wu + q + pad_l
             o = a * r
-            f0 = _vlast(_vround(_phase(Vf, vi + up_off[0], up_w, 0), half, ds),
+            f0 = _vlast(_vround(_phase(Vf, vi + up_off[0], up_w, 0, T), half, ds),
                         _vget(tmp, _U(o * 8)), np.int32(_bias_round(bias, o, shift)), sh)
-            f1 = _vlast(_vround(_phase(Vf, vi + up_off[1], up_w, 1), half, ds),
+            f1 = _vlast(_vround(_phase(Vf, vi + up_off[1], up_w, 1, T), half, ds),
                         _vget(tmp, _U(o * 8 + 8)), np.int32(_bias_round(bias, o + 1, shift)), sh)
             if r == 2:
                 _vshuffle2(of, oi, f0, f1)
             else:
-                f2 = _vlast(_vround(_phase(Vf, vi + up_off[2], up_w, 2), half, ds),
+                f2 = _vlast(_vround(_phase(Vf, vi + up_off[2], up_w, 2, T), half, ds),
                             _vget(tmp, _U(o * 8 + 16)), np.int32(_bias_round(bias, o + 2, shift)), sh)
                 if r == 3:
                     _vshuffle3(of, oi, f0, f1, f2)
                 else:
-                    f3 = _vlast(_vround(_phase(Vf, vi + up_off[3], up_w, 3), half, ds),
+                    f3 = _vlast(_vround(_phase(Vf, vi + up_off[3], up_w, 3, T), half, ds),
                                 _vget(tmp, _U(o * 8 + 24)), np.int32(_bias_round(bias, o + 3, shift)),
                                 sh)
                     _vshuffle4(of, oi, f0, f1, f2, f3)
@@ -670,8 +670,15 @@ def _last_band(x, tab, interp, idx, wt, bias, shift, plane, up_off, up_w, up_den
     offs_f, wts_f, tab_f = offs.reshape(-1), wts.reshape(-1), tab.reshape(-1)
     for bb in range(nrows):
         _row_sums(tab_f, offs_f, wts_f, interp, c_in, k, Cp, bb, nsrc, Wq, W, acc)
-        _row_store_last(p, y0 + bb, acc, Cp, tmp, bias, shift, up_off, up_w, up_den, den_shift,
-                        U, y0 + lo, pad_l, V, W, out)
+        if r == 4 and T == 4:  # bicubic x4: constants, so that LLVM unrolls the phases
+            _row_store_last(p, y0 + bb, acc, Cp, tmp, bias, shift, up_off, up_w, up_den, den_shift,
+                            U, y0 + lo, pad_l, V, W, out, 4, 4)
+        elif r == 2 and T == 4:
+            _row_store_last(p, y0 + bb, acc, Cp, tmp, bias, shift, up_off, up_w, up_den, den_shift,
+                            U, y0 + lo, pad_l, V, W, out, 2, 4)
+        else:
+            _row_store_last(p, y0 + bb, acc, Cp, tmp, bias, shift, up_off, up_w, up_den, den_shift,
+                            U, y0 + lo, pad_l, V, W, out, r, T)
 
 
 # The band bodies are compiled as plain functions, called once per band from the kernels'
