@@ -102,6 +102,11 @@ def _at(context, builder, aty, arr, index, ity, lanes, bits):
     return builder.bitcast(builder.gep(data, [i]), ir.VectorType(ir.IntType(bits), lanes).as_pointer())
 
 
+def _arg_at(context, builder, sig, args, a, i, lanes, bits):
+    """``_at`` for intrinsic argument ``a`` (the array) indexed by argument ``i``."""
+    return _at(context, builder, sig.args[a], args[a], args[i], sig.args[i], lanes, bits)
+
+
 def _splat(builder, value, lanes=VEC):
     """A scalar integer (truncated to i32) in every lane."""
     i32 = ir.IntType(32)
@@ -133,7 +138,7 @@ def _vrow(typingctx, acc, tab, ti):
     """``acc + tab[ti:ti+VEC]``: one 8-lane table-row read (int16, sign-extended)."""
 
     def codegen(context, builder, sig, args):
-        v = builder.load(_at(context, builder, sig.args[1], args[1], args[2], sig.args[2], VEC, 16),
+        v = builder.load(_arg_at(context, builder, sig, args, 1, 2, VEC, 16),
                          align=2)
         return builder.add(args[0], builder.sext(v, _LANES_IR))
 
@@ -145,11 +150,12 @@ def _vrow2(typingctx, acc, tab, ti, wpair):
     """``acc + t[0::2] * 256 + t[1::2] * w`` with ``t = tab[ti:ti+2*VEC]`` (int16 pairs
     (knot value, difference to the next knot)) and ``wpair = 256 | w << 16``: one 8-lane
     row read of an interpolated table, written so that LLVM emits one multiply-add of
-    int16 pairs (``vpmaddwd`` on x86). Exact: |products| < 2**16 each."""
+    int16 pairs (``vpmaddwd`` on x86). Exact: |products| < 2**16 each. (The weight pair's
+    halves land in the lanes in little-endian order, as on every Numba target.)"""
 
     def codegen(context, builder, sig, args):
         i32x16 = ir.VectorType(ir.IntType(32), 2 * VEC)
-        t = builder.load(_at(context, builder, sig.args[1], args[1], args[2], sig.args[2], 2 * VEC, 16),
+        t = builder.load(_arg_at(context, builder, sig, args, 1, 2, 2 * VEC, 16),
                          align=2)
         w = builder.bitcast(_splat(builder, args[3]), ir.VectorType(ir.IntType(16), 2 * VEC))
         prod = builder.mul(builder.sext(t, i32x16), builder.sext(w, i32x16))
@@ -165,7 +171,7 @@ def _vget(typingctx, arr, i):
     """``arr[i:i+VEC]`` (int32) as lanes."""
 
     def codegen(context, builder, sig, args):
-        return builder.load(_at(context, builder, sig.args[0], args[0], args[1], sig.args[1], VEC, 32),
+        return builder.load(_arg_at(context, builder, sig, args, 0, 1, VEC, 32),
                             align=4)
 
     return LANES(arr, i), codegen
@@ -176,7 +182,7 @@ def _vput(typingctx, arr, i, v):
     """``arr[i:i+VEC] = v`` (int32)."""
 
     def codegen(context, builder, sig, args):
-        builder.store(args[2], _at(context, builder, sig.args[0], args[0], args[1], sig.args[1], VEC, 32),
+        builder.store(args[2], _arg_at(context, builder, sig, args, 0, 1, VEC, 32),
                       align=4)
         return context.get_dummy_value()
 
@@ -188,7 +194,7 @@ def _vmac(typingctx, acc, arr, i, w):
     """``acc + arr[i:i+VEC] * w`` (int32 lanes, ``w`` a scalar)."""
 
     def codegen(context, builder, sig, args):
-        v = builder.load(_at(context, builder, sig.args[1], args[1], args[2], sig.args[2], VEC, 32),
+        v = builder.load(_arg_at(context, builder, sig, args, 1, 2, VEC, 32),
                          align=4)
         return builder.add(args[0], builder.mul(v, _splat(builder, args[3])))
 
@@ -236,8 +242,8 @@ def _vtr8(typingctx, src, si, stride, dst, di):
         rows = []
         for i in range(8):
             idx = builder.add(si_, builder.mul(st, ir.Constant(i64, i)))
-            rows.append(builder.load(_at(context, builder, sig.args[0], args[0], idx, types.int64, VEC, 32),
-                                     align=4))
+            ptr = _at(context, builder, sig.args[0], args[0], idx, types.int64, VEC, 32)
+            rows.append(builder.load(ptr, align=4))
         di_ = context.cast(builder, args[4], sig.args[4], types.int64)
         for j, col in enumerate(_transpose8(builder, rows)):
             idx = builder.add(di_, ir.Constant(i64, 8 * j))
@@ -256,11 +262,11 @@ def _vhidden(typingctx, out, oi, v, bo, shift, base, bi, residual):
 
     def codegen(context, builder, sig, args):
         t = builder.ashr(builder.add(args[2], _splat(builder, args[3])), _splat(builder, args[4]))
-        b8 = builder.load(_at(context, builder, sig.args[5], args[5], args[6], sig.args[6], VEC, 8), align=1)
+        b8 = builder.load(_arg_at(context, builder, sig, args, 5, 6, VEC, 8), align=1)
         b = builder.select(args[7], builder.zext(b8, _LANES_IR), ir.Constant(_LANES_IR, [128] * VEC))
         r = _clamp_lanes(builder, builder.add(b, t), 0, 255)
         builder.store(builder.trunc(r, ir.VectorType(ir.IntType(8), VEC)),
-                      _at(context, builder, sig.args[0], args[0], args[1], sig.args[1], VEC, 8), align=1)
+                      _arg_at(context, builder, sig, args, 0, 1, VEC, 8), align=1)
         return context.get_dummy_value()
 
     return types.void(out, oi, v, bo, shift, base, bi, residual), codegen
@@ -288,10 +294,10 @@ def _interleave_store(n):
         if n == 3:
             f.append(ir.Constant(i8x, None))
         pairs = [_shuffle(builder, f[i], f[i + 1], list(range(2 * VEC))) for i in range(0, len(f), 2)]
-        both = pairs[0] if len(pairs) == 1 else _shuffle(builder, pairs[0], pairs[1], list(range(4 * VEC)))
+        both = pairs[0] if n == 2 else _shuffle(builder, pairs[0], pairs[1], list(range(4 * VEC)))
         mask = [b * VEC + q for q in range(VEC) for b in range(n)]
         row = _shuffle(builder, both, both, mask)
-        builder.store(row, _at(context, builder, sig.args[0], args[0], args[1], sig.args[1], n * VEC, 8),
+        builder.store(row, _arg_at(context, builder, sig, args, 0, 1, n * VEC, 8),
                       align=1)
         return context.get_dummy_value()
 
@@ -426,7 +432,8 @@ def _sums_packed(tab, offs, wts, interp, c_in, k, bb, nsrc, Wq, W, acc):
             j = _U((c * nsrc + bb + 2 * R) * Wq + q + 2 * R + 1)
             for dy in range(k):
                 for e in range(k + 1):
-                    a = _step(a, tab, tb + _U(offs[j - _U(e)]) + _U(f * 4 * e), wts, j - _U(e), interp)
+                    o = tb + _U(offs[j - _U(e)]) + _U(f * 4 * e)
+                    a = _step(a, tab, o, wts, j - _U(e), interp)
                 j -= _U(Wq)
                 tb += _U(ct)
         _vput(acc, _U(q * 4), a)
@@ -535,8 +542,8 @@ def _row_store_last(p, y, acc, Cs, tmp, bias, shift, up_off, up_w, up_den, den_s
     added to the base, and each output row's r phases interleaved into 8*r bytes. A
     divisor that is not a power of two (bilinear x3) and the last W % 8 pixels take the
     scalar path. ``r, T``: ``up_w.shape``, passed as literals for bicubic x2 and x4 so that
-    the phase loops are unrolled with the weights hoisted. (Flat arrays and offsets in the loops: a row view made there costs a
-    reference-count call pair per iteration.)"""
+    the phase loops are unrolled with the weights hoisted. (Flat arrays and offsets in the
+    loops: a row view made there costs a reference-count call pair per iteration.)"""
     Wu = U.shape[1]
     Uf, Vf, of = U.reshape(-1), V.reshape(-1), out.reshape(-1)
     for a in range(r):
