@@ -1,7 +1,7 @@
 """How far each Numba kernel is from the core's floor, in cycles per 8-lane table-row read.
 
 ``python -m bench.kernel_floor [--scale 2 4] [--mode expanded interp] [--size WxH]
-[--repeats 15] [--json]``
+[--repeats 15] [--against REV] [--json]``
 
 A *row read* is one 8-lane step of the kernels' inner loop: 8 int16 table values
 sign-extended to int32 and added to 8 accumulator lanes (in interp mode a step reads two
@@ -15,7 +15,9 @@ pass (``ensemble=1``) on the goal frame (1280x720 output: 320x180 input at x4, 6
 x2, 426x240 at x3), RGB (three planes):
 
 - each layer's launcher alone, on that layer's real input, in interleaved rounds (every
-  layer once per round, the median over rounds): ns per LR pixel and per row read;
+  layer once per round, the median over rounds): ns per LR pixel and per row read; with
+  ``--against REV`` the kernels of git revision REV too (``bench.kernel_ab``'s loader), in
+  the same rounds, so that before and after are measured under the same load;
 - the core clock: a chain of dependent 64-bit adds (one per cycle on every x86-64 core
   since the P6), best of many short runs interleaved with the rounds (``perf`` has no
   cycle counter in a KVM guest without a virtual PMU, as here);
@@ -152,85 +154,105 @@ def layer_inputs(prepared, planes: np.ndarray, mode: str) -> list:
     return xs
 
 
-def layer_calls(prepared, planes: np.ndarray, mode: str) -> list:
-    """One zero-argument call per layer, each its launcher on its real input."""
-    from iqlut_gpu.kernels import numba_cpu
+def layer_calls(prepared, planes: np.ndarray, mode: str, kernels=None, xs=None) -> list:
+    """One zero-argument call per layer, each its launcher (of the module ``kernels``, the
+    working tree's by default) on its real input."""
+    if kernels is None:
+        from iqlut_gpu.kernels import numba_cpu as kernels
 
     P, H, W = planes.shape
     r = prepared.scale
-    xs = layer_inputs(prepared, planes, mode)
+    xs = layer_inputs(prepared, planes, mode) if xs is None else xs
     calls = []
     n_last = len(prepared.layers) - 1
     for n, layer in enumerate(prepared.layers):
         lut = prepared.lut(n, mode)
         if n < n_last:
             out = np.empty((P, layer.c_out, H, W), np.uint8)
-            calls.append(lambda x=xs[n], lut=lut, layer=layer, out=out: numba_cpu.launch_hidden(
+            calls.append(lambda x=xs[n], lut=lut, layer=layer, out=out: kernels.launch_hidden(
                 x, lut, layer.bias, layer.shift, layer.residual, out, mode))
         else:
             out = np.empty((P, H * r, W * r), np.uint8)
-            calls.append(lambda x=xs[n], lut=lut, layer=layer, out=out: numba_cpu.launch_last(
+            calls.append(lambda x=xs[n], lut=lut, layer=layer, out=out: kernels.launch_last(
                 x, lut, layer.bias, layer.shift, planes, prepared.up_off, prepared.up_w,
                 prepared.up_den, out, mode))
     return calls
 
 
-def measure(scale: int, mode: str, size: tuple, repeats: int, floor: Floor) -> dict:
+def _row_reads(kernels, layer) -> float:
+    """The row reads ``kernels`` does per pixel (revisions before ``row_reads`` existed
+    padded every column to 8 lanes)."""
+    if hasattr(kernels, "row_reads"):
+        return kernels.row_reads(layer.c_in, layer.k, layer.c_out)
+    return layer.c_in * layer.k * layer.k * (-(-layer.c_out // 8) * 8) / 8
+
+
+def measure(scale: int, mode: str, size: tuple, repeats: int, floor: Floor,
+            kernels: dict | None = None) -> dict:
+    """Per layer of the shipped model of ``scale`` (one pass) on the goal frame: time,
+    row reads, cycles. ``kernels``: name -> kernels module, all timed in the same
+    interleaved rounds (default: the working tree's)."""
     from iqlut_gpu import default_model
     from iqlut_gpu.backends import prepare
+    from iqlut_gpu.kernels import numba_cpu
 
-    from . import accounting
     from .registry import bench_frames, frames_to_planes
 
+    kernels = kernels or {"working tree": numba_cpu}
     model = default_model(scale).with_ensemble(1)
     prepared = prepare(model)
     planes = frames_to_planes(bench_frames(size, 1))
     P, H, W = planes.shape
-    calls = layer_calls(prepared, planes, mode)
-    for c in calls:  # compile and warm
-        c()
-    times = [[] for _ in calls]
+    xs = layer_inputs(prepared, planes, mode)
+    calls = {name: layer_calls(prepared, planes, mode, mod, xs) for name, mod in kernels.items()}
+    for cs in calls.values():  # compile and warm
+        for c in cs:
+            c()
+    times = {name: [[] for _ in cs] for name, cs in calls.items()}
     for _ in range(repeats):
         floor.sample("clock", 4)
-        for i, c in enumerate(calls):
-            t = time.process_time()
-            c()
-            times[i].append(time.process_time() - t)
+        for i in range(len(model.layers)):
+            for name, cs in calls.items():
+                t = time.process_time()
+                cs[i]()
+                times[name][i].append(time.process_time() - t)
     for name in ("clock", "reg", "mem"):
         floor.sample(name)
     fl = floor.summary()
     ghz = fl["clock_ghz"]
     pixels = P * H * W
-    rows = []
-    tot_s = tot_reads = tot_useful = 0.0
-    tot_best = 0.0
-    for n, layer in enumerate(model.layers):
-        w = accounting.layer_work(layer, mode)
-        s, best = statistics.median(times[n]), min(times[n])
-        ns_px = s / pixels * 1e9
-        reads, useful = w["row_reads"], w["useful_row_reads"]
-        cyc = ns_px / reads * ghz
-        rows.append({"layer": n, "shape": f"{layer.c_in}->{layer.c_out} k{layer.k}",
-                     "row_reads_per_px": reads, "useful_per_px": useful, "ms": round(s * 1e3, 3),
-                     "ns_per_px": round(ns_px, 2), "ns_per_read": round(ns_px / reads, 3),
-                     "cycles_per_read": round(cyc, 2),
-                     "cycles_per_read_best": round(best / pixels * 1e9 / reads * ghz, 2),
-                     "cycles_per_useful": round(ns_px / useful * ghz, 2),
-                     "vs_floor": round(cyc / fl["reg_cycles"], 2)})
-        tot_s += s
-        tot_best += best
-        tot_reads += reads
-        tot_useful += useful
-    ns_px = tot_s / pixels * 1e9
-    total = {"ms": round(tot_s * 1e3, 3), "row_reads_per_px": tot_reads,
-             "useful_per_px": tot_useful, "ns_per_px": round(ns_px, 2),
-             "ns_per_read": round(ns_px / tot_reads, 3),
-             "cycles_per_read": round(ns_px / tot_reads * ghz, 2),
-             "cycles_per_read_best": round(tot_best / pixels * 1e9 / tot_reads * ghz, 2),
-             "cycles_per_useful": round(ns_px / tot_useful * ghz, 2),
-             "vs_floor": round(ns_px / tot_reads * ghz / fl["reg_cycles"], 2)}
-    return {"scale": scale, "mode": mode, "size": list(size), "planes": P, "layers": rows,
-            "total": total, "floor": fl}
+    out = {"scale": scale, "mode": mode, "size": list(size), "planes": P, "floor": fl,
+           "kernels": {}}
+    for name, mod in kernels.items():
+        rows = []
+        tot_s = tot_best = tot_reads = tot_useful = 0.0
+        for n, layer in enumerate(model.layers):
+            s, best = statistics.median(times[name][n]), min(times[name][n])
+            ns_px = s / pixels * 1e9
+            reads = _row_reads(mod, layer)
+            useful = layer.c_in * layer.k * layer.k * layer.c_out / 8
+            cyc = ns_px / reads * ghz
+            rows.append({"layer": n, "shape": f"{layer.c_in}->{layer.c_out} k{layer.k}",
+                         "row_reads_per_px": reads, "useful_per_px": useful,
+                         "ms": round(s * 1e3, 3), "ns_per_px": round(ns_px, 2),
+                         "ns_per_read": round(ns_px / reads, 3), "cycles_per_read": round(cyc, 2),
+                         "cycles_per_read_best": round(best / pixels * 1e9 / reads * ghz, 2),
+                         "cycles_per_useful": round(ns_px / useful * ghz, 2),
+                         "vs_floor": round(cyc / fl["reg_cycles"], 2)})
+            tot_s += s
+            tot_best += best
+            tot_reads += reads
+            tot_useful += useful
+        ns_px = tot_s / pixels * 1e9
+        total = {"ms": round(tot_s * 1e3, 3), "row_reads_per_px": tot_reads,
+                 "useful_per_px": tot_useful, "ns_per_px": round(ns_px, 2),
+                 "ns_per_read": round(ns_px / tot_reads, 3),
+                 "cycles_per_read": round(ns_px / tot_reads * ghz, 2),
+                 "cycles_per_read_best": round(tot_best / pixels * 1e9 / tot_reads * ghz, 2),
+                 "cycles_per_useful": round(ns_px / tot_useful * ghz, 2),
+                 "vs_floor": round(ns_px / tot_reads * ghz / fl["reg_cycles"], 2)}
+        out["kernels"][name] = {"layers": rows, "total": total}
+    return out
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -248,6 +270,8 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=parse_size, default=None, metavar="WxH",
                    help="input frame size (default: the goal frame, 1280x720 output)")
     p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--against", metavar="REV",
+                   help="also time the kernels of git revision REV, in the same rounds")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if not _has_avx2():
@@ -259,13 +283,20 @@ def main(argv=None) -> int:
 
     import numba
 
+    from iqlut_gpu.kernels import numba_cpu
+
     numba.set_num_threads(1)
     floor = Floor()
+    kernels = {"working tree": numba_cpu}
+    if args.against:
+        from .kernel_ab import load_revision
+
+        kernels = {args.against: load_revision(args.against), **kernels}
     results = []
     for scale in args.scale:
         size = args.size or (GOAL_OUT[0] // scale, GOAL_OUT[1] // scale)
         for mode in args.mode:
-            results.append(measure(scale, mode, size, args.repeats, floor))
+            results.append(measure(scale, mode, size, args.repeats, floor, kernels))
     fl = floor.summary()
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     if args.json:
@@ -275,20 +306,26 @@ def main(argv=None) -> int:
           f"floor per 8-lane row read+accumulate, L1-resident asm: "
           f"reg {fl['reg_cycles']:.2f} cycles ({fl['reg_ns']:.3f} ns), "
           f"mem {fl['mem_cycles']:.2f} cycles ({fl['mem_ns']:.3f} ns); "
-          f"1 thread, process CPU time, load average {load[0]:.2f}" if load else "")
+          f"1 thread, process CPU time, load average {load[0] if load else float('nan'):.2f}")
     for res in results:
         W, H = res["size"]
-        print(f"\nx{res['scale']} {res['mode']}, {W}x{H} x{res['planes']} planes, one pass; "
-              f"median of {args.repeats} interleaved rounds")
-        print("layer shape       reads/px useful/px      ms   ns/px  ns/read cyc/read  (best) "
-              "cyc/useful vs floor")
-        for row in res["layers"] + [dict(res["total"], layer="all", shape="")]:
-            print(f"{row['layer']!s:>5} {row['shape']:10s} {row['row_reads_per_px']:9g} "
-                  f"{row['useful_per_px']:9g} {row['ms']:7.2f} {row['ns_per_px']:7.1f} "
-                  f"{row['ns_per_read']:8.3f} {row['cycles_per_read']:8.2f} "
-                  f"{row['cycles_per_read_best']:7.2f} {row['cycles_per_useful']:10.2f} "
-                  f"{row['vs_floor']:7.2f}x")
+        for name, kres in res["kernels"].items():
+            print(f"\nx{res['scale']} {res['mode']}, {W}x{H} x{res['planes']} planes, one pass, "
+                  f"kernels of the {name if name == 'working tree' else 'revision ' + name}; "
+                  f"median of {args.repeats} interleaved rounds")
+            _print_rows(kres)
     return 0
+
+
+def _print_rows(kres: dict) -> None:
+    print("layer shape       reads/px useful/px      ms   ns/px  ns/read cyc/read  (best) "
+          "cyc/useful vs floor")
+    for row in kres["layers"] + [dict(kres["total"], layer="all", shape="")]:
+        print(f"{row['layer']!s:>5} {row['shape']:10s} {row['row_reads_per_px']:9g} "
+              f"{row['useful_per_px']:9g} {row['ms']:7.2f} {row['ns_per_px']:7.1f} "
+              f"{row['ns_per_read']:8.3f} {row['cycles_per_read']:8.2f} "
+              f"{row['cycles_per_read_best']:7.2f} {row['cycles_per_useful']:10.2f} "
+              f"{row['vs_floor']:7.2f}x")
 
 
 if __name__ == "__main__":

@@ -180,6 +180,22 @@ def test_kernel_ab_checks_bytes_and_times_both():
         kernel_ab.load_revision("no-such-revision-xyz")
 
 
+def test_kernel_floor_measures_every_layer():
+    from bench import kernel_floor
+
+    if not kernel_floor._has_avx2():
+        pytest.skip("the floor loops are x86-64 AVX2 assembly")
+    floor = kernel_floor.Floor(n=1000)
+    res = kernel_floor.measure(4, "expanded", (24, 16), 1, floor)
+    fl = res["floor"]
+    assert fl["clock_ghz"] > 0.3 and 0 < fl["reg_cycles"] < 50 and 0 < fl["mem_cycles"] < 50
+    kres = res["kernels"]["working tree"]
+    assert [row["layer"] for row in kres["layers"]] == [0, 1, 2, 3, 4]
+    for row in kres["layers"]:
+        assert row["row_reads_per_px"] >= row["useful_per_px"] > 0 and row["cycles_per_read"] > 0
+    assert kres["total"]["row_reads_per_px"] == sum(r["row_reads_per_px"] for r in kres["layers"])
+
+
 def test_model_check_holds_for_a_self_ensemble():
     """The benchmark's correctness check runs the reference as the model runs (all passes)."""
     from iqlut_gpu import backends
