@@ -113,7 +113,9 @@ class Floor:
 
     def __init__(self, n: int = 50_000):
         self.n = n
-        self.buf = np.zeros(4096, np.uint8)
+        raw = np.zeros(4096 + 64, np.uint8)
+        start = -raw.ctypes.data % 64  # 64-byte aligned: no read or write splits a line
+        self.buf = raw[start:start + 4096]
         self.loops = {name: (_asm_loop(body), per) for name, (body, per) in _bodies().items()}
         for f, _ in self.loops.values():
             f(10, self.buf)
@@ -218,41 +220,47 @@ def measure(scale: int, mode: str, size: tuple, repeats: int, floor: Floor,
                 times[name][i].append(time.process_time() - t)
     for name in ("clock", "reg", "mem"):
         floor.sample(name)
-    fl = floor.summary()
-    ghz = fl["clock_ghz"]
-    pixels = P * H * W
-    out = {"scale": scale, "mode": mode, "size": list(size), "planes": P, "floor": fl,
-           "kernels": {}}
+    out = {"scale": scale, "mode": mode, "size": list(size), "planes": P, "kernels": {}}
     for name, mod in kernels.items():
-        rows = []
+        out["kernels"][name] = {"layers": [
+            {"layer": n, "shape": f"{layer.c_in}->{layer.c_out} k{layer.k}",
+             "row_reads_per_px": _row_reads(mod, layer),
+             "useful_per_px": layer.c_in * layer.k * layer.k * layer.c_out / 8,
+             "seconds": times[name][n]} for n, layer in enumerate(model.layers)]}
+    return derive(out, floor.summary())
+
+
+def derive(res: dict, fl: dict) -> dict:
+    """Fill in the figures of ``measure``'s result from its times and the floor ``fl``
+    (re-derived once at the end with the best clock and floor seen in the whole run)."""
+    ghz = fl["clock_ghz"]
+    pixels = res["planes"] * res["size"][0] * res["size"][1]
+    res["floor"] = fl
+    for kres in res["kernels"].values():
         tot_s = tot_best = tot_reads = tot_useful = 0.0
-        for n, layer in enumerate(model.layers):
-            s, best = statistics.median(times[name][n]), min(times[name][n])
+        for row in kres["layers"]:
+            s, best = statistics.median(row["seconds"]), min(row["seconds"])
+            reads, useful = row["row_reads_per_px"], row["useful_per_px"]
             ns_px = s / pixels * 1e9
-            reads = _row_reads(mod, layer)
-            useful = layer.c_in * layer.k * layer.k * layer.c_out / 8
             cyc = ns_px / reads * ghz
-            rows.append({"layer": n, "shape": f"{layer.c_in}->{layer.c_out} k{layer.k}",
-                         "row_reads_per_px": reads, "useful_per_px": useful,
-                         "ms": round(s * 1e3, 3), "ns_per_px": round(ns_px, 2),
-                         "ns_per_read": round(ns_px / reads, 3), "cycles_per_read": round(cyc, 2),
-                         "cycles_per_read_best": round(best / pixels * 1e9 / reads * ghz, 2),
-                         "cycles_per_useful": round(ns_px / useful * ghz, 2),
-                         "vs_floor": round(cyc / fl["reg_cycles"], 2)})
+            row.update({"ms": round(s * 1e3, 3), "ns_per_px": round(ns_px, 2),
+                        "ns_per_read": round(ns_px / reads, 3), "cycles_per_read": round(cyc, 2),
+                        "cycles_per_read_best": round(best / pixels * 1e9 / reads * ghz, 2),
+                        "cycles_per_useful": round(ns_px / useful * ghz, 2),
+                        "vs_floor": round(cyc / fl["reg_cycles"], 2)})
             tot_s += s
             tot_best += best
             tot_reads += reads
             tot_useful += useful
         ns_px = tot_s / pixels * 1e9
-        total = {"ms": round(tot_s * 1e3, 3), "row_reads_per_px": tot_reads,
-                 "useful_per_px": tot_useful, "ns_per_px": round(ns_px, 2),
-                 "ns_per_read": round(ns_px / tot_reads, 3),
-                 "cycles_per_read": round(ns_px / tot_reads * ghz, 2),
-                 "cycles_per_read_best": round(tot_best / pixels * 1e9 / tot_reads * ghz, 2),
-                 "cycles_per_useful": round(ns_px / tot_useful * ghz, 2),
-                 "vs_floor": round(ns_px / tot_reads * ghz / fl["reg_cycles"], 2)}
-        out["kernels"][name] = {"layers": rows, "total": total}
-    return out
+        kres["total"] = {"ms": round(tot_s * 1e3, 3), "row_reads_per_px": tot_reads,
+                         "useful_per_px": tot_useful, "ns_per_px": round(ns_px, 2),
+                         "ns_per_read": round(ns_px / tot_reads, 3),
+                         "cycles_per_read": round(ns_px / tot_reads * ghz, 2),
+                         "cycles_per_read_best": round(tot_best / pixels * 1e9 / tot_reads * ghz, 2),
+                         "cycles_per_useful": round(ns_px / tot_useful * ghz, 2),
+                         "vs_floor": round(ns_px / tot_reads * ghz / fl["reg_cycles"], 2)}
+    return res
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -298,6 +306,7 @@ def main(argv=None) -> int:
         for mode in args.mode:
             results.append(measure(scale, mode, size, args.repeats, floor, kernels))
     fl = floor.summary()
+    results = [derive(res, fl) for res in results]
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     if args.json:
         print(json.dumps({"floor": fl, "loadavg": load, "results": results}, indent=1))
