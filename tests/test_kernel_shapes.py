@@ -53,3 +53,16 @@ def test_kernel_paths_match_reference(shape, mode):
             got = numba_cpu.run_planes(prepare(model), planes, mode)
             want = reference.upscale_planes(model, planes)
             assert np.array_equal(got, want), f"seed {seed}, {h}x{w}, {mode}"
+
+
+def test_row_starts_fit_in_uint16_at_the_loader_limits():
+    """The row sums keep each source pixel's table-row start as uint16 in units of
+    ``_unit``; the largest tables the loader accepts (k = 9, 64 outputs, 256 knots) fit."""
+    from iqlut_gpu.model import MAX_CHANNELS, MAX_K
+
+    k, C = MAX_K, MAX_CHANNELS
+    for pair, n in ((False, 256), (True, 255)):
+        shape = (1, k, n, k, C) + ((2,) if pair else ())
+        rows = numba_cpu._kernel_rows(np.zeros(shape, np.int16))  # asserts the bound
+        unit = 8 if pair else 4
+        assert rows.shape[3] % unit == 0 and (n - 1) * rows.shape[3] // unit < 65536
