@@ -25,7 +25,7 @@ $(VENV)/.test: $(VENV)/.base
 	$(PIP) install --quiet "$(TORCH)"
 	@# the contrib build replaces the plain one (both install the cv2 package)
 	$(PIP) uninstall --quiet --yes opencv-python-headless 2>/dev/null || true
-	$(PIP) install --quiet -e ".[test,train,video,bench,$(CUDA)]"
+	$(PIP) install --quiet -e ".[test,train,video,bench,cluster,$(CUDA)]"
 	touch $@
 
 demo: $(VENV)/.base

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..png import DEFAULT_LEVEL as DEFAULT_PNG_LEVEL
 from . import CLIError
+from .cluster_run import add_cluster_arg
 from .common import add_backend_args, add_color_arg, add_model_args, upscaler_from_args
 
 DEFAULT_BATCH = 8
@@ -42,7 +43,11 @@ def add_parser(sub) -> None:
                    help="PNG compression: 0 fastest and largest, 9 smallest and slowest "
                    f"(default {DEFAULT_PNG_LEVEL}, chosen by measurement: bench/README.md)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="leave output files that exist and do the rest (a rerun after a crash "
+                   "goes on where it stopped)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    add_cluster_arg(p)
     p.set_defaults(func=run)
 
 
@@ -128,13 +133,25 @@ def run(args) -> int:
 
     from ..io import ImageError, write_image
 
+    if args.cluster:  # many workers, many machines: iqlut_gpu.cluster
+        from . import cluster_run
+
+        return cluster_run.upscale(args)
     if args.batch < 1:
         raise CLIError(f"--batch must be at least 1, got {args.batch}")
+    if args.overwrite and args.skip_existing:
+        raise CLIError("--overwrite and --skip-existing exclude each other")
     upscaler = upscaler_from_args(args)
     scale, backend = upscaler.scale, upscaler.backend
     jobs = collect_jobs(args.inputs, args.output)
     if not jobs:
         raise CLIError("no image files found in the inputs")
+    if args.skip_existing:
+        jobs = [(src, dst) for src, dst in jobs if not dst.exists()]
+        if not jobs:
+            if not args.quiet:
+                print(f"nothing to do: every output exists in {args.output}", file=sys.stderr)
+            return 0
     single = len(jobs) == 1 and jobs[0][1] == Path(args.output)
     if not single:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from .cluster_run import add_cluster_arg
 from .common import add_backend_args, add_model_args, upscaler_from_args
 
 
@@ -26,6 +27,10 @@ def add_parser(sub) -> None:
                    "(default 18)")
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    add_cluster_arg(p)
+    p.add_argument("--segment-seconds", type=float, default=None, metavar="S",
+                   help="with --cluster: cut the video at the first keyframe after every S "
+                   "seconds (default: about four segments per worker, at least 2 s)")
     p.set_defaults(func=run)
 
 
@@ -33,6 +38,12 @@ def run(args) -> int:
     from ..video import probe, upscale_video
     from . import CLIError
 
+    if args.cluster:  # segments on many workers: iqlut_gpu.cluster
+        from . import cluster_run
+
+        return cluster_run.video(args)
+    if args.segment_seconds is not None:
+        raise CLIError("--segment-seconds is for --cluster runs")
     if args.batch < 1:
         raise CLIError(f"--batch must be at least 1, got {args.batch}")
     upscaler = upscaler_from_args(args)
