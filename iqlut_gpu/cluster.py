@@ -152,8 +152,14 @@ def local_cluster_kwargs(workers: int | None = None, quiet: bool = False) -> dic
     cores = _cores()
     n = workers or cores
     return dict(n_workers=n, threads_per_worker=1, processes=True,
-                env={"NUMBA_NUM_THREADS": str(max(1, cores // n))},
-                dashboard_address=None, silence_logs=logging.CRITICAL if quiet else logging.WARN)
+                env={"NUMBA_NUM_THREADS": str(max(1, cores // n))}, **_no_dashboard(),
+                silence_logs=logging.CRITICAL if quiet else logging.WARN)
+
+
+def _no_dashboard() -> dict:
+    """No dashboard, and the scheduler's small HTTP server on a free port (by default it
+    takes 8787 and warns on stderr when another cluster has it)."""
+    return dict(dashboard_address=None, scheduler_kwargs={"dashboard_address": ":0"})
 
 
 def cuda_cluster_kwargs(workers: int | None = None, quiet: bool = False) -> dict:
@@ -162,7 +168,7 @@ def cuda_cluster_kwargs(workers: int | None = None, quiet: bool = False) -> dict
     each seeing only its own device as device 0 (dask-cuda's doing), one task at a time."""
     import logging
 
-    kw = dict(threads_per_worker=1, dashboard_address=None,
+    kw = dict(threads_per_worker=1, **_no_dashboard(),
               silence_logs=logging.CRITICAL if quiet else logging.WARN)
     if workers:
         kw["n_workers"] = workers
@@ -297,11 +303,15 @@ def _plugin(name: str) -> UpscalerPlugin:
     return plugin
 
 
-def _warm(name: str) -> tuple[str, str, list]:
-    """Build this worker's upscaler now (model tables, Numba compilation); (host, backend,
-    the warnings that building it raised, for the driver to pass on)."""
-    plugin = _plugin(name)
-    return socket.gethostname(), plugin.upscaler().backend, plugin.warnings
+def _warm(name: str) -> tuple[str, str | None, list | str]:
+    """Build this worker's upscaler now (model tables, Numba compilation): (host, backend,
+    the warnings that building it raised, for the driver to pass on), or (host, None, why
+    it cannot be built)."""
+    try:
+        plugin = _plugin(name)
+        return socket.gethostname(), plugin.upscaler().backend, plugin.warnings
+    except Exception as e:  # noqa: BLE001 - reported by the driver, on one line
+        return socket.gethostname(), None, _first_line(e)
 
 
 def _not_shared(path, what: str) -> str:
@@ -455,17 +465,20 @@ class _Job:
         with _lost(client):
             client.register_plugin(self.plugin, name=self.name)
         try:
+            # each worker builds its upscaler (in parallel) before any file is sent, so that
+            # a worker that cannot (no GPU for --backend cuda, say) ends the job on one line
             futures = [client.submit(_warm, self.name, key=f"{self.name}-warm-{k}",
-                                     workers=[w], allow_other_workers=False, pure=False)
+                                     workers=[w], allow_other_workers=True, pure=False)
                        for k, w in enumerate(workers)]
-            outcome, errors = [], []
-            for f in futures:
+            outcome = []
+            for future in _completed(futures):
                 try:
-                    outcome.append(f.result())
-                except Exception as e:  # noqa: BLE001 - one line for the user
-                    errors.append(_first_line(e))
-            if errors and not outcome:
-                raise ClusterError(f"the workers cannot run the upscaler: {errors[0]}")
+                    outcome.append(future.result())
+                except Exception:  # noqa: BLE001 - a worker that died meanwhile: Dask's
+                    continue
+            for host, backend, why in outcome:
+                if backend is None:
+                    raise ClusterError(f"worker {host} cannot run the upscaler: {why}")
             self.workers = len(workers)
             self.backend = ", ".join(sorted({b for _, b, _ in outcome}))
             import warnings
@@ -670,6 +683,7 @@ class VideoReport:
     info: object = None               # iqlut_gpu.video.VideoInfo of the source
     output_size: tuple[int, int] | None = None
     stages: dict = field(default_factory=dict)  # split, upscale, join (seconds)
+    notes: list = field(default_factory=list)   # what the user should know, one line each
 
     @property
     def fps(self) -> float:
@@ -725,6 +739,12 @@ def split_segments(src, folder: Path, seconds: float, stream: int = 0) -> list[P
     raise last
 
 
+def _stands_alone(segment: Path) -> bool:
+    """Whether a segment decodes to as many frames as it holds packets (it does not when
+    frames before its first keyframe refer to the segment before: an open GOP)."""
+    return count_frames(segment) == count_frames(segment, decode=False)
+
+
 def _segment_container(dst: Path, size, fps, codec, crf) -> str:
     """The suffix for upscaled segments: MP4/QuickTime (exact timestamps) when they hold
     ``codec``, else the output's own."""
@@ -741,7 +761,8 @@ def _segment_container(dst: Path, size, fps, codec, crf) -> str:
 
 
 def _segment_task(name: str, src: str, dst: str, batch: int, codec: str, crf) -> tuple:
-    """On a worker: upscale one segment file into ``dst``; (frames, seconds, backend)."""
+    """On a worker: upscale one segment file into ``dst``; (frames decoded and upscaled,
+    packets in the segment, seconds, backend)."""
     from . import video
 
     if not os.path.exists(src):
@@ -749,7 +770,7 @@ def _segment_task(name: str, src: str, dst: str, batch: int, codec: str, crf) ->
     up = _plugin(name).upscaler()
     stats = video.upscale_video(src, dst, upscaler=up, batch=batch, codec=codec, crf=crf,
                                 overwrite=True)
-    return stats.frames, stats.seconds, up.backend
+    return stats.frames, count_frames(src, 0, decode=False), stats.seconds, up.backend
 
 
 def _segments_folder(dst: Path) -> Path:
@@ -785,8 +806,6 @@ def upscale_video(src, dst, scale: int | None = None, *, client, model=None,
     output, ClusterError for a lost cluster; on any failure ``dst`` is untouched and the
     segments are removed.
     """
-    from threading import Thread
-
     from .io import atomic_path, remove_stale_parts
     from .video import (CRF_CODECS, DEFAULT_CRF, VideoError, check_encoder, check_output_path,
                         probe)
@@ -814,15 +833,6 @@ def upscale_video(src, dst, scale: int | None = None, *, client, model=None,
     report = VideoReport(info=info, output_size=out_size)
     t_start = time.perf_counter()
     work = _segments_folder(dst)
-    counted: dict = {}
-
-    def count_source():  # the single-process frame count, beside the work
-        try:
-            counted["frames"] = count_frames(src, info.stream)
-        except Exception as e:  # noqa: BLE001 - reported after the join
-            counted["error"] = e
-
-    counter = Thread(target=count_source, name="iqlut-count", daemon=True)
     try:
         with _Job(client, model, options) as job:
             report.workers, report.backend = job.workers, job.backend
@@ -831,20 +841,24 @@ def upscale_video(src, dst, scale: int | None = None, *, client, model=None,
                 (info.duration or 0) / (SEGMENTS_PER_WORKER * max(1, job.workers)))
             t0 = time.perf_counter()
             segments = split_segments(src, work, seconds, info.stream)
+            if len(segments) > 1 and not _stands_alone(segments[1]):
+                # open GOP: the frames before a keyframe refer to the segment before it
+                segments = split_segments(src, work, 1e9, info.stream)
+                report.notes.append("its frames refer across keyframes (open GOP): "
+                                    "upscaled as one segment on one worker")
             report.stages["split"] = time.perf_counter() - t0
             report.segments = len(segments)
-            counter.start()
             t0 = time.perf_counter()
             outs = [work / f"up_{k:06d}{seg_suffix}" for k in range(len(segments))]
             futures = {client.submit(_segment_task, job.name, str(s), str(o), batch, codec, crf,
                                      key=f"{job.name}-segment-{k:06d}"): k
                        for k, (s, o) in enumerate(zip(segments, outs))}
-            frames = [0] * len(segments)
+            frames, packets = [0] * len(segments), [0] * len(segments)
             try:
                 for future in _completed(list(futures)):
                     k = futures[future]
                     try:
-                        frames[k] = future.result()[0]
+                        frames[k], packets[k] = future.result()[:2]
                     except (ClusterError, VideoError):
                         raise
                     except Exception as e:  # noqa: BLE001 - KilledWorker and the like
@@ -860,13 +874,12 @@ def upscale_video(src, dst, scale: int | None = None, *, client, model=None,
             report.stages["upscale"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         (work / "concat.txt").write_text("".join(f"file '{o.name}'\n" for o in outs))
-        counter.join()
-        if "error" in counted:
-            raise counted["error"]
-        if counted["frames"] != report.frames:
-            raise VideoError(f"{src}: cut at its keyframes it gives {report.frames} frames, "
-                             f"not its {counted['frames']} (an open-GOP source?); upscale it "
-                             "without --cluster")
+        if frames != packets:  # a segment decoded to more or fewer frames than it holds
+            whole = count_frames(src, info.stream)  # what the single-process run decodes
+            if whole != report.frames:
+                raise VideoError(f"{src}: cut at its keyframes it gives {report.frames} "
+                                 f"frames, not its {whole} (frames that need the previous "
+                                 "segment: an open-GOP source?); upscale it without --cluster")
         args = ["-y", "-f", "concat", "-safe", "0", "-i", work / "concat.txt"]
         if info.audio:
             args += ["-i", src, "-map", "0:v:0", "-map", "1:a?"]
@@ -880,8 +893,6 @@ def upscale_video(src, dst, scale: int | None = None, *, client, model=None,
                                  f"{report.frames}")
         report.stages["join"] = time.perf_counter() - t0
     finally:
-        if counter.is_alive():
-            counter.join(timeout=60)
         _remove_folder(work)
     report.seconds = time.perf_counter() - t_start
     return report

@@ -208,6 +208,27 @@ def test_folder_on_two_workers_equals_the_in_process_run(client, tmp_path):
     assert ok.in_size == (64, 48) and ok.out_size == (128, 96)
 
 
+def test_a_backend_the_workers_lack_is_one_line(client, tmp_path):
+    from iqlut_gpu.kernels import cuda_backend
+
+    if cuda_backend.probe() is None:
+        pytest.skip("this machine has a GPU")
+    make_photos(tmp_path / "in", 2)
+    with pytest.raises(cluster.ClusterError, match=r"^worker \S+ cannot run the upscaler: "):
+        cluster.upscale_files([tmp_path / "in"], tmp_path / "out", 2, client=client,
+                              backend="cuda")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_files_are_grouped_into_tasks_for_balance():
+    jobs = [(f"/nowhere/{i}.png", f"/out/{i}.png") for i in range(32)]
+    assert [len(g) for g in cluster._group(jobs, 8, 2)] == [4] * 8  # 4 tasks per worker
+    assert [len(g) for g in cluster._group(jobs, 8, 1)] == [8] * 4  # at most --batch
+    assert [len(g) for g in cluster._group(jobs, 8, 16)] == [1] * 32
+    assert [len(g) for g in cluster._group(jobs[:3], 8, 2)] == [1] * 3
+    assert sum(cluster._group(jobs, 3, 2), []) == jobs  # in order, each once
+
+
 def test_skip_existing_resumes_and_existing_outputs_are_kept(client, tmp_path):
     images = make_photos(tmp_path / "in", 4)
     out = tmp_path / "out"
@@ -468,15 +489,16 @@ def clip(tmp_path_factory):
     return folder
 
 
-def assert_same_video(a, b):
+def assert_same_video(a, b, frames=30):
     from iqlut_gpu.video import probe
 
     ia, ib = probe(a), probe(b)
     assert (ia.fps, ia.width, ia.height, ia.audio) == (ib.fps, ib.width, ib.height, ib.audio)
     ha, hb = frame_hashes(a), frame_hashes(b)
-    assert len(ha) == len(hb) == 30
+    assert len(ha) == len(hb) == frames
     assert ha == hb  # same pixels, timestamps and durations, frame for frame
-    assert packets(a, "0:a:0") == packets(b, "0:a:0")  # the audio, copied once
+    if ia.audio:
+        assert packets(a, "0:a:0") == packets(b, "0:a:0")  # the audio, copied once
 
 
 def test_segmented_video_equals_the_single_process_run(client, clip, tmp_path):
@@ -538,6 +560,24 @@ def test_a_failed_segment_leaves_nothing(client, clip, tmp_path):
     finally:
         client.run(restore)
     assert list(tmp_path.iterdir()) == []  # no output, no segment folder
+
+
+def test_an_open_gop_video_is_upscaled_whole(client, tmp_path):
+    """Frames before an open GOP's keyframe refer to the GOP before: cut there they would be
+    lost, so such a video goes to one worker in one segment, and says so."""
+    from iqlut_gpu import video
+
+    subprocess.run([FFMPEG, "-hide_banner", "-loglevel", "error", "-nostdin", "-f", "lavfi",
+                    "-i", "testsrc=size=64x48:rate=25:duration=1.6", "-c:v", "libx264",
+                    "-g", "8", "-bf", "3", "-x264-params", "open-gop=1:scenecut=0",
+                    "-pix_fmt", "yuv420p", str(tmp_path / "open.mp4")], check=True)
+    video.upscale_video(tmp_path / "open.mp4", tmp_path / "single.mkv", 2, backend=BACKEND,
+                        codec="ffv1")
+    report = cluster.upscale_video(tmp_path / "open.mp4", tmp_path / "out.mkv", 2,
+                                   client=client, backend=BACKEND, codec="ffv1",
+                                   segment_seconds=0.3)
+    assert report.segments == 1 and "open GOP" in report.notes[0]
+    assert_same_video(tmp_path / "single.mkv", tmp_path / "out.mkv", frames=40)
 
 
 def test_cli_video_on_a_cluster(client, clip, tmp_path, capsys):

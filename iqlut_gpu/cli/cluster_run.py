@@ -134,6 +134,8 @@ def video(args) -> int:
         if bar is not None:
             bar.close()
     if not args.quiet:
+        for note in report.notes:
+            print(f"iqlut video: note: {args.input}: {note}", file=sys.stderr)
         w, h = report.output_size
         audio = f", audio copied ({', '.join(info.audio)})" if info.audio else ", no audio"
         print(f"{args.output}: {report.frames} frames {info.width}x{info.height} -> {w}x{h} "
