@@ -142,6 +142,17 @@ def _cores() -> int:
                    else os.cpu_count() or 1)
 
 
+# Dask settings for the clusters started here (local, cuda): its background work (system
+# and memory monitors, the event-loop tick, the task profiler sampling every 10 ms) took
+# 11% of a core with two idle workers on the 2-core machine, 2% with these (docs/cluster.md).
+LEAN_DASK_CONFIG = {
+    "distributed.admin.tick.interval": "500ms",
+    "distributed.admin.system-monitor.interval": "2s",
+    "distributed.worker.memory.monitor-interval": "1s",
+    "distributed.worker.profile.enabled": False,
+}
+
+
 def local_cluster_kwargs(workers: int | None = None, quiet: bool = False) -> dict:
     """Keyword arguments of ``distributed.LocalCluster`` for ``local[:N]``: N worker processes
     (default one per core), one task at a time each (the kernels are parallel inside), and
@@ -223,17 +234,20 @@ def connect(spec: ClusterSpec | str, *, quiet: bool = False, timeout=None):
             with contextlib.suppress(Exception):
                 client.close(timeout=5)
         return
-    cluster = start_cluster(spec, quiet)
-    try:
-        client = distributed.Client(cluster)
+    import dask
+
+    with dask.config.set(LEAN_DASK_CONFIG):
+        cluster = start_cluster(spec, quiet)
         try:
-            yield client
+            client = distributed.Client(cluster)
+            try:
+                yield client
+            finally:
+                with contextlib.suppress(Exception):
+                    client.close(timeout=5)
         finally:
             with contextlib.suppress(Exception):
-                client.close(timeout=5)
-    finally:
-        with contextlib.suppress(Exception):
-            cluster.close(timeout=10)
+                cluster.close(timeout=10)
 
 
 def _quiet_dask_logs() -> None:
