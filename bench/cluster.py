@@ -26,8 +26,9 @@ efficiency (speedup / 2), ``w1 / inproc`` (the cluster path's cost with one work
 seconds per photo or frame of every configuration (this process, which holds the scheduler,
 the worker processes and their ffmpeg children: robust to other load on a shared machine,
 unlike the wall times); the CPU seconds per photo of its parts (decoding, kernels, encoding;
-one thread, in this process); the bytes per photo in and out; and the scheduler's
-overhead per task (``overhead``: 400 empty tasks through the 2-worker cluster, and the
+one thread, in this process); the bytes per photo in and out; the cores an idle 2-worker
+cluster uses with Dask's default settings and with ``cluster.LEAN_DASK_CONFIG``; and the
+scheduler's overhead per task (``overhead``: 400 empty tasks through the 2-worker cluster, and the
 round trip of one).
 """
 
@@ -144,6 +145,27 @@ def cpu_seconds(pids) -> float:
     return total
 
 
+def idle_cores(config: dict, seconds: float = 6.0) -> float:
+    """Cores that a started, idle 2-worker LocalCluster uses (its processes' CPU time over
+    ``seconds``), under the Dask settings ``config``."""
+    import dask
+    import distributed
+
+    from iqlut_gpu import cluster
+
+    with dask.config.set(config):
+        lc = distributed.LocalCluster(**cluster.local_cluster_kwargs(2, quiet=True))
+    try:
+        with distributed.Client(lc) as client:
+            pids = [os.getpid(), *client.run(os.getpid).values()]
+            time.sleep(1.0)
+            c0 = cpu_seconds(pids)
+            time.sleep(seconds)
+            return round((cpu_seconds(pids) - c0) / seconds, 4)
+    finally:
+        lc.close()
+
+
 _CHILD = """
 import sys, os, time, json
 from iqlut_gpu.cli import main
@@ -185,6 +207,9 @@ def measure(photos: int = 32, size=(320, 240), formats=("jpg", "png"), scale: in
            "clip_size": "{}x{}".format(*clip_size), "clip_fps": CLIP_FPS,
            "segment_seconds": SEGMENT_SECONDS, "rounds": rounds}
     me = os.getpid()
+    res["idle_cores_2_workers"] = {"dask_defaults": idle_cores({}),
+                                   "lean": idle_cores(cluster.LEAN_DASK_CONFIG)}
+    log(f"idle cluster: {res['idle_cores_2_workers']}")
     with tempfile.TemporaryDirectory(prefix="iqlut-bench-cluster-") as tmp:
         tmp = Path(tmp)
         for fmt in formats:

@@ -246,6 +246,25 @@ def test_skip_existing_resumes_and_existing_outputs_are_kept(client, tmp_path):
     assert all("exists (use --overwrite" in r.error for r in again.failed)
 
 
+def test_skip_existing_in_process_too(tmp_path, capsys):
+    from iqlut_gpu.cli import main
+
+    images = make_photos(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "02.png").write_bytes(b"kept")
+    args = ["upscale", str(tmp_path / "in"), "-o", str(out), "--scale", "2", "--backend",
+            BACKEND]
+    assert main([*args, "--skip-existing"]) == 0
+    assert (out / "02.png").read_bytes() == b"kept"
+    assert_outputs(out, {k: v for k, v in expected(images).items() if k != "02.png"})
+    capsys.readouterr()
+    assert main([*args, "--skip-existing"]) == 0
+    assert "nothing to do: every output exists" in capsys.readouterr().err
+    assert main([*args, "--skip-existing", "--overwrite"]) == 1
+    assert "--overwrite and --skip-existing exclude each other" in capsys.readouterr().err
+
+
 def test_a_file_a_worker_cannot_see_fails_alone(tmp_path):
     """What a worker does with paths that are not on its filesystem (run here directly)."""
     from iqlut_gpu.upscaler import Upscaler
