@@ -43,10 +43,8 @@ How work is spread (docs/cluster.md has the measurements):
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import os
-import pickle
 import re
 import shutil
 import socket
@@ -449,9 +447,8 @@ def _check_options(options: UpscalerOptions) -> None:
     color_mod.check(options.color)
 
 
-def _plugin_name(model, options: UpscalerOptions) -> str:
-    digest = hashlib.sha1(pickle.dumps((model, options), protocol=5)).hexdigest()[:12]
-    return f"iqlut-{digest}-{uuid.uuid4().hex[:8]}"
+def _plugin_name() -> str:
+    return f"iqlut-{uuid.uuid4().hex[:16]}"
 
 
 class _Job:
@@ -460,7 +457,7 @@ class _Job:
 
     def __init__(self, client, model, options: UpscalerOptions):
         self.client = client
-        self.name = _plugin_name(model, options)
+        self.name = _plugin_name()
         self.plugin = UpscalerPlugin(self.name, model, options)
         self.workers = 0
         self.backend = options.backend
