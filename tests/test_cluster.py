@@ -534,6 +534,20 @@ def test_segmented_video_equals_the_single_process_run(client, clip, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mkv"]  # segments removed
 
 
+def test_lossy_segments_keep_the_timestamps(client, clip, tmp_path):
+    """x264 in MP4, segment by segment: other pictures than one encode (a keyframe at each
+    seam), the same frames at the same times, and the same audio."""
+    from iqlut_gpu import video
+
+    video.upscale_video(clip / "in.mp4", tmp_path / "single.mp4", 2, backend=BACKEND)
+    cluster.upscale_video(clip / "in.mp4", tmp_path / "out.mp4", 2, client=client,
+                          backend=BACKEND, segment_seconds=0.2)
+    a, b = frame_hashes(tmp_path / "single.mp4"), frame_hashes(tmp_path / "out.mp4")
+    assert len(a) == len(b) == 30
+    assert [f[:2] for f in a] == [f[:2] for f in b]  # pts and duration of every frame
+    assert packets(tmp_path / "single.mp4", "0:a:0") == packets(tmp_path / "out.mp4", "0:a:0")
+
+
 def test_segmented_video_survives_a_killed_worker(client, clip, tmp_path):
     killed = []
 
