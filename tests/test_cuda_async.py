@@ -21,7 +21,7 @@ import pytest
 
 import cases
 from cuda_emu import fake_cupy, harness
-from iqlut_gpu import Upscaler, backends, default_model, upscale
+from iqlut_gpu import Upscaler, backends, upscale
 from iqlut_gpu.backends import Prepared
 from iqlut_gpu.frames import StreamRunner, SyncRunner, generate
 from iqlut_gpu.kernels import cuda_backend, cuda_stream
