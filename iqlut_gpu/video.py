@@ -392,13 +392,15 @@ class _Stamps:
 
 
 def read_video(path, info: VideoInfo | None = None, source=None,
-               stop: threading.Event | None = None) -> Iterator[DecodedFrame]:
+               stop: threading.Event | None = None, copyts: bool = False
+               ) -> Iterator[DecodedFrame]:
     """Every frame of the video stream, in order, with its timestamp (``DecodedFrame``).
 
     ``source``: a ``yuv.SourceFormat`` (how to decode: ``yuv.source_format``); None reads
-    RGB (rgb24 frames, planes R, G, B). Raises VideoError if ffmpeg fails, including at
-    the end of the stream (corrupt data that stops the decoder). Closing the generator
-    early kills the decoder.
+    RGB (rgb24 frames, planes R, G, B). Times count from the file's start, or with
+    ``copyts`` are the file's own (ffmpeg's -copyts). Raises VideoError if ffmpeg fails,
+    including at the end of the stream (corrupt data that stops the decoder). Closing the
+    generator early kills the decoder.
     """
     import tempfile
 
@@ -411,10 +413,11 @@ def read_video(path, info: VideoInfo | None = None, source=None,
     size = layout.frame_bytes(w, h)
     with tempfile.TemporaryDirectory(prefix="iqlut-pts-") as tmp:
         stamps_path = Path(tmp) / "pts.txt"
-        cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(path),
-               "-map", f"0:v:{info.stream}", "-fps_mode", "passthrough", "-enc_time_base", "demux",
-               "-an", "-sn", "-dn", "-f", "rawvideo", "-pix_fmt", source.decode_as,
-               "-stats_enc_pre", f"file:{stamps_path}", "-stats_enc_pre_fmt", "{tb} {pts}", "-"]
+        cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error",
+               *(["-copyts"] if copyts else []), "-i", str(path), "-map", f"0:v:{info.stream}",
+               "-fps_mode", "passthrough", "-enc_time_base", "demux", "-an", "-sn", "-dn",
+               "-f", "rawvideo", "-pix_fmt", source.decode_as, "-stats_enc_pre",
+               f"file:{stamps_path}", "-stats_enc_pre_fmt", "{tb} {pts}", "-"]
         proc = _popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                       stderr=subprocess.PIPE)
         tail = _StderrTail(proc.stderr)
@@ -463,15 +466,18 @@ def read_frames(path, info: VideoInfo | None = None, stop: threading.Event | Non
 
 
 @functools.lru_cache(maxsize=None)
+def _encoder_help(codec: str) -> str:
+    try:
+        return subprocess.run([ffmpeg_exe(), "-hide_banner", "-h", f"encoder={codec}"],
+                              capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
 def encoder_pix_fmts(codec: str) -> tuple[str, ...] | None:
     """The pixel formats ffmpeg's encoder ``codec`` takes, or None if it does not say
     (or is unknown: the encoder check then says so)."""
-    try:
-        out = subprocess.run([ffmpeg_exe(), "-hide_banner", "-h", f"encoder={codec}"],
-                             capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    m = re.search(r"Supported pixel formats:\s*(.*)", out)
+    m = re.search(r"Supported pixel formats:\s*(.*)", _encoder_help(codec))
     return tuple(m.group(1).split()) if m else None
 
 
@@ -505,8 +511,11 @@ def output_pix_fmt(layout, size, codec: str) -> str | None:
     return next((f for f in order if f in fmts), None)
 
 
-def _encode_args(codec: str, crf: int | None, audio_from, pix_fmt: str | None) -> list:
+def _encode_args(codec: str, crf: int | None, audio_from, pix_fmt: str | None,
+                 preset: str | None = None) -> list:
     """ffmpeg arguments after the video input: audio input and mapping, video codec."""
+    if preset is not None and not re.search(r"^\s*-preset\b", _encoder_help(codec), re.M):
+        raise VideoError(f"--preset is not an option of the {codec} encoder")
     if crf is not None and codec not in CRF_CODECS:
         raise VideoError(f"--crf is not supported for codec {codec!r} "
                          f"(it is for {', '.join(sorted(CRF_CODECS))})")
@@ -522,12 +531,14 @@ def _encode_args(codec: str, crf: int | None, audio_from, pix_fmt: str | None) -
         args += ["-cq" if codec.endswith("_nvenc") else "-crf", str(crf)]
         if codec == "libvpx-vp9":
             args += ["-b:v", "0"]  # constant quality mode
+    if preset is not None:
+        args += ["-preset", preset]
     return args
 
 
 def check_encoder(dst, size, fps, *, codec: str = "libx264", crf: int | None = None,
                   audio_from=None, pix_fmt: str | None = None, layout=None, color=(),
-                  sar: Fraction | None = None) -> None:
+                  sar: Fraction | None = None, preset: str | None = None) -> None:
     """Encode two frames the way ``VideoWriter`` will (same input, filters and options)
     into a scratch file of ``dst``'s kind.
 
@@ -545,7 +556,8 @@ def check_encoder(dst, size, fps, *, codec: str = "libx264", crf: int | None = N
     with tempfile.TemporaryDirectory(prefix="iqlut-check-") as tmp:
         scratch = Path(tmp) / ("check" + dst.suffix)
         writer = VideoWriter(scratch, size, fps, codec=codec, crf=crf, audio_from=audio_from,
-                             pix_fmt=pix_fmt, layout=layout, color=color, sar=sar, name=dst)
+                             pix_fmt=pix_fmt, layout=layout, color=color, sar=sar, name=dst,
+                             preset=preset)
         try:
             blank = tuple(np.full(s, 128, np.uint8) for s in layout.shapes(w, h))
             for _ in range(2):
@@ -573,7 +585,9 @@ class VideoWriter:
     the frames with (the source's range, matrix, primaries, transfer); ``sar``: the
     sample aspect ratio. ``audio_from``: a file whose audio streams are copied unchanged
     (``-c:a copy``). ffmpeg starts with the first frame (the first time is an input
-    offset). ``close()`` waits for ffmpeg and raises VideoError if it failed; ``abort()``
+    offset; with ``copyts`` the times are written as they are, as ffmpeg's -copyts, and the
+    audio keeps the file's own times too). ``close()`` waits for ffmpeg and raises
+    VideoError if it failed; ``abort()``
     kills it. ``name``: how messages call the file (the final name when ``path`` is
     temporary).
     """
@@ -581,7 +595,7 @@ class VideoWriter:
     def __init__(self, path, size: tuple[int, int], fps: Fraction, *, codec: str = "libx264",
                  crf: int | None = None, audio_from=None, pix_fmt: str | None = None,
                  name=None, layout=None, time_base: Fraction | None = None, color=(),
-                 sar: Fraction | None = None):
+                 sar: Fraction | None = None, copyts: bool = False, preset: str | None = None):
         from .yuv import RGB24
 
         self.path, self.size = Path(path), tuple(size)
@@ -610,10 +624,11 @@ class VideoWriter:
         self._input = ["-probesize", str(probe_frames * (self.frame_bytes + 12) + 32),
                        "-f", "ivf", "-i", "pipe:0"]
         tb = self.time_base
-        self._output = (_encode_args(codec, crf, audio_from, pix_fmt)
+        self._output = (_encode_args(codec, crf, audio_from, pix_fmt, preset)
                         + (["-vf", ",".join(filters)] if filters else [])
                         + ["-fps_mode", "passthrough",
                            "-enc_time_base", f"{tb.numerator}:{tb.denominator}", str(self.path)])
+        self.copyts = copyts
         self.frames = 0
         self._last_pts = None
         self._proc = None
@@ -623,7 +638,9 @@ class VideoWriter:
     def _start(self, first_pts: int) -> None:
         offset = first_pts * self.time_base
         cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y"]
-        if offset:  # ffmpeg moves an input's start to 0: put the video back where it was
+        if self.copyts:  # every input's times as they are
+            cmd += ["-copyts"]
+        elif offset:  # ffmpeg moves an input's start to 0: put the video back where it was
             cmd += ["-itsoffset", f"{float(offset):.6f}"]
         cmd += self._input + self._output
         self._proc = _popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
@@ -755,7 +772,9 @@ class VideoStats:
     "gray" or "rgb24"); ``planes_reason``: why a source went through RGB (None if it went
     as its planes); ``notes``: conversions ffmpeg made that the user should know of;
     ``time_base``: the unit of the source's timestamps, which the output keeps;
-    ``variable_rate``: whether the frame intervals varied by more than a tick."""
+    ``variable_rate``: whether the frame intervals varied by more than a tick;
+    ``encode_tail``: seconds from the last frame handed to the encoder to the finished
+    file (the encoder's look-ahead frames, coded only then)."""
 
     frames: int = 0
     seconds: float = 0.0
@@ -769,6 +788,7 @@ class VideoStats:
     notes: list = field(default_factory=list)
     time_base: Fraction | None = None
     variable_rate: bool = False
+    encode_tail: float = 0.0  # from the last frame handed over to the finished file
 
     @property
     def fps(self) -> float:
@@ -807,14 +827,19 @@ def upscale_video(src, dst, scale: int = 4, *, model=None, backend: str = "auto"
                   mode: str = "auto", ensemble: int | None = None, upscaler=None,
                   batch: int = 4, codec: str | None = None, crf: int | None = None,
                   overwrite: bool = False, progress=None, queue_batches: int = 2,
-                  planes: str = "auto") -> VideoStats:
+                  planes: str = "auto", copyts: bool = False,
+                  preset: str | None = None) -> VideoStats:
     """Upscale the video ``src`` into ``dst``: every frame at its own time, audio copied.
 
     The output has the source's frame count and frame times (so its rate, NTSC fractions
     and variable rates included), relative to the source file's start as ffmpeg counts
-    them. ``planes``: "auto" (8-bit YUV and gray video as their own planes, the rest as
+    them; with ``copyts``, the file's own times, unshifted (ffmpeg's -copyts: for segments
+    cut from a longer video, to be joined by their times). ``planes``: "auto" (8-bit YUV
+    and gray video as their own planes, the rest as
     RGB), "yuv" (planes, or VideoError for a source that is not 8-bit YUV/gray) or "rgb"
-    (convert to RGB and back, as before planes existed). What runs is ``upscaler`` (an
+    (convert to RGB and back, as before planes existed). ``codec``, ``crf``, ``preset``:
+    the encoder (default libx264), its constant quality (default 18 where it has one) and
+    its speed preset (default: the encoder's own). What runs is ``upscaler`` (an
     ``iqlut_gpu.Upscaler``), or one built from ``scale``, ``model``, ``backend``, ``mode``
     and ``ensemble`` (as for ``iqlut_gpu.upscale``). ``progress``: None, or a callable
     ``progress(n_frames_done)`` called from the calling thread after each encoded frame.
@@ -851,7 +876,7 @@ def upscale_video(src, dst, scale: int = 4, *, model=None, backend: str = "auto"
     audio_from = src if info.audio else None
     pix_fmt = output_pix_fmt(layout, out_size, codec)
     enc = dict(codec=codec, crf=crf, audio_from=audio_from, layout=layout, color=color,
-               sar=info.sar)
+               sar=info.sar, preset=preset)
     notes = []
     try:
         check_encoder(dst, out_size, info.fps, pix_fmt=pix_fmt, **enc)
@@ -878,7 +903,7 @@ def upscale_video(src, dst, scale: int = 4, *, model=None, backend: str = "auto"
     t_start = time.perf_counter()
 
     def decode():
-        frames = read_video(src, info, source, stop)
+        frames = read_video(src, info, source, stop, copyts)
         try:
             while True:
                 t0 = time.perf_counter()
@@ -913,7 +938,7 @@ def upscale_video(src, dst, scale: int = 4, *, model=None, backend: str = "auto"
                     t0 = time.perf_counter()
                     if writer is None:
                         writer = VideoWriter(tmp, out_size, info.fps, pix_fmt=pix_fmt,
-                                             time_base=tb, name=dst, **enc)
+                                             time_base=tb, name=dst, copyts=copyts, **enc)
                         stats.time_base = tb
                     elif step is None:
                         step = pts - last
@@ -929,7 +954,8 @@ def upscale_video(src, dst, scale: int = 4, *, model=None, backend: str = "auto"
                 if writer is None:
                     raise VideoError(f"{src}: no frames could be decoded")
                 writer.close()
-                stats.stages["encode"] += time.perf_counter() - t0
+                stats.encode_tail = time.perf_counter() - t0
+                stats.stages["encode"] += stats.encode_tail
             except BaseException:
                 stop.set()
                 if writer is not None:

@@ -116,6 +116,7 @@ SOURCES = {
     "nv42": (YUV444, None),
     "gray": (GRAY, None),
 }
+PLANES_CHOICES = ("auto", "yuv", "rgb")
 # Decoded in their own name (no conversion at all); the others as the planar layout.
 _NATIVE = {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "gray"}
 
@@ -139,12 +140,12 @@ def why_not_planes(pix_fmt: str | None) -> str | None:
         return None
     if not pix_fmt or pix_fmt == "none":
         return "its pixel format is unknown"
-    if re.search(r"p0\d\d|p\d\d(le|be)?$|\d\d(le|be)$|^(v210|v410|y210|y212|xv3\d|x2)", pix_fmt):
-        return f"{pix_fmt} has more than 8 bits per sample (the models are 8-bit)"
     if re.match(r"(rgb|bgr|gbr|argb|abgr|rgba|bgra|0rgb|0bgr|pal8|x2rgb|x2bgr)", pix_fmt):
         return f"{pix_fmt} is RGB"
     if pix_fmt.startswith(("yuva", "ya")):
         return f"{pix_fmt} has an alpha plane (dropped either way)"
+    if re.search(r"p0\d\d|\d+(le|be)$|^(v210|v410|y210|y212|xv3\d)", pix_fmt):
+        return f"{pix_fmt} has more than 8 bits per sample (the models are 8-bit)"
     if pix_fmt.startswith(("yuv411", "yuvj411", "yuv410", "yuv440", "yuvj440", "uyyvyy411")):
         return f"{pix_fmt} is a chroma layout the encoders rarely take"
     return f"{pix_fmt} is not an 8-bit YUV layout"
@@ -169,9 +170,6 @@ def source_format(pix_fmt: str | None, planes: str = "auto") -> SourceFormat:
         return SourceFormat(RGB24, "rgb24", None, reason)
     layout, rng = SOURCES[pix_fmt]
     return SourceFormat(layout, pix_fmt if pix_fmt in _NATIVE else layout.name, rng)
-
-
-PLANES_CHOICES = ("auto", "yuv", "rgb")
 
 
 def output_shapes(layout: PlaneFormat, width: int, height: int, scale: int):

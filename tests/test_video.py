@@ -64,12 +64,14 @@ def audio_md5(path):
     return out.stdout.strip()
 
 
-def frame_times(path):
-    """Each decoded frame's time in seconds, as ffmpeg's showinfo filter reports it."""
-    out = subprocess.run([FFMPEG, "-hide_banner", "-nostdin", "-i", str(path), "-map", "0:v:0",
-                          "-vf", "showinfo", "-f", "null", "-"], capture_output=True, text=True,
-                         check=True).stderr
-    return [float(t) for t in re.findall(r"\bn:\s*\d+\s+pts:\s*-?\d+\s+pts_time:(-?[\d.e+-]+)", out)]
+def frame_times(path, copyts=False):
+    """Each decoded frame's time in seconds, as ffmpeg's showinfo filter reports it
+    (from the file's start, or with ``copyts`` as the file has it)."""
+    out = subprocess.run([FFMPEG, "-hide_banner", "-nostdin", *(["-copyts"] if copyts else []),
+                          "-i", str(path), "-map", "0:v:0", "-vf", "showinfo", "-f", "null", "-"],
+                         capture_output=True, text=True, check=True).stderr
+    pattern = r"\bn:\s*\d+\s+pts:\s*-?\d+\s+pts_time:(-?[\d.e+-]+)"
+    return [float(t) for t in re.findall(pattern, out)]
 
 
 def assert_same_times(want, got, tol=1e-3):
@@ -178,8 +180,8 @@ def test_x2_keeps_rate_count_audio_and_content(run_cli, tmp_path):
 
 def test_x3_ntsc_rate_without_audio_through_the_api(tmp_path):
     make_clip(tmp_path / "in.mkv", n=10, fps="30000/1001", audio=False)
-    stats = upscale_video(tmp_path / "in.mkv", tmp_path / "out.mkv", 3, backend="reference", batch=4,
-                          ensemble=1)
+    stats = upscale_video(tmp_path / "in.mkv", tmp_path / "out.mkv", 3, backend="reference",
+                          batch=4, ensemble=1)
     out = probe(tmp_path / "out.mkv")
     assert stats.frames == 10 and (out.width, out.height) == (192, 144)
     assert out.fps == Fraction(30000, 1001) and out.audio == ()
@@ -267,8 +269,12 @@ def test_output_rules(run_cli, tmp_path):
                             "x.webm", "audio")
     assert_one_line_failure(run_cli("video", "in.mp4", "-o", "x.mp4", "--codec", "mpeg4", "--crf", "5",
                                     *args), "crf")
+    assert_one_line_failure(run_cli("video", "in.mp4", "-o", "x.mp4", "--preset", "nope", *args),
+                            "x.mp4", "preset")
+    assert_one_line_failure(run_cli("video", "in.mp4", "-o", "x.mkv", "--codec", "ffv1",
+                                    "--preset", "fast", *args), "--preset", "ffv1")
     assert leftovers(tmp_path, {"in.mp4", "out.mp4"}) == []
-    proc = run_cli("video", "in.mp4", "-o", "out.mp4", "--overwrite", *args)
+    proc = run_cli("video", "in.mp4", "-o", "out.mp4", "--overwrite", "--preset", "veryfast", *args)
     assert proc.returncode == 0, proc.stderr
     assert probe(tmp_path / "out.mp4").width == 128
 
@@ -336,7 +342,8 @@ def test_planes_round_trip_equal_upscale_of_each_plane(tmp_path, pix_fmt, size, 
             # the output's own plane: cut from the upscaled one, never padded
             assert full.shape[0] - scale < q.shape[0] <= full.shape[0], (full.shape, q.shape)
             assert full.shape[1] - scale < q.shape[1] <= full.shape[1], (full.shape, q.shape)
-            assert np.array_equal(q, full[:q.shape[0], :q.shape[1]]), f"seed {seed}: frame {i} plane {k}"
+            assert np.array_equal(q, full[:q.shape[0], :q.shape[1]]), \
+                f"seed {seed}: frame {i} plane {k}"
 
 
 def test_odd_output_size_that_the_encoder_cannot_subsample_gets_444(tmp_path):
@@ -367,7 +374,8 @@ def test_full_range_and_colour_tags_are_kept(tmp_path):
     assert stats.planes == "yuv420p"
     out = probe(tmp_path / "out.mp4")
     assert dict(out.color) == dict(src.color) and out.sar == src.sar, (src, out)
-    source, got = planes_of(tmp_path / "in.mp4", "yuvj420p"), planes_of(tmp_path / "out.mp4", "yuvj420p")
+    source = planes_of(tmp_path / "in.mp4", "yuvj420p")
+    got = planes_of(tmp_path / "out.mp4", "yuvj420p")
     for k in range(3):  # no range conversion on either side: the model's output, unchanged
         want = upscale(source[1][k], 2, model=model, backend="reference")
         assert np.array_equal(got[1][k], want), f"seed {seed} plane {k}"
@@ -385,7 +393,8 @@ def test_rgb_path_hands_the_encoder_the_upscaled_rgb_frames(tmp_path):
     src, out = decode_all(tmp_path / "in.mkv"), decode_all(tmp_path / "out.mkv")
     assert len(src) == len(out) == 3
     for i, (a, b) in enumerate(zip(src, out)):
-        assert np.array_equal(b, upscale(a, 2, model=model, backend="reference")), f"seed {seed} {i}"
+        want = upscale(a, 2, model=model, backend="reference")
+        assert np.array_equal(b, want), f"seed {seed} frame {i}"
 
 
 def test_plane_batches_are_bit_identical_on_every_backend():
@@ -471,7 +480,8 @@ def make_vfr_clip(path, n=14):
     # in 1/90000 s: 3000 ticks apart (30 fps), 6000 from frame 5 to 10 (15 fps), then 3000
     pts = "18000+N*3000+3000*clip(N-5,0,5)+7*mod(N,3)"
     subprocess.run([FFMPEG, "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
-                    "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", "64x48", "-r", "30", "-i", "pipe:0",
+                    "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", "64x48", "-r", "30",
+                    "-i", "pipe:0",
                     "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=22050:duration=1",
                     "-vf", f"settb=1/90000,setpts='{pts}'", "-fps_mode", "passthrough",
                     "-enc_time_base", "1:90000", "-c:v", "libx264", "-crf", "8",
@@ -497,3 +507,18 @@ def test_variable_frame_rate_keeps_every_frame_time(tmp_path, planes):
     assert audio_md5(tmp_path / "out.mp4") == audio_md5(tmp_path / "in.mp4")
     decoded_in, decoded_out = decode_all(tmp_path / "in.mp4"), decode_all(tmp_path / "out.mp4")
     assert len(decoded_in) == len(decoded_out) == 14
+
+
+def test_copyts_keeps_a_segments_own_times(tmp_path):
+    """A segment cut from a longer video starts at its own time (here 5 s); with copyts
+    the output keeps the file's times as they are, so segments can be joined by them."""
+    make_vfr_clip(tmp_path / "whole.mp4", n=8)
+    subprocess.run([FFMPEG, "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
+                    "-i", str(tmp_path / "whole.mp4"), "-c", "copy", "-output_ts_offset", "5",
+                    str(tmp_path / "seg.mkv")], check=True)
+    want = frame_times(tmp_path / "seg.mkv", copyts=True)
+    assert len(want) == 8 and 5.1 < want[0] < 5.3, want
+    (_, rng), = cases.case_rngs(1, salt=37)
+    upscale_video(tmp_path / "seg.mkv", tmp_path / "out.mkv", 2, copyts=True,
+                  model=cases.random_model(rng, 2), backend="reference", batch=4)
+    assert_same_times(want, frame_times(tmp_path / "out.mkv", copyts=True))

@@ -28,6 +28,10 @@ def add_parser(sub) -> None:
     p.add_argument("--crf", type=int, default=None, metavar="Q",
                    help="constant quality for x264/x265/vp9/av1 encoders, lower is better "
                    "(default 18)")
+    p.add_argument("--preset", default=None, metavar="P",
+                   help="the encoder's speed preset (libx264/libx265: ultrafast ... veryslow, "
+                   "default medium; a faster preset takes less CPU for a somewhat larger file "
+                   "at the same --crf; libsvtav1: 0-13, NVENC: p1-p7)")
     p.add_argument("--planes", choices=PLANES_CHOICES, default="auto",
                    help="yuv: upscale the source's own Y, U, V (or gray) planes, each at its "
                    "size, and encode the same layout (8-bit YUV 4:2:0/4:2:2/4:4:4 and gray "
@@ -64,7 +68,8 @@ def run(args) -> int:
     try:
         stats = upscale_video(args.input, args.output, upscaler=upscaler, batch=args.batch,
                               codec=args.codec, crf=args.crf, overwrite=args.overwrite,
-                              progress=progress if bar else None, planes=args.planes)
+                              progress=progress if bar else None, planes=args.planes,
+                              preset=args.preset)
         if bar is not None:
             bar.total = bar.n  # the total was estimated from the duration; end at 100%
             bar.refresh()
