@@ -21,7 +21,10 @@ and the encoder gets the same layout back, tagged with the source's colour range
 primaries and transfer (``setparams``: labels, no arithmetic) and sample aspect ratio.
 Other sources (more than 8 bits, RGB, alpha, rare chroma layouts) take the RGB path:
 ffmpeg converts to rgb24 on the way in and from RGB on the way out, as before planes
-existed; ``planes="rgb"`` (``--planes rgb``) asks for it on any source.
+existed; ``planes="rgb"`` (``--planes rgb``) asks for it on any source. Where the encoder
+cannot take the layout or the range (an odd output size libx264 cannot subsample; ffv1
+has no full range), ffmpeg converts at the encoder and the summary says so where it can
+know (``VideoStats.notes``).
 
 Frame times. Raw frames on a pipe carry no timestamps, and an encoder fed raw frames at
 a fixed ``-r`` spaces them evenly, so a variable-frame-rate source (phones) drifts from
@@ -37,14 +40,19 @@ its sound. So both ends carry them:
   no container has to be written beyond those two structs. ``-fps_mode passthrough``
   and ``-enc_time_base`` = the source's time base keep every timestamp as it is, and
   ``-itsoffset`` = the first frame's time keeps a video that starts after its audio
-  where it was (ffmpeg would otherwise move each input's start to zero).
+  where it was (ffmpeg would otherwise move each input's start to zero). The RGB path
+  sends its R, G, B planes as an I444 frame that ``mergeplanes`` relabels as planar RGB
+  and ``format=rgb24`` packs, so its encoder converts from the same rgb24 frames as
+  before (no rgb24 fourcc exists in that table).
 
 Both ends see times relative to the source file's start, the same reference in which
-ffmpeg copies the audio, so picture and sound stay together. Constant-rate sources keep
+ffmpeg copies the audio, so picture and sound stay together (``copyts``: both ends keep
+the file's own times instead, for segments of a longer video). This needs ffmpeg 6.1 or
+newer (``-stats_enc_pre``; imageio-ffmpeg 0.8 ships 9.0). Constant-rate sources keep
 their exact rate (NTSC fractions) this way too, since their timestamps are kept. IVF has
 no frame rate field; the encoder's ffmpeg estimates it from the first frames (its
-``-probesize`` covers a few frames), which is what x264's level and Matroska's default
-duration use. Ways not taken: a fixed-rate pipe (y4m, ``-r``) loses the times; a
+``-probesize`` covers 24 frames, or 3 to 24 within 256 MB for large ones), which is what
+x264's level and Matroska's default duration use. Ways not taken: a fixed-rate pipe (y4m, ``-r``) loses the times; a
 ``setpts`` expression or a second remux pass with a timestamps list is unwieldy for
 thousands of frames; NUT or Matroska written by hand would carry them too but need far
 more code than IVF's two structs; mkvmerge's timecode files need a tool ffmpeg lacks.

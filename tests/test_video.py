@@ -223,9 +223,12 @@ def test_interrupt_or_failure_leaves_no_output(tmp_path, monkeypatch, exc):
 
 def test_sigint_to_the_cli_leaves_no_output(tmp_path):
     make_clip(tmp_path / "in.mp4", n=60, audio=True)
+    # a suite started in the background (`cmd &` in a script) runs with SIGINT ignored, which
+    # children inherit and Python then leaves alone: give the CLI the default disposition
     proc = subprocess.Popen([sys.executable, "-m", "iqlut_gpu", "video", "in.mp4", "-o", "out.mp4",
                              "--scale", "4", "--backend", "reference", "--batch", "1"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not any(p.name.startswith(".out.mp4.") for p in tmp_path.iterdir()):
         assert proc.poll() is None and time.time() < deadline, proc.communicate()
