@@ -52,10 +52,12 @@ newer (``-stats_enc_pre``; imageio-ffmpeg 0.8 ships 9.0). Constant-rate sources 
 their exact rate (NTSC fractions) this way too, since their timestamps are kept. IVF has
 no frame rate field; the encoder's ffmpeg estimates it from the first frames (its
 ``-probesize`` covers 24 frames, or 3 to 24 within 256 MB for large ones), which is what
-x264's level and Matroska's default duration use. Ways not taken: a fixed-rate pipe (y4m, ``-r``) loses the times; a
-``setpts`` expression or a second remux pass with a timestamps list is unwieldy for
-thousands of frames; NUT or Matroska written by hand would carry them too but need far
-more code than IVF's two structs; mkvmerge's timecode files need a tool ffmpeg lacks.
+x264's level and Matroska's default duration use. Ways not taken: a fixed-rate pipe
+(y4m, ``-r``) loses the times; a ``setpts`` expression or a second remux pass with a
+timestamps list is unwieldy for thousands of frames; NUT or Matroska written by hand
+would carry them too but need far more code than IVF's two structs; mkvmerge's timecode
+files need a tool ffmpeg lacks; showinfo on the decoder's log would work but mixes the
+times into the text that error messages are read from.
 
 The pipeline (``upscale_video``): a decoder thread fills a bounded queue with frames, an
 upscaler thread turns them into upscaled frames (``yuv.upscale_plane_stream``: ``batch``
@@ -931,7 +933,7 @@ def upscale_video(src, dst, scale: int = 4, *, model=None, backend: str = "auto"
                 times.append((frame.pts, frame.time_base))
                 yield frame.planes
 
-        for out in upscale_plane_stream(upscaler, planes_in(), batch, stats.stages):
+        for out in upscale_plane_stream(upscaler, planes_in(), batch, stats.stages, layout.rgb):
             yield out, *times.popleft()
 
     threads = []

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .frames import DEFAULT_BATCH, STAGES, make_runner
+from .planes import Layout
 
 
 @dataclass(frozen=True)
@@ -206,29 +207,34 @@ def _check_planes(item, index: int) -> tuple[np.ndarray, ...]:
 
 
 def upscale_plane_stream(upscaler, frames: Iterable, batch: int | None = None,
-                         stats: dict | None = None) -> Iterator[tuple[np.ndarray, ...]]:
+                         stats: dict | None = None, rgb: bool = False
+                         ) -> Iterator[tuple[np.ndarray, ...]]:
     """Each frame of ``frames`` (tuples of uint8 (H, W) planes, any shapes) upscaled by
     ``upscaler`` (an ``Upscaler``), in order, as a tuple of planes r times larger.
 
     Consecutive frames with the same plane shapes are batched, up to ``batch`` frames
     (default 4); in a batch, all planes of one shape go to the backend in one call (the
     luma planes together, the chroma planes together). Each output plane equals
-    ``upscaler(plane)`` bit for bit. Lazy, with at most one batch read ahead (two on a
-    runner that keeps batches in flight, ``iqlut_gpu.frames``). ``stats``: seconds spent
-    in "upload" (stacking planes, and host to device on a GPU), "kernels" and "download"
-    are added to it. Output planes may be views into a batch's result.
+    ``upscaler(plane)`` bit for bit. ``rgb``: the planes are each frame's R, G, B, so an
+    Upscaler in luma mode converts them (``Upscaler.run_layout``); otherwise (Y, U, V or
+    gray) every plane goes through the model as it is. Lazy, with at most one batch read
+    ahead (two on a runner that keeps batches in flight, ``iqlut_gpu.frames``). ``stats``:
+    seconds spent in "upload" (stacking planes, and host to device on a GPU), "kernels"
+    and "download" are added to it. Output planes may be views into a batch's result.
     """
     batch = DEFAULT_BATCH if batch is None else batch
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise ValueError(f"batch must be a positive integer, got {batch!r}")
-    return generate_planes(lambda: make_runner(upscaler), iter(frames), batch, stats)
+    return generate_planes(lambda: make_runner(upscaler), iter(frames), batch, stats, rgb)
 
 
-def generate_planes(new_runner, frames, batch: int, stats=None):
+def generate_planes(new_runner, frames, batch: int, stats=None, rgb: bool = False):
     """The batching loop of ``upscale_plane_stream`` over the runner ``new_runner()``
     (``iqlut_gpu.frames.SyncRunner`` or ``StreamRunner``), made when the first frame is
-    asked for."""
+    asked for. A runner that ``takes_frames`` (the CUDA streamer splits and joins frames
+    on its device) gets a group's planes as one-channel frames [P, H, W, 1]."""
     runner = new_runner()
+    takes_frames = getattr(runner, "takes_frames", False)
     before = dict(runner.timings)
     # submitted: (batch id, group, token) in order; batches: id -> [frames, groups, results],
     # a group being (plane shape, [(frame, plane index), ...]): one backend call
@@ -245,6 +251,8 @@ def generate_planes(new_runner, frames, batch: int, stats=None):
         bid, g, token = submitted.popleft()
         out = runner.collect(token)
         t0 = time.perf_counter()
+        if takes_frames:
+            out = out[..., 0]
         if runner.reuses_buffers:
             out = np.array(out)  # the runner overwrites its buffer on a later submit
         batches[bid][2][g] = out
@@ -283,7 +291,13 @@ def generate_planes(new_runner, frames, batch: int, stats=None):
             add("upload", time.perf_counter() - t0)
             while len(submitted) >= runner.depth:  # a runner holds at most `depth` calls
                 collect_one()
-            submitted.append((bid, g, runner.submit(stack)))
+            if takes_frames:
+                token = runner.submit(stack[..., None])
+            else:  # RGB frames as frames of 3 channels (luma mode), the rest plane by plane
+                n = len(pending)
+                layout = Layout(4, n, 3) if rgb and len(idx) == 3 * n else Layout(4, len(idx), 1)
+                token = runner.submit(stack, layout)
+            submitted.append((bid, g, token))
         pending.clear()
 
     def drain(keep_running: bool):

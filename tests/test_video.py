@@ -400,43 +400,68 @@ def test_rgb_path_hands_the_encoder_the_upscaled_rgb_frames(tmp_path):
         assert np.array_equal(b, want), f"seed {seed} frame {i}"
 
 
-def test_plane_batches_are_bit_identical_on_every_backend():
-    """upscale_plane_stream: frames of a 4:2:0 stream (odd sizes, a size change, a gray
-    frame) batched per plane shape, on reference, cpu, and the CUDA two-stream runner
-    through host stand-ins (tests/test_frames.py's FakeCuda): every plane equals the
-    reference ``upscale`` of that plane."""
-    from test_frames import FakeCuda
+def plane_frames(rng, model):
+    """A 4:2:0 stream with odd sizes, a size change and a gray frame, and each frame's
+    planes upscaled one by one by the reference."""
+    from iqlut_gpu.yuv import YUV420
 
-    from iqlut_gpu import backends
-    from iqlut_gpu.frames import StreamRunner, SyncRunner
-    from iqlut_gpu.kernels.cuda_stream import CudaStreamer
-    from iqlut_gpu.yuv import YUV420, generate_planes, upscale_plane_stream
+    def frame(w, h, gray=False):
+        shapes = [(h, w)] if gray else YUV420.shapes(w, h)
+        return tuple(rng.integers(0, 256, s, dtype=np.int64).astype(np.uint8) for s in shapes)
+
+    frames = ([frame(13, 9) for _ in range(5)] + [frame(13, 9, gray=True)]
+              + [frame(8, 6) for _ in range(3)] + [frame(13, 9)])
+    want = [tuple(upscale(p, model.scale, model=model, backend="reference") for p in f)
+            for f in frames]
+    return frames, want
+
+
+def assert_same_planes(want, got, what):
+    assert len(got) == len(want), what
+    for i, (w, g) in enumerate(zip(want, got)):
+        assert len(w) == len(g) and all(np.array_equal(a, b) for a, b in zip(w, g)), \
+            f"{what}: frame {i}"
+
+
+def test_plane_batches_are_bit_identical_on_the_cpu_backends():
+    """upscale_plane_stream batches a 4:2:0 stream per plane shape (one call for the luma
+    planes, one for the chroma planes of a batch): on reference and cpu every plane equals
+    the reference ``upscale`` of that plane."""
+    from iqlut_gpu.yuv import upscale_plane_stream
 
     for seed, rng in cases.case_rngs(2, salt=34):
         model = cases.random_model(rng)
+        frames, want = plane_frames(rng, model)
+        for b in ("reference", "cpu"):
+            stats = {}
+            got = list(upscale_plane_stream(Upscaler(model=model, backend=b), frames, 3, stats))
+            assert_same_planes(want, got, f"seed {seed} {b}")
+            assert stats["kernels"] > 0
 
-        def frame(w, h, gray=False):
-            shapes = [(h, w)] if gray else YUV420.shapes(w, h)
-            return tuple(rng.integers(0, 256, s, dtype=np.int64).astype(np.uint8) for s in shapes)
 
-        frames = ([frame(13, 9) for _ in range(5)] + [frame(13, 9, gray=True)]
-                  + [frame(8, 6) for _ in range(3)] + [frame(13, 9)])
-        want = [tuple(upscale(p, model.scale, model=model, backend="reference") for p in f)
-                for f in frames]
-        runs = {b: list(upscale_plane_stream(Upscaler(model=model, backend=b), frames, 3))
-                for b in ("reference", "cpu")}
-        fake = FakeCuda(model)
-        streamer = CudaStreamer(backends.prepare(model), "interp", modules=(fake, fake, fake))
-        fallback = SyncRunner(Upscaler(model=model, backend="reference"))
-        stats = {}
-        runs["cuda (stand-ins)"] = list(generate_planes(
-            lambda: StreamRunner(streamer, fallback), iter(frames), 3, stats))
-        assert stats["kernels"] > 0 and fake.log.count("kernels") > 0
-        for name, got in runs.items():
-            assert len(got) == len(frames), name
-            for i, (w, g) in enumerate(zip(want, got)):
-                assert len(w) == len(g) and all(np.array_equal(a, b) for a, b in zip(w, g)), \
-                    f"seed {seed}: {name} frame {i}"
+@pytest.mark.cuda_emulated
+def test_plane_batches_on_the_cuda_streamer_through_the_stand_in(monkeypatch):
+    """The same on the cuda backend's two-stream runner (kernels/cuda_stream.CudaStreamer,
+    which takes the planes as one-channel frames), with CuPy replaced by the asynchronous
+    stand-in of tests/cuda_emu (its race detector checks every wait)."""
+    from cuda_emu import fake_cupy, harness
+
+    from iqlut_gpu.yuv import upscale_plane_stream
+
+    if harness.find_compiler() is None:
+        pytest.skip("no C++ compiler (g++/c++/clang++ or $CXX) to build the emulation")
+    fake_cupy.install(monkeypatch)
+    (seed, rng), = cases.case_rngs(1, salt=38)
+    model = cases.random_model(rng)
+    frames, want = plane_frames(rng, model)
+    up = Upscaler(model=model, backend="cuda")
+    from iqlut_gpu.frames import StreamRunner, make_runner
+
+    assert isinstance(make_runner(up), StreamRunner)  # the streamed runner, not the sync one
+    stats = {}
+    got = list(upscale_plane_stream(up, frames, 3, stats))
+    assert_same_planes(want, got, f"seed {seed} cuda (stand-in)")
+    assert stats["kernels"] > 0
 
 
 @pytest.mark.gpu
