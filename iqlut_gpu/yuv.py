@@ -217,7 +217,9 @@ def upscale_plane_stream(upscaler, frames: Iterable, batch: int | None = None,
     luma planes together, the chroma planes together). Each output plane equals
     ``upscaler(plane)`` bit for bit. ``rgb``: the planes are each frame's R, G, B, so an
     Upscaler in luma mode converts them (``Upscaler.run_layout``); otherwise (Y, U, V or
-    gray) every plane goes through the model as it is. Lazy, with at most one batch read
+    gray) every plane goes through the model as it is, except that in luma mode the
+    chroma planes (all but the first) get the bicubic base (``Upscaler.chroma``), as
+    ``iqlut_gpu.color`` does for converted RGB. Lazy, with at most one batch read
     ahead (two on a runner that keeps batches in flight, ``iqlut_gpu.frames``). ``stats``:
     seconds spent in "upload" (stacking planes, and host to device on a GPU), "kernels"
     and "download" are added to it. Output planes may be views into a batch's result.
@@ -225,14 +227,19 @@ def upscale_plane_stream(upscaler, frames: Iterable, batch: int | None = None,
     batch = DEFAULT_BATCH if batch is None else batch
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise ValueError(f"batch must be a positive integer, got {batch!r}")
-    return generate_planes(lambda: make_runner(upscaler), iter(frames), batch, stats, rgb)
+    chroma = upscaler.chroma if upscaler.chroma is not None and not rgb else None
+    return generate_planes(lambda: make_runner(upscaler), iter(frames), batch, stats, rgb,
+                           chroma)
 
 
-def generate_planes(new_runner, frames, batch: int, stats=None, rgb: bool = False):
+def generate_planes(new_runner, frames, batch: int, stats=None, rgb: bool = False,
+                    chroma=None):
     """The batching loop of ``upscale_plane_stream`` over the runner ``new_runner()``
     (``iqlut_gpu.frames.SyncRunner`` or ``StreamRunner``), made when the first frame is
     asked for. A runner that ``takes_frames`` (the CUDA streamer splits and joins frames
-    on its device) gets a group's planes as one-channel frames [P, H, W, 1]."""
+    on its device) gets a group's planes as one-channel frames [P, H, W, 1]. ``chroma``:
+    None, or an Upscaler that runs the planes after the first of each frame (synchronously:
+    the bicubic base is a small part of the work)."""
     runner = new_runner()
     takes_frames = getattr(runner, "takes_frames", False)
     before = dict(runner.timings)
@@ -279,16 +286,21 @@ def generate_planes(new_runner, frames, batch: int, stats=None, rgb: bool = Fals
         bid, next_id = next_id, next_id + 1
         shapes = [p.shape for p in pending[0]]
         groups: dict = {}
-        for k, s in enumerate(shapes):
-            groups.setdefault(s, []).append(k)
+        for k, s in enumerate(shapes):  # one call per shape (and, with chroma, per kind)
+            groups.setdefault((s, chroma is not None and k > 0), []).append(k)
         order = []
-        for s, ks in groups.items():
-            order.append((s, [(f, k) for f in range(len(pending)) for k in ks]))
+        for key, ks in groups.items():
+            order.append((key, [(f, k) for f in range(len(pending)) for k in ks]))
         batches[bid] = [len(pending), order, [None] * len(order)]
-        for g, (_, idx) in enumerate(order):
+        for g, ((_, is_chroma), idx) in enumerate(order):
             t0 = time.perf_counter()
             stack = np.stack([pending[f][k] for f, k in idx])
             add("upload", time.perf_counter() - t0)
+            if is_chroma:
+                t0 = time.perf_counter()
+                batches[bid][2][g] = chroma.run_planes(stack)
+                add("kernels", time.perf_counter() - t0)
+                continue
             while len(submitted) >= runner.depth:  # a runner holds at most `depth` calls
                 collect_one()
             if takes_frames:

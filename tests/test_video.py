@@ -439,6 +439,23 @@ def test_plane_batches_are_bit_identical_on_the_cpu_backends():
             assert stats["kernels"] > 0
 
 
+def test_luma_mode_puts_only_y_through_the_model_and_chroma_through_bicubic():
+    """--color luma on a YUV stream: the first plane of each frame through the model, U and
+    V through the bicubic base (a gray frame's one plane is its luma)."""
+    from iqlut_gpu.color import bicubic_model
+    from iqlut_gpu.yuv import upscale_plane_stream
+
+    for seed, rng in cases.case_rngs(1, salt=35):
+        model = cases.random_model(rng)
+        frames, _ = plane_frames(rng, model)
+        base = bicubic_model(model.scale)
+        want = [tuple(upscale(p, model.scale, model=model if k == 0 else base, backend="reference")
+                      for k, p in enumerate(f)) for f in frames]
+        for b in ("reference", "cpu"):
+            up = Upscaler(model=model, backend=b, color="luma")
+            assert_same_planes(want, list(upscale_plane_stream(up, frames, 3)), f"seed {seed} {b}")
+
+
 @pytest.mark.cuda_emulated
 def test_plane_batches_on_the_cuda_streamer_through_the_stand_in(monkeypatch):
     """The same on the cuda backend's two-stream runner (kernels/cuda_stream.CudaStreamer,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from ..yuv import PLANES_CHOICES
-from .common import add_backend_args, add_model_args, upscaler_from_args
+from .common import add_backend_args, add_color_arg, add_model_args, upscaler_from_args
 
 
 def add_parser(sub) -> None:
@@ -20,6 +20,7 @@ def add_parser(sub) -> None:
     p.add_argument("input", metavar="INPUT", help="video file")
     p.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="output video file")
     add_model_args(p)
+    add_color_arg(p)
     add_backend_args(p)
     p.add_argument("--batch", type=int, default=4, metavar="B",
                    help="frames per batch: one backend call per plane shape (default 4)")
