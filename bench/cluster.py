@@ -12,10 +12,10 @@ thread and one Numba thread (``NUMBA_NUM_THREADS=1``) each, started and kept for
 
 Each round (the order rotated per round, ratios taken within it: the machine is shared):
 
-- ``inproc``: ``iqlut upscale FOLDER -o OUT`` (``iqlut_gpu.cli.main``) in this process, one
-  Numba thread (its reader and writer threads overlap the files' I/O with the kernels);
-- ``inproc_2t``: the same in a child process with one Numba thread per core (the default
-  ``iqlut upscale``), the job alone timed after a warm-up run;
+- ``inproc``: ``iqlut upscale FOLDER -o OUT`` in a child process (bench/ does not import
+  the CLI) with one Numba thread (its reader and writer threads overlap the files' I/O
+  with the kernels), the job alone timed after a warm-up run in the same process;
+- ``inproc_2t``: the same with one Numba thread per core (the default ``iqlut upscale``);
 - ``w1``, ``w2``: ``iqlut_gpu.cluster.upscale_files`` on the 1- and 2-worker cluster (the
   job: model plugin, tasks, files; not the cluster's start);
 - the clip the same way with ``iqlut video`` / ``iqlut_gpu.cluster.upscale_video``
@@ -194,7 +194,6 @@ def measure(photos: int = 32, size=(320, 240), formats=("jpg", "png"), scale: in
     import numba
 
     from iqlut_gpu import cluster
-    from iqlut_gpu.cli import main as cli
 
     from .machine import describe
 
@@ -237,13 +236,13 @@ def measure(photos: int = 32, size=(320, 240), formats=("jpg", "png"), scale: in
                 res[f"cpu_per_photo_{fmt}_s"] = cpu_parts(src, scale, fmt)
                 res[f"bytes_per_photo_{fmt}"] = {
                     "in": round(sum(f.stat().st_size for f in src.iterdir()) / photos)}
-                jobs[f"{fmt}/inproc"] = ((lambda a=args: cli(a)), [me])
+                jobs[f"{fmt}/inproc"] = ((lambda a=args: _child(a, 1)), None)
                 jobs[f"{fmt}/inproc_2t"] = ((lambda a=args: _child(a, cores)), None)
                 for n in (1, 2):
                     jobs[f"{fmt}/w{n}"] = ((lambda s=src, o=out, c=clients[n]: cluster.upscale_files(
                         [s], o, scale, client=c, backend="cpu", overwrite=True)), pids[n])
             vargs = ["video", str(tmp / "clip.mp4"), "-o", str(tmp / "clip_out.mp4"), *common]
-            jobs["video/inproc"] = ((lambda: cli(vargs)), [me])
+            jobs["video/inproc"] = ((lambda: _child(vargs, 1)), None)
             jobs["video/inproc_2t"] = ((lambda: _child(vargs, cores)), None)
             for n in (1, 2):
                 jobs[f"video/w{n}"] = ((lambda c=clients[n]: cluster.upscale_video(
@@ -251,8 +250,8 @@ def measure(photos: int = 32, size=(320, 240), formats=("jpg", "png"), scale: in
                     overwrite=True, segment_seconds=SEGMENT_SECONDS)), pids[n])
             for k in jobs:
                 units[k] = frames if k.startswith("video/") else photos
-            for name, (fn, _) in jobs.items():  # warm up: kernels in every process, caches
-                if not name.endswith("_2t"):
+            for name, (fn, who) in jobs.items():  # warm up: kernels in every process, caches
+                if who is not None:
                     fn()
             for fmt in formats:
                 out = tmp / f"out_{fmt}"

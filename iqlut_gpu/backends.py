@@ -16,23 +16,12 @@ import warnings
 import numpy as np
 
 from . import reference
+from .errors import BackendFallbackWarning, BackendUnavailable, DeviceOutOfMemory  # noqa: F401
 from .memo import IdentityMemo
 from .model import Model
 
 BACKENDS = ("auto", "cpu", "cuda", "reference")
 ENV_VAR = "IQLUT_BACKEND"
-
-
-class BackendUnavailable(RuntimeError):
-    """The requested backend cannot run here; the message says why."""
-
-
-class DeviceOutOfMemory(MemoryError):
-    """A backend ran out of device memory; callers retry with smaller tiles."""
-
-
-class BackendFallbackWarning(RuntimeWarning):
-    """``backend="auto"`` could not use CUDA and fell back to the CPU (issued once)."""
 
 
 class Prepared:

@@ -560,6 +560,37 @@ def _group(jobs: list, batch: int, workers: int) -> list[list]:
     return groups
 
 
+def collect_files(inputs, out) -> list[tuple[Path, Path]]:
+    """Pairs (input file, output file) as ``iqlut upscale`` makes them (the same rules as
+    ``cli.upscale_cmd.collect_jobs``, which the library may not import): one input file and
+    an ``out`` that is not a folder is a file to file job; otherwise every image of the
+    given folders and files goes into the folder ``out`` under its own name. ValueError for
+    a missing input or two inputs with one output name."""
+    from .io import IMAGE_SUFFIXES
+
+    text, out = str(out), Path(out)
+    paths = [Path(p) for p in inputs]
+    for p in paths:
+        if not p.exists():
+            raise ValueError(f"{p}: no such file or folder")
+    if (len(paths) == 1 and paths[0].is_file() and not out.is_dir()
+            and not text.endswith(("/", "\\"))):
+        return [(paths[0], out)]
+    jobs = []
+    for p in paths:
+        if p.is_dir():
+            jobs += [(f, out / f.name) for f in sorted(p.iterdir())
+                     if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+        else:
+            jobs.append((p, out / p.name))
+    seen: dict = {}
+    for src, dst in jobs:
+        if dst in seen:
+            raise ValueError(f"{src} and {seen[dst]} would both be written to {dst}")
+        seen[dst] = src
+    return jobs
+
+
 @dataclass
 class FilesReport:
     """What ``upscale_files`` did: every file's ``FileResult`` in input order."""
@@ -598,8 +629,6 @@ def upscale_files(inputs, out, scale: int | None = None, *, client, model=None,
     ClusterError if the scheduler is lost or no worker can run the upscaler, ValueError for
     bad inputs or options.
     """
-    from . import cli  # CLIError
-    from .cli.upscale_cmd import collect_jobs
     from .io import remove_stale_parts
 
     if batch < 1:
@@ -610,10 +639,7 @@ def upscale_files(inputs, out, scale: int | None = None, *, client, model=None,
     _check_options(options)
     model = _resolve_model(model, scale)
     model.with_ensemble(ensemble)  # checks the ensemble choice here, once
-    try:
-        jobs = collect_jobs([str(p) for p in inputs], str(out))
-    except cli.CLIError as e:
-        raise ValueError(str(e)) from None
+    jobs = collect_files(inputs, out)
     if not jobs:
         raise ValueError("no image files found in the inputs")
     single = len(jobs) == 1 and jobs[0][1] == Path(out)
@@ -771,16 +797,18 @@ def _segment_container(dst: Path, size, fps, codec, crf) -> str:
     return dst.suffix
 
 
-def _segment_task(name: str, src: str, dst: str, batch: int, codec: str, crf) -> tuple:
-    """On a worker: upscale one segment file into ``dst``; (frames decoded and upscaled,
-    packets in the segment, seconds, backend)."""
+def _segment_task(name: str, src: str, dst: str, batch: int, codec: str, crf,
+                  extra: dict) -> tuple:
+    """On a worker: upscale one segment file into ``dst`` (``extra``: more keyword arguments
+    of ``video.upscale_video``, e.g. planes, preset); (frames decoded and upscaled, packets
+    in the segment, seconds, backend)."""
     from . import video
 
     if not os.path.exists(src):
         raise video.VideoError(_not_shared(src, "segment"))
     up = _plugin(name).upscaler()
     stats = video.upscale_video(src, dst, upscaler=up, batch=batch, codec=codec, crf=crf,
-                                overwrite=True)
+                                overwrite=True, **extra)
     return stats.frames, count_frames(src, 0, decode=False), stats.seconds, up.backend
 
 
@@ -803,7 +831,8 @@ def upscale_video(src, dst, scale: int | None = None, *, client, model=None,
                   backend: str = "auto", mode: str = "auto", ensemble: int | None = None,
                   batch: int = 4, codec: str | None = None, crf: int | None = None,
                   overwrite: bool = False, segment_seconds: float | None = None,
-                  progress=None) -> VideoReport:
+                  progress=None, color: str = "rgb", planes: str | None = None,
+                  preset: str | None = None) -> VideoReport:
     """Upscale the video ``src`` into ``dst`` on the workers of ``client``: segments cut at
     keyframes, upscaled on the workers, joined by stream copy, the source's audio muxed once.
 
@@ -812,7 +841,8 @@ def upscale_video(src, dst, scale: int | None = None, *, client, model=None,
     single-process run's, bit for bit; with a lossy one each segment is encoded on its own
     (a keyframe at each seam). ``segment_seconds``: the cut interval (default: about four
     segments per worker, at least MIN_SEGMENT_SECONDS). ``progress(frames_done)`` is called
-    in this thread as segments finish. ``dst`` and the hidden segment folder beside it must
+    in this thread as segments finish. ``color``, ``planes``, ``preset``: as for
+    ``iqlut_gpu.video.upscale_video`` (``planes``/``preset`` are passed on when given). ``dst`` and the hidden segment folder beside it must
     be on a filesystem the workers share. Raises VideoError (a ValueError) for a bad input or
     output, ClusterError for a lost cluster; on any failure ``dst`` is untouched and the
     segments are removed.
@@ -825,10 +855,11 @@ def upscale_video(src, dst, scale: int | None = None, *, client, model=None,
         raise ValueError(f"batch must be >= 1, got {batch}")
     if segment_seconds is not None and not segment_seconds > 0:
         raise ValueError(f"segment_seconds must be positive, got {segment_seconds}")
-    options = UpscalerOptions(backend, mode, ensemble)
+    options = UpscalerOptions(backend, mode, ensemble, color)
     _check_options(options)
     model = _resolve_model(model, scale)
     model.with_ensemble(ensemble)
+    extra = {k: v for k, v in (("planes", planes), ("preset", preset)) if v is not None}
     src, dst = Path(src).absolute(), Path(dst).absolute()
     info = probe(src)
     check_output_path(src, dst, overwrite)
@@ -862,7 +893,7 @@ def upscale_video(src, dst, scale: int | None = None, *, client, model=None,
             t0 = time.perf_counter()
             outs = [work / f"up_{k:06d}{seg_suffix}" for k in range(len(segments))]
             futures = {client.submit(_segment_task, job.name, str(s), str(o), batch, codec, crf,
-                                     key=f"{job.name}-segment-{k:06d}"): k
+                                     extra, key=f"{job.name}-segment-{k:06d}"): k
                        for k, (s, o) in enumerate(zip(segments, outs))}
             frames, packets = [0] * len(segments), [0] * len(segments)
             try:

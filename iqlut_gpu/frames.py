@@ -14,7 +14,8 @@ Runners (``make_runner``):
   frames in tiles, device out-of-memory retried with smaller tiles; luma mode).
 - ``StreamRunner`` over a streamer with ``depth`` batches in flight: on the cuda backend,
   ``kernels/cuda_stream.CudaStreamer`` (two CUDA streams with pinned host buffers; batch
-  k+1's upload overlaps batch k's kernels and download).
+  k+1's upload overlaps batch k's kernels and download; frames are split into planes and
+  joined back on the device, so the runner takes whole frames: ``takes_frames``).
 """
 
 from __future__ import annotations
@@ -69,9 +70,12 @@ class SyncRunner:
 class StreamRunner:
     """A streamer with ``depth`` batches in flight (see the module doc). Its output buffers
     are reused, so results are copied out before the next submit. A batch the device has
-    no memory for goes through ``fallback`` (a ``SyncRunner``: tiles, smaller on OOM)."""
+    no memory for goes through ``fallback`` (a ``SyncRunner``: tiles, smaller on OOM).
+    It takes and gives whole frames ``[N, H, W, C]`` (the streamer splits them into planes
+    and joins them back on the device)."""
 
     reuses_buffers = True
+    takes_frames = True
 
     def __init__(self, streamer, fallback=None):
         self._s, self._fallback = streamer, fallback
@@ -85,17 +89,21 @@ class StreamRunner:
                 t[k] = t.get(k, 0.0) + v
         return t
 
-    def submit(self, planes, layout):
+    def submit(self, frames, layout=None):  # ``layout``: None, as generate() passes frames
         try:
-            return True, self._s.submit(planes)
+            return True, self._s.submit(frames)
         except MemoryError:  # backends.DeviceOutOfMemory, or CuPy's for the batch buffers
             if self._fallback is None:
                 raise
-            return False, self._fallback.submit(planes, layout)
+            planes, layout = to_planes(frames)
+            return False, (self._fallback.submit(planes, layout), layout)
 
     def collect(self, token):
         streamed, value = token
-        return np.asarray(self._s.collect(value)) if streamed else value
+        if streamed:
+            return np.asarray(self._s.collect(value))
+        out, layout = value
+        return from_planes(self._fallback.collect(out), layout)
 
 
 def make_runner(upscaler):
@@ -145,7 +153,10 @@ def generate(new_runner, frames, batch, stats, max_pixels=None) -> Iterator[np.n
         stack = np.stack(pending) if len(pending) > 1 else pending[0][None]
         if stack.ndim == 3:
             stack = stack[..., None]
-        planes, layout = to_planes(stack)
+        if getattr(runner, "takes_frames", False):  # it splits and joins on its device
+            planes, layout = stack, None
+        else:
+            planes, layout = to_planes(stack)
         packed = time.perf_counter() - t0
         if stats is not None:
             stats["upload"] = stats.get("upload", 0.0) + packed
@@ -156,7 +167,7 @@ def generate(new_runner, frames, batch, stats, max_pixels=None) -> Iterator[np.n
         token, layout, ndim = inflight.popleft()
         out = runner.collect(token)
         t0 = time.perf_counter()
-        result = from_planes(out, layout)
+        result = out if layout is None else from_planes(out, layout)
         if runner.reuses_buffers and np.may_share_memory(result, out):
             result = result.copy()  # the runner will overwrite ``out`` (one-channel frames)
         if ndim == 2:

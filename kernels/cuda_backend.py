@@ -28,6 +28,7 @@ from functools import lru_cache
 import numpy as np
 
 from iqlut_gpu import ensemble
+from iqlut_gpu.errors import DeviceOutOfMemory
 from iqlut_gpu.memo import IdentityMemo
 from iqlut_gpu.planes import from_planes, to_planes
 
@@ -35,7 +36,6 @@ from .cuda_plan import (BLOCK, MODES, SHARED_LIMIT, DeviceTables, Launch, kernel
                         plan_hidden, plan_last, run_model, source)
 
 COMPILE_OPTIONS = ("--std=c++17",)
-BLOCKS_PER_SM = 8  # the grid-stride loop's grid: this many blocks per multiprocessor
 
 
 # ----------------------------------------------------------------------------- probe
@@ -94,7 +94,13 @@ def _function(device_id: int, kernel: str):
 
 
 class CupyExecutor:
-    """Runs ``Launch`` plans on one CUDA device through CuPy."""
+    """Runs ``Launch`` plans on one CUDA device through CuPy.
+
+    The grid of each kernel is one wave of its grid-stride loop: as many blocks as the
+    device runs at once, i.e. multiprocessors times the blocks per multiprocessor that
+    CUDA's occupancy calculator allows for that specialisation (registers and shared
+    memory decide: 3 to 8 on sm_90 for the shipped models), so no block waits for a second
+    wave. ``max_blocks`` set to a number overrides it (tests)."""
 
     def __init__(self, device_id: int, block=BLOCK, shared_limit=SHARED_LIMIT):
         import cupy
@@ -102,8 +108,23 @@ class CupyExecutor:
         self.device_id = device_id
         self.block = tuple(block)
         self.shared_limit = shared_limit
-        sms = cupy.cuda.Device(device_id).attributes["MultiProcessorCount"]
-        self.max_blocks = int(sms) * BLOCKS_PER_SM
+        self.sms = int(cupy.cuda.Device(device_id).attributes["MultiProcessorCount"])
+        self.max_blocks = None
+        self._blocks: dict = {}
+
+    def max_blocks_for(self, kernel: str) -> int:
+        if self.max_blocks is not None:
+            return self.max_blocks
+        n = self._blocks.get(kernel)
+        if n is None:
+            import cupy
+
+            fn = _function(self.device_id, kernel)
+            with cupy.cuda.Device(self.device_id):
+                per_sm = cupy.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(
+                    fn.ptr, self.block[0] * self.block[1], 0)
+            n = self._blocks[kernel] = self.sms * max(1, int(per_sm))
+        return n
 
     def check_array(self, arr, name):
         import cupy
@@ -168,14 +189,20 @@ def device_tables(prepared, mode):
     """``DeviceTables`` of ``prepared`` on the current device, memoised per device and mode.
 
     The first call also compiles every kernel the model needs in ``mode`` in one NVRTC
-    run (CuPy keeps the result in its on-disk cache for later processes)."""
+    run (CuPy keeps the result in its on-disk cache for later processes). The tables are
+    uploaded on a stream of their own and complete before they are returned (and cached),
+    so any stream and any thread may read them at once."""
     import cupy
 
     ex = _current_executor()
 
     def upload():
         _compile(ex.device_id, kernels_for(prepared, (mode,), shared_limit=ex.shared_limit))
-        return DeviceTables(prepared, mode, cupy)
+        stream = cupy.cuda.Stream(non_blocking=True)
+        with stream:
+            tables = DeviceTables(prepared, mode, cupy)
+        stream.synchronize()  # cupy.asarray is asynchronous on the current stream
+        return tables
 
     return _TABLES.get(prepared, upload, ex.device_id, mode)
 
@@ -209,9 +236,7 @@ def as_device_planes(planes):
 
 
 def _out_of_memory(e):
-    from iqlut_gpu import backends
-
-    return backends.DeviceOutOfMemory(f"CUDA device out of memory: {e}")
+    return DeviceOutOfMemory(f"CUDA device out of memory: {e}")
 
 
 def run_planes(prepared, planes, mode: str = "interp", stream=None):
@@ -220,7 +245,7 @@ def run_planes(prepared, planes, mode: str = "interp", stream=None):
     numpy planes in -> numpy out (copied to the device and back; waits for the result).
     Device planes in (cupy, or ``__dlpack__`` on the device) -> cupy out, queued on
     ``stream`` without waiting: the caller synchronises (e.g. ``stream.synchronize()``).
-    Device memory exhaustion raises ``iqlut_gpu.backends.DeviceOutOfMemory``.
+    Device memory exhaustion raises ``iqlut_gpu.errors.DeviceOutOfMemory``.
     """
     import cupy
 
@@ -251,14 +276,17 @@ def upscale_device(images, prepared, mode: str = "interp", stream=None):
     """``iqlut_gpu.upscale`` for images on a CUDA device; returns a cupy array.
 
     ``images``: uint8 (H, W), (H, W, C) or (N, H, W, C), C in 1, 3, 4, as a cupy array or
-    any CUDA ``__dlpack__`` object (taken without a copy). Same layouts and checks as
-    ``iqlut_gpu.planes.to_planes``; the result has that layout, ``scale`` times larger, on
-    the same device, queued on ``stream``.
+    any CUDA ``__dlpack__`` object (taken without a copy; ``stream``, or the current
+    stream, is the one handed to the producer, which orders its pending writes before
+    it). Same layouts and checks as ``iqlut_gpu.planes.to_planes``; planes are split and
+    joined on the device. The result has that layout, ``scale`` times larger, on the same
+    device, queued on ``stream``: synchronise it before reading it from another stream.
     """
     import cupy
 
-    arr = images if isinstance(images, cupy.ndarray) else cupy.from_dlpack(images)
     ctx = stream if stream is not None else contextlib.nullcontext()
-    with cupy.cuda.Device(arr.device.id), ctx:
-        planes, layout = to_planes(arr, xp=cupy)
-        return from_planes(run_planes(prepared, planes, mode, stream), layout, xp=cupy)
+    with ctx:  # DLPack: the producer orders its pending writes before ``stream``
+        arr = images if isinstance(images, cupy.ndarray) else cupy.from_dlpack(images)
+        with cupy.cuda.Device(arr.device.id):
+            planes, layout = to_planes(arr, xp=cupy)
+            return from_planes(run_planes(prepared, planes, mode, stream), layout, xp=cupy)

@@ -102,8 +102,25 @@ def _bool(value) -> str:
     return "true" if value else "false"
 
 
+def padded_outputs(c_out: int, itemsize: int) -> int:
+    """The row length the device tables use for ``c_out`` entries of ``itemsize`` bytes:
+    ``c_out`` where such a row is a whole number of 4-byte words (the kernels read it with
+    4, 8 or 16-byte loads), else the next power of two (x3's 9 outputs: 16), so that no row
+    is read one entry at a time. The padding entries are zero and never used."""
+    if (c_out * itemsize) % 4 == 0:
+        return c_out
+    return 1 << (c_out - 1).bit_length()
+
+
+def _rows(cp, c_out, itemsize, what):
+    if cp not in (c_out, padded_outputs(c_out, itemsize)):
+        raise ValueError(f"{what} rows hold {cp} entries for {c_out} outputs (need {c_out} or "
+                         f"{padded_outputs(c_out, itemsize)})")
+    return cp
+
+
 def _lut_spec(executor, lut, mode, c_in):
-    """Validate ``lut`` for ``mode``; returns (arrays, k, L, c_out)."""
+    """Validate ``lut`` for ``mode``; returns (arrays, k, L, row length)."""
     if mode == "interp":
         if not isinstance(lut, (tuple, list)) or len(lut) != 3:
             raise TypeError("lut must be (idx, wt, table) in interp mode")
@@ -127,10 +144,12 @@ def _lut_spec(executor, lut, mode, c_in):
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 
-def _geometry(executor, P, H, W):
+def _geometry(executor, kernel, P, H, W):
+    """One block per tile, at most the executor's grid for ``kernel`` (the grid-stride loop
+    covers the rest)."""
     bx, by = executor.block
     n_tiles = P * (-(-H // by)) * (-(-W // bx))
-    return (max(1, min(n_tiles, executor.max_blocks)), 1, 1), (bx, by, 1)
+    return (max(1, min(n_tiles, executor.max_blocks_for(kernel))), 1, 1), (bx, by, 1)
 
 
 def _check_sizes(x):
@@ -146,23 +165,26 @@ def plan_hidden(executor, x, lut, bias, shift, residual, out, mode="interp") -> 
     """Validate the arguments of ``launch_hidden`` and build its ``Launch``."""
     _need(executor, x, "x", np.uint8, (None, None, None, None))
     P, c_in, H, W = _check_sizes(x)
-    arrays, k, L, c_out = _lut_spec(executor, lut, mode, c_in)
+    arrays, k, L, cp = _lut_spec(executor, lut, mode, c_in)
+    _need(executor, bias, "bias", np.int32, (None,))
+    c_out = int(bias.shape[0])
     if not 1 <= c_out <= MAX_CHANNELS:
         raise ValueError(f"c_out must be 1..{MAX_CHANNELS}, got {c_out}")
-    _need(executor, bias, "bias", np.int32, (c_out,))
+    _rows(cp, c_out, 1 if mode == "interp" else 2, "table")
     _need(executor, out, "out", np.uint8, (P, c_out, H, W))
     if residual and c_in != c_out:
         raise ValueError(f"a residual layer needs c_in == c_out, got {c_in} -> {c_out}")
     scalars = (_int(shift, "shift", 0, MAX_SHIFT), np.int32(1 if residual else 0))
     sizes = (np.int32(P), np.int32(H), np.int32(W))
-    grid, block = _geometry(executor, P, H, W)
     if mode == "interp":
         shared = c_in * 256 * 4 + int(np.prod(arrays[2].shape))
         use_shared = shared <= executor.shared_limit
-        name = f"iqlut::hidden_interp<{c_in},{c_out},{k},{L},{_bool(use_shared)}>"
+        name = f"iqlut::hidden_interp<{c_in},{c_out},{cp},{k},{L},{_bool(use_shared)}>"
+        grid, block = _geometry(executor, name, P, H, W)
         return Launch(name, grid, block, (x, *arrays, bias, *scalars, out, *sizes),
                       shared if use_shared else 0)
-    name = f"iqlut::hidden_expanded<{c_in},{c_out},{k}>"
+    name = f"iqlut::hidden_expanded<{c_in},{c_out},{cp},{k}>"
+    grid, block = _geometry(executor, name, P, H, W)
     return Launch(name, grid, block, (x, *arrays, bias, *scalars, out, *sizes), 0)
 
 
@@ -171,12 +193,15 @@ def plan_last(executor, x, lut, bias, shift, plane, up_off, up_w, up_den, out,
     """Validate the arguments of ``launch_last`` and build its ``Launch``."""
     _need(executor, x, "x", np.uint8, (None, None, None, None))
     P, c_in, H, W = _check_sizes(x)
-    arrays, k, L, c_out = _lut_spec(executor, lut, mode, c_in)
+    arrays, k, L, cp = _lut_spec(executor, lut, mode, c_in)
     _need(executor, up_off, "up_off", np.int32, (None,))
     r = int(up_off.shape[0])
-    if r not in (2, 3, 4) or c_out != r * r:
+    c_out = r * r
+    if r not in (2, 3, 4) or cp not in (c_out, padded_outputs(c_out, 1 if mode == "interp" else 2)):
         raise ValueError(f"the last layer needs scale r in 2..4 and r*r outputs, got r={r}, "
-                         f"c_out={c_out}")
+                         f"rows of {cp}")
+    if type(up_off) is np.ndarray and up_off.max() - up_off.min() > 1:  # host values: check
+        raise ValueError(f"up_off phases must lie within 1 of each other, got {up_off.tolist()}")
     _need(executor, up_w, "up_w", np.int32, (r, None))
     T = int(up_w.shape[1])
     if not 1 <= T <= 4:
@@ -185,17 +210,18 @@ def plan_last(executor, x, lut, bias, shift, plane, up_off, up_w, up_den, out,
     _need(executor, plane, "plane", np.uint8, (P, H, W))
     _need(executor, out, "out", np.uint8, (P, H * r, W * r))
     scalars = (_int(shift, "shift", 0, MAX_SHIFT),)
-    den = _int(up_den, "up_den", 1, 256)
+    den = int(_int(up_den, "up_den", 1, 256))  # a template argument: divisions by a constant
     sizes = (np.int32(P), np.int32(H), np.int32(W))
-    grid, block = _geometry(executor, P, H, W)
-    tail = (plane, up_off, up_w, den, out, *sizes)
+    tail = (plane, up_off, up_w, out, *sizes)
     if mode == "interp":
         shared = c_in * 256 * 4 + int(np.prod(arrays[2].shape))
         use_shared = shared <= executor.shared_limit
-        name = f"iqlut::last_interp<{c_in},{k},{L},{r},{T},{_bool(use_shared)}>"
+        name = f"iqlut::last_interp<{c_in},{k},{L},{r},{cp},{T},{den},{_bool(use_shared)}>"
+        grid, block = _geometry(executor, name, P, H, W)
         return Launch(name, grid, block, (x, *arrays, bias, *scalars, *tail),
                       shared if use_shared else 0)
-    name = f"iqlut::last_expanded<{c_in},{k},{r},{T}>"
+    name = f"iqlut::last_expanded<{c_in},{k},{r},{cp},{T},{den}>"
+    grid, block = _geometry(executor, name, P, H, W)
     return Launch(name, grid, block, (x, *arrays, bias, *scalars, *tail), 0)
 
 
@@ -237,6 +263,9 @@ class RecordingExecutor:
     def check_array(self, arr, name):
         if not isinstance(arr, np.ndarray):
             raise TypeError(f"{name} must be a numpy array here, got {type(arr).__name__}")
+
+    def max_blocks_for(self, kernel: str) -> int:
+        return self.max_blocks
 
     @staticmethod
     def address(arr) -> int:
@@ -287,6 +316,17 @@ def table_traffic(prepared, mode: str) -> list[dict]:
     return out
 
 
+def _pad_rows(table):
+    """``table`` [..., c_out] with its rows padded by zeros to ``padded_outputs``."""
+    c_out = table.shape[-1]
+    cp = padded_outputs(c_out, table.dtype.itemsize)
+    if cp == c_out:
+        return table
+    out = np.zeros(table.shape[:-1] + (cp,), table.dtype)
+    out[..., :c_out] = table
+    return out
+
+
 class DeviceTables:
     """A model's tables for one device and array module, uploaded once per mode.
 
@@ -306,12 +346,15 @@ class DeviceTables:
                 # the kernels index the table with idx + 1: pin the values they trust
                 if int(idx.max()) > layer.L - 2 or int(wt.min()) < 0 or int(wt.max()) > 256:
                     raise ValueError(f"layer {n}: interp lut out of range")
-                lut = tuple(_aligned(xp, a) for a in (idx, wt, table))
+                lut = tuple(_aligned(xp, a) for a in (idx, wt, _pad_rows(table)))
             else:
-                lut = _aligned(xp, lut)
+                lut = _aligned(xp, _pad_rows(lut))
             self._luts.append(lut)
             self._bias.append(xp.ascontiguousarray(xp.asarray(layer.bias)))
-        self.up = (xp.ascontiguousarray(xp.asarray(prepared.up_off)),
+        up_off = np.asarray(prepared.up_off)
+        if up_off.max() - up_off.min() > 1:  # store_last reads one (T+1)^2 patch
+            raise ValueError(f"upsample offsets must lie within 1 of each other: {up_off}")
+        self.up = (xp.ascontiguousarray(xp.asarray(up_off)),
                    xp.ascontiguousarray(xp.asarray(prepared.up_w)))
 
     def __call__(self, n):

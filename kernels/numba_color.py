@@ -2,8 +2,8 @@
 
 ``split_planes`` / ``join_planes`` take and return the same arrays as their NumPy twins in
 ``iqlut_gpu.color`` (which hold the formulas and are the reference); here each is one
-fused pass over the pixels, parallel over rows (one ``prange`` iteration per row of one
-frame: disjoint outputs), instead of NumPy's dozen full-size temporaries. On the HR side
+fused pass over the pixels, parallel over pixels (split, on the LR side) or rows of a
+frame (join, on the HR side): disjoint outputs, instead of NumPy's dozen full-size temporaries. On the HR side
 (``join_planes``) that is the difference between a conversion that costs a sizeable part of
 the model's time and one that does not (``bench`` measures luma mode end to end).
 """
@@ -23,18 +23,16 @@ def _clamp(v):
 
 @njit(**_FLAGS)
 def _split(frames, y, rest):
-    N, C, H, W = frames.shape
-    for job in prange(N * H):
-        n, row = job // H, job % H
-        for x in range(W):
-            r = np.int32(frames[n, 0, row, x])
-            g = np.int32(frames[n, 1, row, x])
-            b = np.int32(frames[n, 2, row, x])
-            y[n, row, x] = _clamp((19595 * r + 38470 * g + 7471 * b + 32768) >> 16)
-            rest[n, 0, row, x] = _clamp(((-11058 * r - 21710 * g + 32768 * b + 32768) >> 16) + 128)
-            rest[n, 1, row, x] = _clamp(((32768 * r - 27439 * g - 5329 * b + 32768) >> 16) + 128)
-            for c in range(3, C):
-                rest[n, c - 1, row, x] = frames[n, c, row, x]
+    """frames uint8 [N, C, P] (P pixels) -> y [N, P], rest [N, C-1, P]; parallel over pixels
+    (the LR side: few pixels, so no per-row jobs)."""
+    for n in range(frames.shape[0]):
+        for i in prange(frames.shape[2]):
+            r, g, b = np.int32(frames[n, 0, i]), np.int32(frames[n, 1, i]), np.int32(frames[n, 2, i])
+            y[n, i] = _clamp((19595 * r + 38470 * g + 7471 * b + 32768) >> 16)
+            rest[n, 0, i] = _clamp(((-11058 * r - 21710 * g + 32768 * b + 32768) >> 16) + 128)
+            rest[n, 1, i] = _clamp(((32768 * r - 27439 * g - 5329 * b + 32768) >> 16) + 128)
+            for c in range(3, frames.shape[1]):
+                rest[n, c - 1, i] = frames[n, c, i]
 
 
 @njit(**_FLAGS)
@@ -56,11 +54,11 @@ def _join(y, rest, out):
 def split_planes(planes: np.ndarray, channels: int, xp=np):
     """``iqlut_gpu.color.split_planes`` for numpy planes."""
     P, H, W = planes.shape
-    frames = np.ascontiguousarray(planes).reshape(P // channels, channels, H, W)
-    y = np.empty((P // channels, H, W), np.uint8)
-    rest = np.empty((P // channels, channels - 1, H, W), np.uint8)
+    frames = np.ascontiguousarray(planes).reshape(P // channels, channels, H * W)
+    y = np.empty((P // channels, H * W), np.uint8)
+    rest = np.empty((P // channels, channels - 1, H * W), np.uint8)
     _split(frames, y, rest)
-    return y, rest.reshape(-1, H, W)
+    return y.reshape(-1, H, W), rest.reshape(-1, H, W)
 
 
 def join_planes(y: np.ndarray, rest: np.ndarray, channels: int, xp=np):

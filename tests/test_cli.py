@@ -159,6 +159,7 @@ def test_closed_pipe_is_not_reported_as_an_error(tmp_path):
                                            (["--hidden-k", "1,3,3,3", "--init", "SHIPPED_X2"],
                                             "cannot start a layer"),
                                            (["--width", "0"], "--width must be between 1 and 32"),
+                                           (["--int8-only"], "--int8-only fine-tunes a trained model"),
                                            (["--width", "6", "--hidden", "4",
                                              "--init", "SHIPPED_X2"], "cannot start a layer")])
 def test_train_rejects_bad_options_in_one_line(run_cli, tmp_path, args, fragment):

@@ -118,3 +118,24 @@ def test_cli_color_luma(run_cli, tmp_path):
     assert np.array_equal(got, upscale(img, 2, backend="reference", color="luma"))
     bad = run_cli("upscale", "in.png", "-o", "x.png", "--color", "cmyk")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_eval_color_luma(run_cli, tmp_path):
+    """iqlut eval --color luma scores the models in luma mode (what upscale --color luma writes)."""
+    import json
+
+    from PIL import Image
+
+    from iqlut_gpu.evaluate import degrade, y_metrics
+
+    photo = np.asarray(Image.open(cases.__file__.replace("tests/cases.py", "iqlut_gpu/data/astronaut_256.png")))
+    img = np.ascontiguousarray(photo[60:124, 80:144, :3])
+    Image.fromarray(img).save(tmp_path / "hr.png")
+    proc = run_cli("eval", "--scale", "2", "--color", "luma", "--no-ecnn", "--backend", "cpu",
+                   "--json", "hr.png")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    hr, lr = degrade(img, 2)
+    want = y_metrics(upscale(lr, 2, backend="reference", color="luma"), hr, 2)[0]
+    assert doc["color"] == "luma"
+    assert abs(doc["mean"]["iqlut"]["psnr"] - want) < 1e-3

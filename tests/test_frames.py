@@ -92,10 +92,12 @@ def test_non_contiguous_and_negative_stride_frames():
 
 
 class HostStreamer:
-    """Stands in for a device streamer: like the CUDA one it reuses its output buffers, so
-    the results must be copied out before a buffer is reused (depth 2 in flight)."""
+    """Stands in for a device streamer: like the CUDA one it takes whole frames
+    [N, H, W, C] and reuses its output buffers, so the results must be copied out before a
+    buffer is reused (depth 2 in flight)."""
 
     depth = 2
+    takes_frames = True
 
     def __init__(self, model):
         from iqlut_gpu import backends
@@ -108,12 +110,16 @@ class HostStreamer:
         self.max_in_flight = 0
         self.oom_sizes = ()
 
-    def submit(self, planes):
-        if planes.shape[0] in self.oom_sizes:
+    def submit(self, frames):
+        from iqlut_gpu.planes import from_planes, to_planes
+
+        assert frames.ndim == 4
+        if frames.shape[0] * frames.shape[3] in self.oom_sizes:
             raise MemoryError("device out of memory (simulated)")
         slot = self.turn % 2
         self.turn += 1
-        out = self.backends.run_planes("reference", self.model, planes)
+        planes, layout = to_planes(frames)
+        out = from_planes(self.backends.run_planes("reference", self.model, planes), layout)
         if self.buffers[slot] is None or self.buffers[slot].shape != out.shape:
             self.buffers[slot] = np.empty_like(out)
         self.buffers[slot][...] = out
@@ -163,82 +169,13 @@ def test_cuda_stream_runner_matches_reference():
         assert stats["kernels"] > 0 and stats["upload"] > 0 and stats["download"] > 0
 
 
-class FakeCuda:
-    """Host stand-ins for the parts of cupy, cupyx and cuda_backend that CudaStreamer uses.
-    Work "queued on a stream" runs at once, but the host output buffer is filled only when
-    the stream is synchronised, so a missing wait shows up as wrong frames."""
-
-    def __init__(self, model):
-        from iqlut_gpu import backends
-
-        self.backends, self.model = backends, model
-        self.log = []
-        fake = self
-
-        class Stream:
-            def __init__(self, non_blocking=False):
-                self.pending = []
-
-            def synchronize(self):
-                for fn in self.pending:
-                    fn()
-                self.pending.clear()
-
-            def __enter__(self):
-                return self
-
-            def __exit__(self, *exc):
-                return False
-
-        class Event:
-            def record(self, stream):
-                self.stream = stream
-
-            def synchronize(self):
-                self.stream.synchronize()
-
-        class DeviceArray(np.ndarray):
-            def set(self, host, stream=None):
-                fake.log.append("upload")
-                self[...] = host
-
-            def get(self, stream=None, out=None, blocking=True):
-                fake.log.append("download")
-                data = np.array(self)
-                stream.pending.append(lambda: out.__setitem__(Ellipsis, data))
-
-        class cuda:  # noqa: N801 - mirrors cupy.cuda
-            pass
-
-        cuda.Stream, cuda.Event = Stream, Event
-        cuda.get_elapsed_time = staticmethod(lambda a, b: 1.0)
-        self.cuda = cuda
-        self.empty = lambda shape, dtype: np.empty(shape, dtype).view(DeviceArray)
-        self.empty_pinned = lambda shape, dtype: np.empty(shape, dtype)
-        self.DeviceArray = DeviceArray
-
-    def run_planes(self, prepared, planes, mode, stream=None):
-        assert isinstance(planes, self.DeviceArray) and stream is not None
-        self.log.append("kernels")
-        return self.backends.run_planes("reference", self.model, np.asarray(planes),
-                                        mode).view(self.DeviceArray)
+# The CUDA streamer itself (kernels/cuda_stream.CudaStreamer) runs without a GPU in
+# tests/test_cuda_async.py, through the asynchronous CuPy stand-in: every wait it needs,
+# pinned-memory fallback and pool growth, frames split and joined on the device.
 
 
-def test_cuda_streamer_sequence_on_host_stand_ins():
-    """CudaStreamer's own logic (pinned buffers per slot, reallocation when the batch
-    shape changes, upload/kernels/download queued per stream, wait before reading) run
-    without a GPU through stand-ins; the GPU test above runs the real thing."""
-    from iqlut_gpu import backends
-    from iqlut_gpu.kernels.cuda_stream import CudaStreamer
+def test_the_cuda_streamer_times_the_stages_the_runners_report():
+    from iqlut_gpu import frames
+    from iqlut_gpu.kernels import cuda_stream
 
-    model = default_model(2)
-    fake = FakeCuda(model)
-    streamer = CudaStreamer(backends.prepare(model), "interp", modules=(fake, fake, fake))
-    fallback = SyncRunner(Upscaler(model=model, backend="reference", mode="interp"))
-    frames = mixed_frames(np.random.default_rng(4), 13)
-    stats = {}
-    got = list(generate(lambda: StreamRunner(streamer, fallback), iter(frames), 2, stats))
-    for i, (f, g) in enumerate(zip(frames, got)):
-        assert np.array_equal(g, upscale(f, 2, backend="reference")), f"frame {i}"
-    assert fake.log[:3] == ["upload", "kernels", "download"] and len(fake.log) % 3 == 0
-    assert stats["kernels"] > 0 and stats["upload"] > 0 and stats["download"] > 0
+    assert cuda_stream.STAGES == frames.STAGES

@@ -32,6 +32,7 @@ from ..model import DEFAULT_ARCH, Layer, Model, zero_model
 from .torch_forward import (FixedUpsample, expanded_conv, hat_encode, pad_codes, ste_round,
                             table_to_weight, weight_to_table)
 from ..reference import interp_lut
+from .config import MAX_WIDTH
 
 THETA_UNIT = 255.0
 
@@ -340,9 +341,6 @@ class TeacherCNN(torch.nn.Module):
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         res = self.body(codes / 255.0 - 0.5) * 255.0
         return torch.clamp(self.upsample(codes) + F.pixel_shuffle(res, self.scale), 0, 255)
-
-
-MAX_WIDTH = 32  # channels between layers (the CUDA kernels take up to 64)
 
 
 # Per-layer L tuned for >= 15x less storage than ECNN at every scale (docs/design.md,

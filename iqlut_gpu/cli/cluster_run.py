@@ -65,9 +65,10 @@ def upscale(args) -> int:
         if bar is not None:
             bar.update(1)
 
-    from .upscale_cmd import collect_jobs
-
-    total = len(collect_jobs(args.inputs, args.output))  # bad inputs: before any cluster
+    try:  # bad inputs: before any cluster starts
+        total = len(cluster.collect_files(args.inputs, args.output))
+    except ValueError as e:
+        raise CLIError(str(e)) from None
     if not total:
         raise CLIError("no image files found in the inputs")
     connection = _connect(args)
@@ -124,7 +125,9 @@ def video(args) -> int:
                 mode=args.mode, ensemble=args.ensemble, batch=args.batch, codec=args.codec,
                 crf=args.crf, overwrite=args.overwrite,
                 segment_seconds=getattr(args, "segment_seconds", None),
-                progress=progress if not args.quiet else None)
+                progress=progress if not args.quiet else None,
+                color=getattr(args, "color", "rgb"), planes=getattr(args, "planes", None),
+                preset=getattr(args, "preset", None))
         if bar is not None:
             bar.total = bar.n
             bar.refresh()

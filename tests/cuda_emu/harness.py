@@ -49,13 +49,14 @@ def find_compiler() -> str | None:
 _SIG_HELPERS = r"""
 #include <string>
 namespace emu_sig {
-template <class T> struct code;  // numpy dtype chars; 'i' alone = a C int by value
+template <class T> struct code;  // '*' const pointer (read), '&' pointer written; then the
+                                  // numpy dtype char; 'i' alone = a C int by value
 template <> struct code<const unsigned char*> { static const char* s() { return "*B"; } };
-template <> struct code<unsigned char*> { static const char* s() { return "*B"; } };
+template <> struct code<unsigned char*> { static const char* s() { return "&B"; } };
 template <> struct code<const signed char*> { static const char* s() { return "*b"; } };
 template <> struct code<const short*> { static const char* s() { return "*h"; } };
 template <> struct code<const int*> { static const char* s() { return "*i"; } };
-template <> struct code<int*> { static const char* s() { return "*i"; } };
+template <> struct code<int*> { static const char* s() { return "&i"; } };
 template <> struct code<int> { static const char* s() { return "i"; } };
 template <class... A> std::string of(void (*)(A...)) {
     std::string s;
@@ -84,7 +85,7 @@ class EmuLibrary:
     def __init__(self, path: Path, kernels: list[str]):
         self.path = path
         self.lib = ctypes.CDLL(str(path))
-        self.entry, self.signature = {}, {}
+        self.entry, self.signature = {}, {}  # signature: codes as in _SIG_HELPERS
         for i, name in enumerate(kernels):
             fn = getattr(self.lib, f"emu_k{i}")
             fn.restype = ctypes.c_int
@@ -147,7 +148,7 @@ class EmuExecutor(RecordingExecutor):
             raise TypeError(f"{plan.kernel} takes {len(sig)} arguments, the plan has {len(plan.args)}")
         holders = []
         for i, (code, arg) in enumerate(zip(sig, plan.args)):
-            if code.startswith("*"):
+            if code[0] in "*&":
                 want = np.dtype(_PTR_CODES[code[1]])
                 if not isinstance(arg, np.ndarray) or arg.dtype != want:
                     raise TypeError(f"{plan.kernel} argument {i}: needs a {want} array, got "
