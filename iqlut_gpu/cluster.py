@@ -56,6 +56,9 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import files
+from .files import FileResult
+
 try:  # the plugin class must exist at import time to be pickled by reference
     from distributed.diagnostics.plugin import WorkerPlugin as _WorkerPlugin
 except ImportError:  # the core install: nothing here runs without Dask
@@ -69,7 +72,6 @@ CUDA_INSTALL_HINT = "pip install 'iqlut-gpu[cluster-cuda12]' (or cluster-cuda13)
 TASKS_PER_WORKER = 4
 TASK_BYTES = 64 << 20
 WAIT_FOR_WORKERS = 60  # seconds a cluster without workers is given to get one
-BATCH_PIXELS = 1 << 23  # as iqlut upscale: input pixels per backend call at most
 # Videos: segments of about duration / (SEGMENTS_PER_WORKER * workers), at least
 # MIN_SEGMENT_SECONDS (the cut is at the first keyframe after each multiple).
 SEGMENTS_PER_WORKER = 4
@@ -331,87 +333,32 @@ def _not_shared(path, what: str) -> str:
             "output must be on a filesystem every worker sees under the same path)")
 
 
-@dataclass
-class FileResult:
-    """One file of ``upscale_files``: ``error`` is None when ``dst`` was written."""
-
-    src: Path
-    dst: Path
-    error: str | None = None
-    in_size: tuple[int, int] | None = None   # (W, H)
-    out_size: tuple[int, int] | None = None
-    seconds: float = 0.0                     # upscaling (and waiting for it) on the worker
-    skipped: bool = False                    # --skip-existing: dst was already there
-
-
 def process_files(upscaler, pairs: list[tuple[str, str]], png_level: int | None = None,
                   batch: int = 8) -> list[FileResult]:
-    """Upscale ``[(src, dst)]`` with ``upscaler``, in order: the next file is read and the last
-    result written in threads while one is upscaled (as ``iqlut upscale`` does in-process);
-    same-size images go to the backend together. Every file gets a ``FileResult``; one that
-    cannot be read or written (or is not visible here) fails alone."""
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-
-    from .io import ImageError, read_image, write_image
-
+    """``[(src, dst)]`` through ``iqlut_gpu.files.process_files`` on this worker; every file
+    gets a ``FileResult``, in the order of ``pairs``. A path this worker cannot see fails
+    alone, saying so; if the upscaler itself fails (backend, memory), the files not done
+    fail with its reason."""
+    where = {Path(d): k for k, (_, d) in enumerate(pairs)}
     results: list[FileResult | None] = [None] * len(pairs)
 
-    def load(i):
-        src, dst = pairs[i]
-        if not os.path.exists(src):
-            return ImageError(_not_shared(src, "input"))
-        if not os.path.isdir(os.path.dirname(dst) or "."):
-            return ImageError(_not_shared(os.path.dirname(dst), "output folder"))
-        try:
-            return read_image(src)
-        except ImageError as e:
-            return e
+    def visible(src, dst):
+        if not src.exists():
+            return _not_shared(src, "input")
+        if not dst.parent.is_dir():
+            return _not_shared(dst.parent, "output folder")
+        return None
 
-    queued: deque = deque()  # (index, input image shape, when it was handed over)
-    with ThreadPoolExecutor(1, thread_name_prefix="iqlut-read") as reader, \
-            ThreadPoolExecutor(1, thread_name_prefix="iqlut-write") as writer:
-
-        def images():
-            ahead = deque(reader.submit(load, i) for i in range(min(2, len(pairs))))
-            for i in range(len(pairs)):
-                image = ahead.popleft().result()
-                if i + 2 < len(pairs):
-                    ahead.append(reader.submit(load, i + 2))
-                if isinstance(image, Exception):
-                    results[i] = FileResult(Path(pairs[i][0]), Path(pairs[i][1]), str(image))
-                    continue
-                queued.append((i, image.shape, time.perf_counter()))
-                yield image
-
-        def finish(item):
-            i, future, shape, out_shape, seconds = item
-            src, dst = Path(pairs[i][0]), Path(pairs[i][1])
-            try:
-                future.result()
-            except (ImageError, OSError, ValueError) as e:
-                results[i] = FileResult(src, dst, _first_line(e))
-                return
-            results[i] = FileResult(src, dst, None, (shape[1], shape[0]),
-                                    (out_shape[1], out_shape[0]), seconds)
-
-        writing: deque = deque()
-        try:
-            for out in upscaler.frames(images(), batch=batch, max_pixels=BATCH_PIXELS):
-                i, shape, t0 = queued.popleft()
-                writing.append((i, writer.submit(write_image, pairs[i][1], out, png_level),
-                                shape, out.shape, time.perf_counter() - t0))
-                while len(writing) > 1:
-                    finish(writing.popleft())
-        except Exception as e:  # the upscaler itself failed (backend, memory): the rest fail
-            reason = _first_line(e)
-            for k, r in enumerate(results):
-                if r is None and all(w[0] != k for w in writing):
-                    results[k] = FileResult(Path(pairs[k][0]), Path(pairs[k][1]),
-                                            f"{pairs[k][0]}: {reason}")
-        finally:
-            while writing:
-                finish(writing.popleft())
+    try:
+        for r in files.process_files(upscaler, pairs, batch=batch, png_level=png_level,
+                                     check=visible):
+            results[where[r.dst]] = r
+    except Exception as e:  # noqa: BLE001 - the rest fail with the reason
+        reason = _first_line(e)
+        for k, r in enumerate(results):
+            if r is None:
+                results[k] = FileResult(Path(pairs[k][0]), Path(pairs[k][1]),
+                                        f"{pairs[k][0]}: {reason}")
     return results
 
 
@@ -560,37 +507,6 @@ def _group(jobs: list, batch: int, workers: int) -> list[list]:
     return groups
 
 
-def collect_files(inputs, out) -> list[tuple[Path, Path]]:
-    """Pairs (input file, output file) as ``iqlut upscale`` makes them (the same rules as
-    ``cli.upscale_cmd.collect_jobs``, which the library may not import): one input file and
-    an ``out`` that is not a folder is a file to file job; otherwise every image of the
-    given folders and files goes into the folder ``out`` under its own name. ValueError for
-    a missing input or two inputs with one output name."""
-    from .io import IMAGE_SUFFIXES
-
-    text, out = str(out), Path(out)
-    paths = [Path(p) for p in inputs]
-    for p in paths:
-        if not p.exists():
-            raise ValueError(f"{p}: no such file or folder")
-    if (len(paths) == 1 and paths[0].is_file() and not out.is_dir()
-            and not text.endswith(("/", "\\"))):
-        return [(paths[0], out)]
-    jobs = []
-    for p in paths:
-        if p.is_dir():
-            jobs += [(f, out / f.name) for f in sorted(p.iterdir())
-                     if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
-        else:
-            jobs.append((p, out / p.name))
-    seen: dict = {}
-    for src, dst in jobs:
-        if dst in seen:
-            raise ValueError(f"{src} and {seen[dst]} would both be written to {dst}")
-        seen[dst] = src
-    return jobs
-
-
 @dataclass
 class FilesReport:
     """What ``upscale_files`` did: every file's ``FileResult`` in input order."""
@@ -639,7 +555,7 @@ def upscale_files(inputs, out, scale: int | None = None, *, client, model=None,
     _check_options(options)
     model = _resolve_model(model, scale)
     model.with_ensemble(ensemble)  # checks the ensemble choice here, once
-    jobs = collect_files(inputs, out)
+    jobs = files.image_jobs(inputs, out)
     if not jobs:
         raise ValueError("no image files found in the inputs")
     single = len(jobs) == 1 and jobs[0][1] == Path(out)
@@ -653,16 +569,9 @@ def upscale_files(inputs, out, scale: int | None = None, *, client, model=None,
     todo = []
     for k, (src, dst) in enumerate(jobs):
         src, dst = src.absolute(), dst.absolute()
-        why = None
-        if dst.exists() and src.resolve() == dst.resolve():
-            why = f"{dst}: output is the input file itself; choose another output"
-        elif dst.exists() and skip_existing:
+        if dst.exists() and skip_existing and src.resolve() != dst.resolve():
             report.results[k] = FileResult(src, dst, skipped=True)
-        elif dst.exists() and not overwrite:
-            why = f"{dst}: exists (use --overwrite to replace it)"
-        elif not dst.parent.is_dir():
-            why = f"{dst.parent}: output folder does not exist"
-        if why:
+        elif why := files.target_error(src, dst, overwrite):
             report.results[k] = FileResult(src, dst, why)
         if report.results[k] is None:
             todo.append((k, str(src), str(dst)))

@@ -273,7 +273,7 @@ def test_a_file_a_worker_cannot_see_fails_alone(tmp_path):
     pairs = [(str(tmp_path / "elsewhere" / "a.png"), str(tmp_path / "out" / "a.png")),
              (str(tmp_path / "in" / "00.png"), str(tmp_path / "gone" / "00.png")),
              (str(tmp_path / "in" / "00.png"), str(tmp_path / "00.png"))]
-    results = cluster.process_files(Upscaler(2, backend=BACKEND), pairs)
+    results = cluster.process_files(Upscaler(2, backend=BACKEND), pairs)  # on a worker
     host = socket.gethostname()
     assert f"input not found on worker {host}" in results[0].error
     assert f"output folder not found on worker {host}" in results[1].error

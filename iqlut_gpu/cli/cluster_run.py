@@ -40,60 +40,38 @@ def _cluster_error(e) -> CLIError:
 
 
 def upscale(args) -> int:
-    """``iqlut upscale`` on a cluster."""
+    """``iqlut upscale`` on a cluster (the options are checked by ``upscale_cmd``)."""
     from .. import cluster
-    from .common import model_from_args
+    from ..files import image_jobs
+    from .common import FileReport, model_from_args
 
-    if args.batch < 1:
-        raise CLIError(f"--batch must be at least 1, got {args.batch}")
-    if args.overwrite and getattr(args, "skip_existing", False):
-        raise CLIError("--overwrite and --skip-existing exclude each other")
     model = model_from_args(args)
-    bar = None
-    failed = 0
-
-    def on_file(result):
-        nonlocal failed
-        if result.error is not None:
-            failed += 1
-            msg = f"iqlut upscale: error: {result.error}"
-            (bar.write(msg, file=sys.stderr) if bar else print(msg, file=sys.stderr))
-        elif not args.quiet and bar is None and not result.skipped:
-            (w, h), (W, H) = result.in_size, result.out_size
-            print(f"{result.dst}: {w}x{h} -> {W}x{H} (x{model.scale}, on the cluster, "
-                  f"{result.seconds * 1000:.1f} ms)")
-        if bar is not None:
-            bar.update(1)
-
     try:  # bad inputs: before any cluster starts
-        total = len(cluster.collect_files(args.inputs, args.output))
+        total = len(image_jobs(args.inputs, args.output))
     except ValueError as e:
         raise CLIError(str(e)) from None
     if not total:
         raise CLIError("no image files found in the inputs")
     connection = _connect(args)
+    report = None
+    where = "on the cluster"
     try:
         with connection as client:
-            if not args.quiet and total > 1:
-                from tqdm import tqdm
-
-                bar = tqdm(total=total, unit="img", file=sys.stderr)
-            report = cluster.upscale_files(
+            report = FileReport(args, total, model.scale)
+            done = cluster.upscale_files(
                 args.inputs, args.output, client=client, model=model, backend=args.backend,
                 mode=args.mode, ensemble=args.ensemble, color=getattr(args, "color", "rgb"),
                 batch=args.batch, png_level=args.png_level, overwrite=args.overwrite,
-                skip_existing=getattr(args, "skip_existing", False), on_file=on_file)
-    except cluster.ClusterError as e:
-        raise _cluster_error(e) from None
-    finally:
-        if bar is not None:
-            bar.close()
-    if not args.quiet and len(report.results) > 1:
-        skipped = f", {report.skipped} skipped (already there)" if report.skipped else ""
-        print(f"{report.written} of {len(report.results)} images written to {args.output}"
-              f"{skipped} (backend {report.backend or args.backend}, {report.workers} "
-              f"worker{'s' if report.workers != 1 else ''})", file=sys.stderr)
-    return 1 if failed else 0
+                skip_existing=getattr(args, "skip_existing", False),
+                on_file=lambda r: report(r, where))
+    except BaseException as e:
+        if report is not None:
+            report.abandon()
+        if isinstance(e, cluster.ClusterError):
+            raise _cluster_error(e) from None
+        raise
+    workers = f"{done.workers} worker{'s' if done.workers != 1 else ''}"
+    return report.close(f"backend {done.backend or args.backend}, {workers}")
 
 
 def video(args) -> int:
