@@ -322,11 +322,9 @@ def main(argv=None) -> int:
     res = measure(args.photos, args.size, tuple(args.formats.split(",")), args.scale,
                   args.frames, args.clip_size, args.rounds,
                   log=lambda m: print(m, file=sys.stderr, flush=True))
-    print(json.dumps(res, indent=1))
-    if args.json:
-        from iqlut_gpu.io import atomic_write_bytes
+    from .timing import emit
 
-        atomic_write_bytes(args.json, (json.dumps(res, indent=1) + "\n").encode())
+    emit(res, args.json)
     return 0
 
 

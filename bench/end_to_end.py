@@ -22,7 +22,6 @@ image.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -105,11 +104,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     res = measure(args.size, args.scale, args.folder, args.rounds, args.backend,
                   log=lambda m: print(m, file=sys.stderr))
-    print(json.dumps(res, indent=1))
-    if args.json:
-        from iqlut_gpu.io import atomic_write_bytes
+    from .timing import emit
 
-        atomic_write_bytes(args.json, (json.dumps(res, indent=1) + "\n").encode())
+    emit(res, args.json)
     return 0
 
 

@@ -37,3 +37,15 @@ def interleaved_rounds(runs: dict, rounds: int, calls: dict | None = None, clock
         order = keys[i % len(keys):] + keys[:i % len(keys)]
         per_round.append({k: median_time(runs[k], calls.get(k, 1), clock) for k in order})
     return per_round
+
+
+def emit(res, path=None) -> None:
+    """Print a bench module's results as JSON, and write them to ``path`` (atomically)."""
+    import json
+
+    from iqlut_gpu.io import atomic_write_bytes
+
+    text = json.dumps(res, indent=1)
+    print(text)
+    if path:
+        atomic_write_bytes(path, (text + "\n").encode())

@@ -158,25 +158,14 @@ def _to_uint8(img) -> np.ndarray:
                      "palette, RGB, RGBA, CMYK)")
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as uint8 (H,W), (H,W,3) or (H,W,4). Raises ImageError."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+@contextlib.contextmanager
+def image_errors(path: Path, doing: str = "decode"):
+    """Pillow's and the OS's errors while opening or decoding ``path``, as one-line
+    ImageErrors (``read_image``; ``datasets.image_size`` reads headers with it)."""
+    from PIL import Image, UnidentifiedImageError
 
-    path = Path(path)
-    if path.is_dir():
-        raise ImageError(f"{path}: is a directory")
     try:
-        with warnings.catch_warnings():
-            # Our own limit (checked below, before decoding) replaces Pillow's warning;
-            # Pillow still raises DecompressionBombError beyond twice its own limit.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                w, h = img.size
-                if w * h > MAX_PIXELS:
-                    raise ImageError(f"{path}: {w}x{h} is larger than the {MAX_PIXELS} pixel limit")
-                img = ImageOps.exif_transpose(img)
-                img.load()
-                return _to_uint8(img)
+        yield
     except ImageError:
         raise
     except FileNotFoundError:
@@ -189,7 +178,28 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise ImageError(f"{path}: declared size is too large (decompression bomb?)") from None
     except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt data
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ImageError(f"{path}: cannot decode image ({msg})") from None
+        raise ImageError(f"{path}: cannot {doing} image ({msg})") from None
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as uint8 (H,W), (H,W,3) or (H,W,4). Raises ImageError."""
+    from PIL import Image, ImageOps
+
+    path = Path(path)
+    if path.is_dir():
+        raise ImageError(f"{path}: is a directory")
+    with image_errors(path):
+        with warnings.catch_warnings():
+            # Our own limit (checked below, before decoding) replaces Pillow's warning;
+            # Pillow still raises DecompressionBombError beyond twice its own limit.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                w, h = img.size
+                if w * h > MAX_PIXELS:
+                    raise ImageError(f"{path}: {w}x{h} is larger than the {MAX_PIXELS} pixel limit")
+                img = ImageOps.exif_transpose(img)
+                img.load()
+                return _to_uint8(img)
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray, png_level: int | None = None) -> None:
