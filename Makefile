@@ -13,7 +13,7 @@ CUDA   ?= cuda12
 DEMO_IN  := iqlut_gpu/data/astronaut_256.png
 DEMO_OUT := out/astronaut_256_x4.png
 
-.PHONY: demo test bench bench-quick clean
+.PHONY: demo test bench bench-quick gpu-wheels gpu-check clean
 
 $(VENV)/.base: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,9 +21,16 @@ $(VENV)/.base: setup.cfg pyproject.toml
 	$(PIP) install --quiet -e .
 	touch $@
 
+# NVRTC 13 (the cuda13 extra's) goes beside the venv, not into it (CuPy would load it
+# instead of the cuda12 extra's): tests/test_cuda_compile.py compiles with both.
+NVRTC13 := $(VENV)/nvrtc13
+
 $(VENV)/.test: $(VENV)/.base
 	$(PIP) install --quiet "$(TORCH)"
-	$(PIP) install --quiet -e ".[test,train,video,bench,$(CUDA)]"
+	@# the contrib build replaces the plain one (both install the cv2 package)
+	$(PIP) uninstall --quiet --yes opencv-python-headless 2>/dev/null || true
+	$(PIP) install --quiet -e ".[test,train,video,bench,cluster,$(CUDA)]"
+	$(PIP) install --quiet --no-deps --target $(NVRTC13) "nvidia-cuda-nvrtc>=13,<14"
 	touch $@
 
 demo: $(VENV)/.base
@@ -39,6 +46,23 @@ bench-quick: $(VENV)/.test
 
 bench: $(VENV)/.test
 	$(PY) -m bench
+
+# The GPU check (bench/gpu_check.py): run it on a machine with a CUDA device, first thing.
+# `make gpu-wheels` (here, with pip access) puts the wheels the device image lacks into
+# .whl/ (git-ignored); `make gpu-check` installs them (offline) and runs the check:
+# `gpu` tests, GPU bench cases, the video pipeline; results in bench/results/ and $$OUT.
+WHL ?= .whl
+GPU_PY ?= python3
+GPU_WHEELS := imageio-ffmpeg==0.8.1
+
+gpu-wheels:
+	$(PYTHON) -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 --platform manylinux2010_x86_64 --platform any \
+	  -d $(WHL) $(GPU_WHEELS)
+
+gpu-check:
+	$(GPU_PY) bench/gpu_check.py --wheels $(WHL)
 
 clean:
 	rm -rf $(VENV) out build *.egg-info

@@ -44,11 +44,22 @@ def load_revision(rev: str, name: str = "numba_cpu_ab"):
     return module
 
 
+class _Prepared:
+    """A ``backends.Prepared`` that also answers ``model``, which kernels of revisions before
+    the Prepared stopped holding its model read (``prepared.model.ensemble``)."""
+
+    def __init__(self, prepared, model):
+        self._prepared, self.model = prepared, model
+
+    def __getattr__(self, name):
+        return getattr(self._prepared, name)
+
+
 def compare(a, b, model, planes: np.ndarray, mode: str, repeats: int, clock) -> dict:
     """Median seconds of ``a`` and ``b`` running ``model`` on ``planes``; bytes checked equal."""
     from iqlut_gpu.backends import prepare
 
-    prepared = prepare(model)
+    prepared = _Prepared(prepare(model), model)
     if not np.array_equal(a.run_planes(prepared, planes, mode), b.run_planes(prepared, planes, mode)):
         raise AssertionError(f"the two kernels disagree ({mode})")
     ta, tb = [], []
@@ -65,9 +76,11 @@ def compare(a, b, model, planes: np.ndarray, mode: str, repeats: int, clock) -> 
 
 def photo_planes(width: int = 320, height: int = 180) -> np.ndarray:
     """uint8 [3, H, W]: the bench cases' input frame (``registry.bench_frames``) as planes."""
-    from .registry import bench_frames, frames_to_planes
+    from iqlut_gpu.planes import to_planes
 
-    return frames_to_planes(bench_frames((width, height), 1))
+    from .registry import bench_frames
+
+    return to_planes(bench_frames((width, height), 1))[0]
 
 
 def main(argv=None) -> int:

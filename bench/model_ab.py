@@ -10,7 +10,7 @@ A, B, ...; the order rotated each repeat), and the median of each and its ratio 
 printed. ``--opencv`` adds OpenCV's bicubic resize of the same frame to every repeat and
 prints each model's time over it, the measure of the benchmark's "at most 60x OpenCV"
 goal (``bench.runner.paired_goal_ratios`` takes it for the shipped model in the full run;
-both time through ``runner.interleaved_rounds``).
+both time through ``timing.interleaved_rounds``).
 
 This is the twin of ``bench.kernel_ab``, which holds the model and changes the kernels: a
 model that costs 5% more than another is only measurable this way on a shared machine.
@@ -51,7 +51,7 @@ def compare(models: dict, planes: np.ndarray, mode: str, repeats: int, clock,
     from iqlut_gpu.backends import prepare
     from iqlut_gpu.kernels import numba_cpu
 
-    from . import runner
+    from . import timing
     from .registry import Run
 
     scales = {m.scale for m in models.values()}
@@ -67,7 +67,7 @@ def compare(models: dict, planes: np.ndarray, mode: str, repeats: int, clock,
         H, W = opencv_frame.shape[:2]
         runs["opencv"] = Run(lambda: cv2.resize(opencv_frame, (W * r, H * r),
                                                 interpolation=cv2.INTER_CUBIC))
-    per_round = runner.interleaved_rounds(runs, repeats, {"opencv": 21}, clock)
+    per_round = timing.interleaved_rounds(runs, repeats, {"opencv": 21}, clock)
     raw = {name: [t[name] for t in per_round] for name in runs}
     first = statistics.median(raw[next(iter(models))])
     out = {"repeats": repeats, "mode": mode, "models": {}}
@@ -107,7 +107,9 @@ def main(argv=None) -> int:
     import numba
 
     from iqlut_gpu.model import ModelError
-    from .registry import bench_frames, frames_to_planes
+    from iqlut_gpu.planes import to_planes
+
+    from .registry import bench_frames
 
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
     try:
@@ -126,7 +128,7 @@ def main(argv=None) -> int:
         cv_frame = frames[0]
     clock = time.process_time if args.threads == 1 else time.perf_counter
     try:
-        result = compare(models, frames_to_planes(frames), args.mode, args.repeats, clock, cv_frame)
+        result = compare(models, to_planes(frames)[0], args.mode, args.repeats, clock, cv_frame)
     except ValueError as e:
         print(f"model_ab: {e}", file=sys.stderr)
         return 2

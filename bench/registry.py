@@ -32,6 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
+from iqlut_gpu.planes import to_planes
+from iqlut_gpu.upscaler import Upscaler
+
 MODES = ("interp", "expanded")
 SCALES = (2, 3, 4)
 # input sizes (W, H)
@@ -161,11 +164,6 @@ def bench_frames(size: tuple, batch: int) -> np.ndarray:
     return np.ascontiguousarray(np.stack(frames))
 
 
-def frames_to_planes(frames: np.ndarray) -> np.ndarray:
-    N, H, W, C = frames.shape
-    return np.ascontiguousarray(frames.transpose(0, 3, 1, 2)).reshape(N * C, H, W)
-
-
 # ----------------------------------------------------------------------------- runs
 
 
@@ -259,7 +257,7 @@ def _layer_check(model, n, x, planes, out_of):
 def setup(case: Case) -> Run:
     """Inputs and the timed callable for ``case``. Raises ``Skip`` when it cannot run here."""
     frames = bench_frames(tuple(case.size), case.batch)
-    planes = frames_to_planes(frames)
+    planes = to_planes(frames)[0]
     r = case.scale
     if case.backend == "opencv":
         import cv2
@@ -291,8 +289,9 @@ def setup(case: Case) -> Run:
     if case.backend == "cpu":
         from iqlut_gpu.kernels import numba_cpu
 
-        if case.layer is None:
-            return Run(lambda: numba_cpu.run_planes(prep, planes, case.mode),
+        if case.layer is None:  # the whole model as the API runs it, in one tile
+            up = Upscaler(model=model, backend="cpu", mode=case.mode, tile=max(planes.shape))
+            return Run(lambda: up.run_planes(planes),
                        check=_model_crop_check(model, planes, np.asarray, r))
         n = case.layer
         layer = model.layers[n]

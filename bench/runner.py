@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import accounting, machine, registry
+from . import accounting, end_to_end, machine, peers, registry, timing
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -167,37 +167,6 @@ def _goal_case_names() -> dict:
     return names
 
 
-def _median_time(run, n: int, clock=None) -> float:
-    """Median seconds of ``n`` calls of ``run`` (a ``registry.Run``), each synchronised;
-    ``clock``: ``time.perf_counter`` unless given (``time.process_time`` for one thread)."""
-    clock = clock or time.perf_counter
-    ts = []
-    for _ in range(n):
-        t0 = clock()
-        run.run()
-        run.sync()
-        ts.append(clock() - t0)
-    return statistics.median(ts)
-
-
-def interleaved_rounds(runs: dict, rounds: int, calls: dict | None = None, clock=None) -> list:
-    """Each ``registry.Run`` of ``runs`` once (warm-up), then ``rounds`` rounds in which every
-    one runs after the other, in an order rotated from round to round; in each round a run
-    is timed as the median of ``calls[name]`` calls (default 1; more for a call of about a
-    millisecond, where one timing is mostly noise). Returns one {name: seconds} per round,
-    so ratios can be taken within a round, where the machine's load hits both sides alike."""
-    calls = calls or {}
-    for r in runs.values():
-        r.run()
-        r.sync()
-    keys = list(runs)
-    per_round = []
-    for i in range(rounds):
-        order = keys[i % len(keys):] + keys[:i % len(keys)]
-        per_round.append({k: _median_time(runs[k], calls.get(k, 1), clock) for k in order})
-    return per_round
-
-
 def paired_goal_ratios(rounds: int, setup=None, log=lambda m: None) -> dict | None:
     """The goal ratios measured interleaved: in each round every contender (Numba in each
     mode, the PyTorch CPU forward, OpenCV) runs once after the other, in an order rotated
@@ -218,7 +187,7 @@ def paired_goal_ratios(rounds: int, setup=None, log=lambda m: None) -> dict | No
         return None
     calls = {k: 21 if k == "opencv" else (3 if k.startswith("numba") else 1) for k in runs}
     keys = list(runs)
-    per_round = interleaved_rounds(runs, rounds, calls)
+    per_round = timing.interleaved_rounds(runs, rounds, calls)
 
     def stats(vals):
         return {"median": round(statistics.median(vals), 2), "min": round(min(vals), 2),
@@ -363,17 +332,46 @@ def select(cases, quick: bool, filters, groups, no_gpu: bool):
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from iqlut_gpu.cli.bench_cmd import add_bench_arguments
+GROUPS = ("model", "layer", "size", "batch", "baseline")
 
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    add_bench_arguments(p)
+
+def build_parser(prog: str = "python -m bench") -> argparse.ArgumentParser:
+    """The benchmark's options (``python -m bench``, and ``iqlut bench``, which hands its
+    command line over to ``main``)."""
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="the quick subset (about a minute)")
+    p.add_argument("--filter", action="append", default=[], metavar="TEXT",
+                   help="only cases whose name contains TEXT (repeatable: all must match)")
+    p.add_argument("--group", action="append", default=[], choices=GROUPS,
+                   help="only cases of this group (repeatable)")
+    p.add_argument("--list", action="store_true", help="list the selected cases and exit")
+    p.add_argument("--repeats", type=int, default=5, help="minimum timed runs per case (default 5)")
+    p.add_argument("--min-time", type=float, default=1.0,
+                   help="keep repeating until this many seconds per case (default 1)")
+    p.add_argument("--max-runs", type=int, default=50, help="at most this many timed runs per case")
+    p.add_argument("--rounds", type=int, default=7,
+                   help="interleaved rounds for the goal ratios (Numba vs PyTorch CPU vs OpenCV, "
+                        "x4 320x180) when those cases are selected; 0: off (default 7)")
+    p.add_argument("--no-gpu", action="store_true", help="skip GPU cases without probing")
+    p.add_argument("--no-limits", action="store_true", help="skip the machine-limit microbenchmarks")
+    p.add_argument("--threads", type=int, help="Numba threads (default: Numba's default)")
+    p.add_argument("--peers", type=Path, default=peers.default_dir(), metavar="DIR",
+                   help="the peer networks' graphs (ESPCN_xN.pb, FSRCNN_xN.pb, FSRCNN-small_xN.pb) "
+                   "timed beside iqlut in interleaved rounds (bench/peers.py; default: the "
+                   "shared copy beside the checkout, if present)")
+    p.add_argument("--no-peers", action="store_true", help="skip the peer rounds")
+    p.add_argument("--no-e2e", action="store_true",
+                   help="skip the end-to-end measure (iqlut upscale of a 1080p photo, x4, to PNG)")
+    p.add_argument("--out", type=Path, help="JSON path (default bench/results/<machine>_<quick|full>.json)")
+    p.add_argument("--no-plot", action="store_true", help="do not write the PNG plot")
     return p
 
 
-def main(argv=None) -> int:
+def main(argv=None, prog: str = "python -m bench") -> int:
+    """Parse ``argv`` (default: ``sys.argv[1:]``) and run; ``prog`` names the command in
+    the help and in usage errors."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    return run(build_parser().parse_args(argv), argv)
+    return run(build_parser(prog).parse_args(argv), argv)
 
 
 def run(args, argv) -> int:
@@ -431,6 +429,19 @@ def run(args, argv) -> int:
             print(f"paired goal ratios FAILED: {e}", file=sys.stderr)
         if paired is not None:
             goal_summary["paired"] = paired
+    whole_suite = not (args.filter or args.group)
+    peer_runs, e2e = [], None
+    if whole_suite and not args.no_peers and args.rounds > 0:
+        for scale in (4,) if args.quick else registry.SCALES:
+            print(f"peers x{scale}: {args.rounds} interleaved rounds ...", file=sys.stderr, flush=True)
+            peer_runs.append(peers.speed(scale, args.peers, args.rounds,
+                                         log=lambda m: print(m, file=sys.stderr)))
+        goal_summary["peers"] = {f"x{r['scale']}": r.get("goals", {}) for r in peer_runs}
+    if whole_suite and not args.no_e2e and not args.quick:
+        print("end to end: iqlut upscale 1920x1080 x4 to PNG ...", file=sys.stderr, flush=True)
+        e2e = end_to_end.measure(rounds=3, log=lambda m: print(m, file=sys.stderr))
+        goal_summary["end_to_end"] = {"single_over_kernels": e2e["over_kernels"]["single"],
+                                      "goal_at_most_1.5x": e2e["goal_single_at_most_1.5x_kernels"]}
     doc = {
         "kind": "iqlut-bench", "version": 1,
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -442,6 +453,7 @@ def run(args, argv) -> int:
         "goals": goal_summary, "scaling": scaling(results),
         "work_per_model": {f"x{s}/{m}": accounting.model_work(registry.bench_model(s), m)
                            for s in registry.SCALES for m in registry.MODES},
+        "peers": peer_runs, "end_to_end": e2e,
         "results": results,
     }
     tag = machine.machine_tag(info)
@@ -453,6 +465,9 @@ def run(args, argv) -> int:
     print(_table(results))
     print("goals:", json.dumps(doc["goals"], indent=1))
     print("scaling:", json.dumps(doc["scaling"], indent=1))
+    for r in peer_runs:
+        print(f"peers x{r['scale']} ({r['input']} in), median ms: "
+              + ", ".join(f"{k} {v:.1f}" for k, v in r["median_ms"].items()))
     print(f"wrote {path}")
     if not args.no_plot:
         png = path.with_suffix(".png")

@@ -5,12 +5,12 @@ The same integer model runs on three backends that agree bit for bit: a NumPy re
 Importing this package needs no GPU, no CuPy and no torch.
 """
 
-from .api import upscale
-from .frames import upscale_frames
+from .api import upscale, upscale_frames
 from .backends import BackendUnavailable
 from .model import Layer, Model, ModelError, default_model, load_model, save_model
+from .upscaler import Upscaler
 
 __version__ = "0.1.0"
 
-__all__ = ["upscale", "load_model", "save_model", "default_model", "Model", "Layer",
-           "ModelError", "BackendUnavailable", "upscale_frames", "__version__"]
+__all__ = ["upscale", "upscale_frames", "Upscaler", "load_model", "save_model",
+           "default_model", "Model", "Layer", "ModelError", "BackendUnavailable", "__version__"]

@@ -1,12 +1,14 @@
 """Backend selection: ``"auto" | "cpu" | "cuda" | "reference"``.
 
 ``IQLUT_BACKEND`` overrides ``"auto"``. Probes return ``None`` when a backend can run, or
-the reason it cannot. ``"auto"`` prefers CUDA and falls back to the CPU with one warning;
-an explicit backend that cannot run raises ``BackendUnavailable`` with the reason.
+the reason it cannot; each runs once per process (``reset`` forgets them, for tests).
+``"auto"`` prefers CUDA and falls back to the CPU with one warning; an explicit backend
+that cannot run raises ``BackendUnavailable`` with the reason.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import warnings
@@ -14,35 +16,27 @@ import warnings
 import numpy as np
 
 from . import reference
+from .errors import BackendFallbackWarning, BackendUnavailable, DeviceOutOfMemory  # noqa: F401
+from .memo import IdentityMemo
 from .model import Model
 
 BACKENDS = ("auto", "cpu", "cuda", "reference")
 ENV_VAR = "IQLUT_BACKEND"
 
 
-class BackendUnavailable(RuntimeError):
-    """The requested backend cannot run here; the message says why."""
-
-
-class DeviceOutOfMemory(MemoryError):
-    """A backend ran out of device memory; callers retry with smaller tiles."""
-
-
-class BackendFallbackWarning(RuntimeWarning):
-    """``backend="auto"`` could not use CUDA and fell back to the CPU (issued once)."""
-
-
 class Prepared:
     """Per-model data every backend needs, derived once from the model file's arrays.
 
     ``lut(n, "interp")`` is ``(idx, wt, table)`` of layer ``n``; ``lut(n, "expanded")`` is
-    the int16 expanded table. The fixed upsample is ``up_off, up_w, up_den``.
+    the int16 expanded table. The fixed upsample is ``up_off, up_w, up_den``; ``ensemble``
+    the number of passes. It holds the model's layers, not the model (``prepare``'s memo
+    keeps it only while the model lives).
     """
 
     def __init__(self, model: Model):
-        self.model = model
         self.scale = model.scale
         self.layers = model.layers
+        self.ensemble = model.ensemble
         self.up_off, self.up_w, self.up_den = reference.upsample_filter(model.scale, model.upsample)
         self._luts: dict = {}
 
@@ -60,15 +54,12 @@ class Prepared:
         return self._luts[key]
 
 
-_PREPARED: dict[int, Prepared] = {}
+_PREPARED = IdentityMemo()
 
 
 def prepare(model: Model) -> Prepared:
-    """Memoised per model object (models are immutable)."""
-    p = _PREPARED.get(id(model))
-    if p is None or p.model is not model:
-        p = _PREPARED[id(model)] = Prepared(model)
-    return p
+    """Memoised per model object (models are immutable) while it lives."""
+    return _PREPARED.get(model, lambda: Prepared(model))
 
 
 # ----------------------------------------------------------------------------- probes
@@ -98,13 +89,26 @@ PROBES = {"reference": _probe_reference, "cpu": _probe_cpu, "cuda": _probe_cuda}
 
 
 def probe(name: str) -> str | None:
-    """None if backend ``name`` can run here, else the reason it cannot."""
+    """None if backend ``name`` can run here, else the reason it cannot (probed once)."""
     if name not in PROBES:
         raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    return _probe_once(name)
+
+
+@functools.lru_cache(maxsize=None)
+def _probe_once(name: str) -> str | None:
     return PROBES[name]()
 
 
 _warned_fallback = False
+
+
+def reset() -> None:
+    """Forget the probes' answers and the fallback warning (tests that change what is
+    importable, or a process whose devices changed)."""
+    global _warned_fallback
+    _probe_once.cache_clear()
+    _warned_fallback = False
 
 
 def resolve(backend: str = "auto") -> str:
@@ -139,9 +143,9 @@ MODES = ("auto", "interp", "expanded")
 def concrete_mode(name: str, mode: str) -> str:
     """The table mode for ``mode`` on backend ``name``: "auto" picks the measured winner.
 
-    On the CPU the expanded tables are faster (bench/results: x4 320x180 RGB, 98 ms vs
-    173 ms); on the GPU the interpolating tables fit in shared memory (the point of IQ-LUT).
-    Both modes give bit-identical results.
+    On the CPU the expanded tables are faster (one read per source pixel; the bench's
+    model group measures both, bench/README.md); on the GPU the interpolating tables fit in
+    shared memory (the point of IQ-LUT). Both modes give bit-identical results.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")

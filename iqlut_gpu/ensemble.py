@@ -10,8 +10,8 @@ same after a left-right flip), each result transformed back, in integers:
           and S >> log2(n) is odd (round half to even)
 
 Half to even, not half up: half up adds 1/(2n) of a code to every pixel on average (a
-quarter code for n = 2), a bias that costs up to 0.4 dB on near-flat images (measured on
-the validation split: x2, 2 passes, +1.565 dB over bicubic half up, +1.697 half to even).
+quarter code for n = 2), a bias that costs tenths of a dB on near-flat images
+(docs/design.md, "Self-ensemble"; the measurement is in docs/models.md).
 
 Every backend applies it around its own single pass (the same array operations, only
 ``xp`` differs: numpy or cupy), so results stay bit-identical across backends. The

@@ -1,14 +1,22 @@
-"""The SR community's evaluation protocol, in NumPy only.
+"""The SR community's evaluation protocol, in NumPy only (docs/design.md, "Evaluation
+protocol"; docs/evaluation.md for ``iqlut eval``).
 
 - ``imresize``: MATLAB-compatible bicubic resize (cubic kernel a = -0.5, antialiased when
   shrinking, symmetric padding, output size ``ceil(size * s)``; both passes in float64,
-  uint8 input rounded (half to even) and clipped once at the end). Matches the project's
-  verified vectors (../shared/testvectors) exactly, exact .5 ties included.
-- ``modcrop``: crop HR to a multiple of the scale.
-- ``rgb_to_y``: BT.601 luma ``16 + (65.481 R + 128.553 G + 24.966 B) / 255`` (float).
-- ``psnr`` and ``ssim`` (Gaussian window 11, sigma 1.5, K1 0.01, K2 0.03, valid filtering)
-  on Y with an ``r``-pixel border shaved.
-- ``evaluate_image``: the whole protocol for one HR image and one upscaler.
+  uint8 input rounded (half to even) and clipped once at the end). Matches the verified
+  MATLAB vectors in ``tests/data/imresize_matlab_bicubic.npz`` exactly, exact .5 ties
+  included (``tests/test_imresize.py``).
+- ``modcrop``: crop HR at the bottom and right to a multiple of the scale (MATLAB's
+  ``modcrop``: ``img(1:h - mod(h, r), 1:w - mod(w, r), :)``).
+- ``degrade``: the protocol's pair, (modcropped HR, MATLAB-bicubic LR).
+- ``rgb_to_y``: BT.601 luma ``16 + (65.481 R + 128.553 G + 24.966 B) / 255`` (float; a
+  gray image is its own luma; alpha is ignored).
+- ``psnr`` and ``ssim`` (Gaussian window 11, sigma 1.5, K1 0.01, K2 0.03, valid filtering);
+  ``y_metrics``: both on Y with an ``r``-pixel border shaved.
+- ``bicubic_upscale``: the bicubic row of every table (MATLAB imresize up by ``r``).
+
+The loop over images and methods is ``iqlut_gpu.cli.eval_cmd.evaluate``; data set folders
+are found by ``iqlut_gpu.datasets``.
 """
 
 from __future__ import annotations
@@ -75,6 +83,7 @@ def imresize(img: np.ndarray, scale: float) -> np.ndarray:
 
 
 def modcrop(img: np.ndarray, scale: int) -> np.ndarray:
+    """Crop the bottom rows and right columns so that both sides are multiples of ``scale``."""
     h, w = img.shape[:2]
     return img[: h - h % scale, : w - w % scale]
 
@@ -133,11 +142,19 @@ def ssim(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
     return float(np.mean(num / den))
 
 
-def y_metrics(sr: np.ndarray, hr: np.ndarray, scale: int) -> tuple[float, float]:
-    """(Y-PSNR, Y-SSIM) of an upscaled image against the (modcropped) HR, r-pixel shave."""
+def y_shaved(img: np.ndarray, scale: int) -> np.ndarray:
+    """What the metrics compare: the luma with an r-pixel border shaved."""
+    return shave(rgb_to_y(img), scale)
+
+
+def y_metrics(sr: np.ndarray, hr: np.ndarray, scale: int,
+              hr_y: np.ndarray | None = None) -> tuple[float, float]:
+    """(Y-PSNR, Y-SSIM) of an upscaled image against the (modcropped) HR, r-pixel shave.
+    ``hr_y``: ``y_shaved(hr, scale)`` if the caller already has it (several methods, one HR)."""
     if sr.shape != hr.shape:
         raise ValueError(f"shape mismatch: {sr.shape} vs {hr.shape}")
-    ys, yh = shave(rgb_to_y(sr), scale), shave(rgb_to_y(hr), scale)
+    ys = y_shaved(sr, scale)
+    yh = y_shaved(hr, scale) if hr_y is None else hr_y
     return psnr(ys, yh), ssim(ys, yh)
 
 

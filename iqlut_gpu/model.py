@@ -46,6 +46,7 @@ import numpy as np
 
 from .ensemble import ENSEMBLES
 from .ensemble import check as check_ensemble
+from .memo import IdentityMemo
 
 FORMAT_NAME = "iqlut"
 FORMAT_VERSION = 2  # the newest this build reads and writes
@@ -59,7 +60,7 @@ MAX_ABS_BIAS = 1 << 24  # keeps every accumulator inside int32 (see Layer.__post
 _MAX_HEADER = 1 << 20
 
 
-_VARIANTS: dict = {}  # Model.with_ensemble's memo: (id(base), n) -> (base, variant)
+_VARIANTS = IdentityMemo()  # Model.with_ensemble's memo: (base, n) -> variant
 
 
 class ModelError(ValueError):
@@ -125,13 +126,9 @@ class Model:
         n = check_ensemble(n)
         if n == self.ensemble:
             return self
-        key = (id(self), n)
-        hit = _VARIANTS.get(key)
-        if hit is None or hit[0] is not self:
-            hit = _VARIANTS[key] = (self, Model(scale=self.scale, upsample=self.upsample,
-                                                layers=self.layers, trained=self.trained,
-                                                provenance=self.provenance, ensemble=n))
-        return hit[1]
+        return _VARIANTS.get(self, lambda: Model(
+            scale=self.scale, upsample=self.upsample, layers=self.layers, trained=self.trained,
+            provenance=self.provenance, ensemble=n), n)
 
     @property
     def format_version(self) -> int:
@@ -380,8 +377,9 @@ def default_model(scale: int = 4) -> Model:
     return _DEFAULT_CACHE[scale]
 
 
-# The shipped models' architecture: DESIGN.md's starting point 1->8 (k=5), 8->8 (k=3,
-# residual) x2, 8->r*r (k=3), with L = 17 knots in the first layer and 16 in the others
+# The shipped models' architecture: the starting point of docs/design.md, "Starting
+# architecture": 1->8 (k=5), 8->8 (k=3, residual) x2, 8->r*r (k=3), with L = 17 knots in
+# the first layer and 16 in the others
 # (all-17 is 14.9x smaller than ECNN; 17/16/16/16 is 15.6-15.7x, past the 15x goal).
 DEFAULT_ARCH = (
     dict(c_in=1, c_out=8, k=5, L=17, residual=False),

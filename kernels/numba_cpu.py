@@ -907,7 +907,7 @@ def run_planes(prepared, planes: np.ndarray, mode: str = "interp") -> np.ndarray
     A model with a self-ensemble runs once per transform (``iqlut_gpu.ensemble``).
     """
     planes = np.ascontiguousarray(planes, dtype=np.uint8)
-    return ensemble.run(lambda q: _one_pass(prepared, q, mode), planes, prepared.model.ensemble)
+    return ensemble.run(lambda q: _one_pass(prepared, q, mode), planes, prepared.ensemble)
 
 
 def _one_pass(prepared, planes: np.ndarray, mode: str) -> np.ndarray:

@@ -53,7 +53,7 @@ def random_model(rng, scale: int | None = None, upsample: str | None = None) -> 
 
 
 def default_arch_model(rng, scale: int) -> Model:
-    """DESIGN.md's starting architecture (the shipped models' shape) with random tables."""
+    """docs/design.md, "Starting architecture" (the shipped models' shape), random tables."""
     layers, c = [], 1
     for spec in DEFAULT_ARCH:
         c_out = spec["c_out"] or scale * scale

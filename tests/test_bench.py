@@ -12,7 +12,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench import registry, runner  # noqa: E402
+from bench import registry, runner, timing  # noqa: E402
+from iqlut_gpu.planes import to_planes  # noqa: E402
 
 
 def test_registry_covers_the_issue():
@@ -118,14 +119,14 @@ def test_paired_goal_ratios_are_taken_within_rounds(monkeypatch):
 
         return registry.Run(run)
 
-    real_median = runner._median_time
+    real_median = timing.median_time
 
     def median_time(run, n, clock=None):
         first_in_round.append(n)
         return real_median(run, n, clock)
 
-    monkeypatch.setattr(runner.time, "perf_counter", lambda: clock["t"])
-    monkeypatch.setattr(runner, "_median_time", median_time)
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock["t"])
+    monkeypatch.setattr(timing, "median_time", median_time)
     out = runner.paired_goal_ratios(3, setup=fake_setup)
     g = out["expanded"]
     assert g["speedup_vs_torch_cpu"]["median"] == pytest.approx(20.0)
@@ -153,6 +154,27 @@ def test_cli_bench_outside_checkout_says_how(tmp_path):
     p = subprocess.run([sys.executable, "-m", "iqlut_gpu", "bench", "--list"],
                        capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert p.returncode == 1 and "checkout" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_cli_bench_hands_its_command_line_to_the_runner(capsys, monkeypatch):
+    """`iqlut bench` parses no option itself: its help, usage errors and options are the
+    runner's (bench/runner.py), the same as `python -m bench`."""
+    from iqlut_gpu import cli
+
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["bench", "--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and out.startswith("usage: iqlut bench")
+    assert "--filter TEXT" in out and "--no-plot" in out
+    with pytest.raises(SystemExit) as e:
+        cli.main(["bench", "--group", "nope"])
+    assert e.value.code == 2 and "iqlut bench: error: argument --group" in capsys.readouterr().err
+    seen = {}
+    monkeypatch.setattr(runner, "run", lambda args, argv: seen.update(args=args, argv=argv) or 0)
+    assert cli.main(["bench", "--quick", "--filter", "x4", "--no-plot"]) == 0
+    assert seen["argv"] == ["--quick", "--filter", "x4", "--no-plot"]
+    assert seen["args"].quick and seen["args"].filter == ["x4"] and seen["args"].no_plot
 
 
 def test_kernel_ab_checks_bytes_and_times_both():
@@ -202,14 +224,15 @@ def test_model_check_holds_for_a_self_ensemble():
     from iqlut_gpu.model import default_model
 
     model = default_model(2).with_ensemble(4)
-    planes = registry.frames_to_planes(registry.bench_frames((48, 40), 1))
+    planes = to_planes(registry.bench_frames((48, 40), 1))[0]
     check = registry._model_crop_check(model, planes, lambda out: out, 2)
     assert check(backends.run_planes("cpu", model, planes))["max_abs_err"] == 0
     assert check(backends.run_planes("cpu", model.with_ensemble(1), planes))["max_abs_err"] > 0
 
 
 def test_interleaved_rounds_rotate_the_order():
-    """``runner.interleaved_rounds``, which ``bench.model_ab`` and the goal ratios time with."""
+    """``timing.interleaved_rounds``, which ``bench.model_ab``, the peers and the goal ratios
+    time with."""
     log, now = [], [0.0]
     cost = {"a": 3.0, "b": 5.0, "cv": 0.5}
 
@@ -222,7 +245,7 @@ def test_interleaved_rounds_rotate_the_order():
             now[0] += cost[name]
         return registry.Run(run)
 
-    per_round = runner.interleaved_rounds({n: make(n) for n in cost}, 3, {"cv": 4}, clock)
+    per_round = timing.interleaved_rounds({n: make(n) for n in cost}, 3, {"cv": 4}, clock)
     assert log[:3] == ["a", "b", "cv"]  # warm-up, once each
     rounds = log[3:]
     assert rounds == ["a", "b"] + ["cv"] * 4 + ["b"] + ["cv"] * 4 + ["a"] + ["cv"] * 4 + ["a", "b"]
@@ -234,9 +257,9 @@ def test_model_ab_ratios_are_taken_within_rounds(monkeypatch):
     from iqlut_gpu import default_model
 
     raw = {"A": [1.0, 2.0, 4.0], "B": [1.5, 2.2, 6.0], "opencv": [0.1, 0.1, 0.2]}
-    monkeypatch.setattr(runner, "interleaved_rounds", lambda runs, rounds, calls, clock:
+    monkeypatch.setattr(timing, "interleaved_rounds", lambda runs, rounds, calls, clock:
                         [{k: v[i] for k, v in raw.items()} for i in range(rounds)])
-    planes = registry.frames_to_planes(registry.bench_frames((16, 12), 1))
+    planes = to_planes(registry.bench_frames((16, 12), 1))[0]
     r = model_ab.compare({"A": default_model(2), "B": default_model(2)}, planes, "expanded", 3,
                          time.perf_counter, opencv_frame=registry.bench_frames((16, 12), 1)[0])
     assert r["models"]["A"]["time_vs_first"] == 1.0
@@ -267,3 +290,39 @@ def test_model_ab_command_runs_and_refuses_bad_models(tmp_path):
     p = subprocess.run([sys.executable, "-m", "bench.model_ab", "x2", str(bad)], cwd=ROOT,
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 2 and p.stderr.startswith("model_ab: ") and "Traceback" not in p.stderr
+
+
+def test_peers_skip_with_a_reason_and_run_beside_iqlut(tmp_path):
+    """The peer networks (OpenCV dnn_superres) are contenders when their graphs are present;
+    a missing or unreadable graph is a skip with the reason, not a failure."""
+    from bench import peers
+
+    with pytest.raises(registry.Skip, match="give --peers"):
+        peers.load(None, "ESPCN", 4)
+    with pytest.raises(registry.Skip, match="not found"):
+        peers.load(tmp_path, "ESPCN", 4)
+    (tmp_path / "ESPCN_x4.pb").write_bytes(b"not a graph")
+    with pytest.raises(registry.Skip, match="cannot run|dnn_superres"):
+        peers.load(tmp_path, "ESPCN", 4)
+    shared = peers.default_dir()
+    if shared is None:
+        pytest.skip("no shared peer graphs beside the checkout")
+    res = peers.speed(4, shared, rounds=1)
+    assert {"iqlut-rgb", "iqlut-luma", "opencv-bicubic"} <= set(res["median_ms"])
+    if "ESPCN" not in res["median_ms"]:
+        pytest.skip(f"OpenCV here cannot run the shared graphs: {res}")
+    assert res["time_vs_espcn"]["ESPCN"] == 1.0 and set(res["goals"]) == {
+        "iqlut-luma <= 0.35x ESPCN", "iqlut-rgb <= 0.8x ESPCN"}
+    out = peers.contenders(4, shared)["ESPCN"](np.zeros((6, 7, 3), np.uint8))
+    assert out.shape == (24, 28, 3)
+
+
+def test_end_to_end_measures_the_cli_beside_the_kernels():
+    from bench import end_to_end
+
+    res = end_to_end.measure(size=(24, 16), scale=2, folder=2, rounds=1)
+    assert set(res["median_s"]) == {"kernels", "single", "startup", "folder"}
+    assert all(v > 0 for v in res["median_s"].values())
+    assert set(res["over_kernels"]) == {"single", "folder"}
+    assert isinstance(res["work_over_kernels"], float)
+    assert isinstance(res["goal_single_at_most_1.5x_kernels"], bool)

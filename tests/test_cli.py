@@ -38,7 +38,7 @@ def test_upscale_one_file(run_cli, tmp_path):
     out = np.asarray(Image.open(tmp_path / "out.png"))
     img = np.asarray(Image.open(src))
     assert out.shape == (40, 48, 3)
-    # the shipped x2 runs as its file says (a 4-pass ensemble)
+    # the shipped x2 runs as its file says (one pass)
     assert np.array_equal(out[:, :, 1], reference.upscale_planes(default_model(2), img[None, :, :, 1])[0])
     assert "24x20 -> 48x40" in proc.stdout and "backend cpu" in proc.stdout
 
@@ -159,6 +159,7 @@ def test_closed_pipe_is_not_reported_as_an_error(tmp_path):
                                            (["--hidden-k", "1,3,3,3", "--init", "SHIPPED_X2"],
                                             "cannot start a layer"),
                                            (["--width", "0"], "--width must be between 1 and 32"),
+                                           (["--int8-only"], "--int8-only fine-tunes a trained model"),
                                            (["--width", "6", "--hidden", "4",
                                              "--init", "SHIPPED_X2"], "cannot start a layer")])
 def test_train_rejects_bad_options_in_one_line(run_cli, tmp_path, args, fragment):
@@ -202,7 +203,7 @@ def test_upscale_waits_for_the_reader_by_polling():
     import threading
     from concurrent.futures import Future
 
-    from iqlut_gpu.cli.upscale_cmd import _result
+    from iqlut_gpu.files import wait as _result
 
     f = Future()
     threading.Timer(0.05, f.set_result, ("batch",)).start()

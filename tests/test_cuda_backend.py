@@ -16,7 +16,7 @@ import pytest
 import cases
 from iqlut_gpu import BackendUnavailable, backends, upscale
 from iqlut_gpu.backends import Prepared
-from iqlut_gpu.kernels import cuda_backend, numba_cpu
+from iqlut_gpu.kernels import cuda_backend, cuda_plan, numba_cpu
 
 HAS_DEVICE = cuda_backend.probe() is None
 
@@ -103,7 +103,7 @@ def _model_and_tables(mode, seed_salt=3):
     seed, rng = next(cases.case_rngs(1, salt=2000 + seed_salt))
     model = cases.random_model(rng, scale=2)
     prepared = Prepared(model)
-    return model, prepared, cuda_backend.DeviceTables(prepared, mode, np)
+    return model, prepared, cuda_plan.DeviceTables(prepared, mode, np)
 
 
 def _hidden_args(mode):
@@ -114,7 +114,7 @@ def _hidden_args(mode):
     last = cases.random_layer(rng, 2, 4, 1, 3, residual=False)
     first = cases.random_layer(rng, 1, 2, 3, 4, residual=False)
     prepared = Prepared(Model(scale=2, upsample="bilinear", layers=(first, hidden, last)))
-    tables = cuda_backend.DeviceTables(prepared, mode, np)
+    tables = cuda_plan.DeviceTables(prepared, mode, np)
     x = np.zeros((3, 2, 5, 6), np.uint8)
     out = np.empty((3, 2, 5, 6), np.uint8)
     return [x, tables(1), tables.bias(1), hidden.shift, True, out, mode]
@@ -122,8 +122,8 @@ def _hidden_args(mode):
 
 @pytest.mark.parametrize("mode", ["interp", "expanded"])
 def test_plans_cast_scalars_to_c_int(mode):
-    rec = cuda_backend.RecordingExecutor(block=(5, 3), max_blocks=4)
-    plan = cuda_backend._plan_hidden(rec, *_hidden_args(mode))
+    rec = cuda_plan.RecordingExecutor(block=(5, 3), max_blocks=4)
+    plan = cuda_plan.plan_hidden(rec, *_hidden_args(mode))
     scalars = [a for a in plan.args if not isinstance(a, np.ndarray)]
     assert scalars and all(type(a) is np.int32 for a in scalars)
     assert plan.block == (5, 3, 1)
@@ -132,14 +132,14 @@ def test_plans_cast_scalars_to_c_int(mode):
 
 @pytest.mark.parametrize("mode", ["interp", "expanded"])
 def test_launcher_rejects_bad_arrays(mode):
-    rec = cuda_backend.RecordingExecutor()
+    rec = cuda_plan.RecordingExecutor()
     good = _hidden_args(mode)
 
     def bad(i, value, exc):
         args = list(good)
         args[i] = value
         with pytest.raises(exc):
-            cuda_backend._plan_hidden(rec, *args)
+            cuda_plan.plan_hidden(rec, *args)
 
     bad(0, good[0].astype(np.int16), TypeError)                 # x dtype
     bad(0, np.zeros((3, 2, 5, 12), np.uint8)[..., ::2], ValueError)  # not C-contiguous
@@ -153,7 +153,7 @@ def test_launcher_rejects_bad_arrays(mode):
 
 
 def test_launcher_rejects_residual_shape_mismatch():
-    rec = cuda_backend.RecordingExecutor()
+    rec = cuda_plan.RecordingExecutor()
     seed, rng = next(cases.case_rngs(1, salt=2200))
     layer = cases.random_layer(rng, 2, 3, 3, 4, residual=False)
     from iqlut_gpu.reference import interp_lut
@@ -162,11 +162,11 @@ def test_launcher_rejects_residual_shape_mismatch():
     x = np.zeros((1, 2, 4, 4), np.uint8)
     out = np.empty((1, 3, 4, 4), np.uint8)
     with pytest.raises(ValueError, match="residual"):
-        cuda_backend._plan_hidden(rec, x, (idx, wt, layer.table), layer.bias, 0, True, out)
+        cuda_plan.plan_hidden(rec, x, (idx, wt, layer.table), layer.bias, 0, True, out)
 
 
 def test_last_launcher_checks_scale_and_upsample():
-    rec = cuda_backend.RecordingExecutor()
+    rec = cuda_plan.RecordingExecutor()
     model, prepared, tables = _model_and_tables("interp")
     n = len(model.layers) - 1
     P, H, W = 2, 3, 4
@@ -176,43 +176,43 @@ def test_last_launcher_checks_scale_and_upsample():
     out = np.empty((P, 2 * H, 2 * W), np.uint8)
     up_off, up_w = tables.up
     args = [x, tables(n), tables.bias(n), 3, plane, up_off, up_w, prepared.up_den, out]
-    plan = cuda_backend._plan_last(rec, *args)
+    plan = cuda_plan.plan_last(rec, *args)
     assert plan.kernel.startswith("iqlut::last_interp<")
     wrong = list(args)
     wrong[8] = np.empty((P, 3 * H, 3 * W), np.uint8)
     with pytest.raises(ValueError):
-        cuda_backend._plan_last(rec, *wrong)
+        cuda_plan.plan_last(rec, *wrong)
     wrong = list(args)
     wrong[7] = 0
     with pytest.raises(ValueError):
-        cuda_backend._plan_last(rec, *wrong)
+        cuda_plan.plan_last(rec, *wrong)
     wrong = list(args)
     wrong[4] = np.zeros((P, H + 1, W), np.uint8)
     with pytest.raises(ValueError):
-        cuda_backend._plan_last(rec, *wrong)
+        cuda_plan.plan_last(rec, *wrong)
 
 
 def test_shared_memory_choice_follows_the_limit():
     from iqlut_gpu import default_model
 
     prepared = Prepared(default_model(4))
-    shared = cuda_backend.kernels_for(prepared, modes=("interp",))
+    shared = cuda_plan.kernels_for(prepared, modes=("interp",))
     assert all(k.endswith(",true>") for k in shared)  # the interp tables fit on chip
-    rec = cuda_backend.RecordingExecutor()
-    cuda_backend._run_planes_with(rec, prepared, np.zeros((1, 2, 2), np.uint8), "interp",
-                                  cuda_backend.DeviceTables(prepared, "interp", np),
+    rec = cuda_plan.RecordingExecutor()
+    cuda_plan.run_model(rec, prepared, np.zeros((1, 2, 2), np.uint8), "interp",
+                                  cuda_plan.DeviceTables(prepared, "interp", np),
                                   lambda s, d: np.empty(s, d))
-    assert all(p.shared_bytes <= cuda_backend.SHARED_LIMIT for p in rec.plans)
+    assert all(p.shared_bytes <= cuda_plan.SHARED_LIMIT for p in rec.plans)
     assert max(p.shared_bytes for p in rec.plans) > 16 * 1024
-    glob = cuda_backend.kernels_for(prepared, modes=("interp",), shared_limit=0)
+    glob = cuda_plan.kernels_for(prepared, modes=("interp",), shared_limit=0)
     assert all(k.endswith(",false>") for k in glob)
 
 
 def test_one_launch_per_layer_covers_all_planes():
     model, prepared, tables = _model_and_tables("expanded", seed_salt=5)
-    rec = cuda_backend.RecordingExecutor(block=(4, 4), max_blocks=10**6)
+    rec = cuda_plan.RecordingExecutor(block=(4, 4), max_blocks=10**6)
     planes = np.zeros((7, 9, 10), np.uint8)
-    cuda_backend._run_planes_with(rec, prepared, planes, "expanded", tables,
+    cuda_plan.run_model(rec, prepared, planes, "expanded", tables,
                                   lambda s, d: np.empty(s, d))
     assert len(rec.plans) == len(model.layers)
     for plan in rec.plans:
@@ -221,12 +221,12 @@ def test_one_launch_per_layer_covers_all_planes():
 
 
 def test_tables_must_be_16_byte_aligned_and_device_tables_are():
-    rec = cuda_backend.RecordingExecutor()
+    rec = cuda_plan.RecordingExecutor()
     args = _hidden_args("expanded")
     etab = args[1]
     assert etab.ctypes.data % 16 == 0
     for _ in range(3):
-        idx_wt_table = cuda_backend.DeviceTables(Prepared(cases.random_model(np.random.default_rng())),
+        idx_wt_table = cuda_plan.DeviceTables(Prepared(cases.random_model(np.random.default_rng())),
                                                  "interp", np)(0)
         assert idx_wt_table[2].ctypes.data % 16 == 0
     buf = np.zeros(etab.nbytes + 32, np.uint8)
@@ -235,8 +235,8 @@ def test_tables_must_be_16_byte_aligned_and_device_tables_are():
     shifted[...] = etab
     args[1] = shifted
     with pytest.raises(ValueError, match="aligned"):
-        cuda_backend._plan_hidden(rec, *args)
-    realigned = cuda_backend._aligned(np, shifted)
+        cuda_plan.plan_hidden(rec, *args)
+    realigned = cuda_plan._aligned(np, shifted)
     assert realigned.ctypes.data % 16 == 0 and np.array_equal(realigned, etab)
 
 
@@ -244,11 +244,11 @@ def test_table_traffic_counts_reads_per_pixel():
     from iqlut_gpu import default_model
 
     prepared = Prepared(default_model(2))
-    interp = cuda_backend.table_traffic(prepared, "interp")
-    expanded = cuda_backend.table_traffic(prepared, "expanded")
+    interp = cuda_plan.table_traffic(prepared, "interp")
+    expanded = cuda_plan.table_traffic(prepared, "expanded")
     # layer 0: 1 channel, 5x5 window, 8 outputs
     assert interp[0] == {"taps": 25, "entries": 2 * 25 * 8, "bytes": 2 * 25 * 8}
     assert expanded[0] == {"taps": 25, "entries": 25 * 8, "bytes": 2 * 25 * 8}
     assert interp[-1]["entries"] == 2 * 8 * 9 * 4
     with pytest.raises(ValueError):
-        cuda_backend.table_traffic(prepared, "lookup")
+        cuda_plan.table_traffic(prepared, "lookup")

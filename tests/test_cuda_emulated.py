@@ -16,23 +16,19 @@ from cuda_emu import harness
 from cuda_emu.cuda_cases import all_cases, group
 from iqlut_gpu import reference
 from iqlut_gpu.backends import Prepared
-from iqlut_gpu.kernels import cuda_backend
+from iqlut_gpu.kernels import cuda_plan
 from iqlut_gpu.model import UPSAMPLES
 
-pytestmark = [
-    pytest.mark.cuda_emulated,
-    pytest.mark.skipif(harness.find_compiler() is None,
-                       reason="no C++ compiler (g++/c++/clang++ or $CXX) to build the emulation"),
-]
+pytestmark = harness.pytest_marks()
 
 MODES = ("interp", "expanded")
 # (block, max_blocks, shared_limit): odd tiles with a grid-stride loop, a single thread,
 # one row of threads, a big block with one tile per block; tables in shared memory or not
-GEOMETRIES = [((5, 3), 3, cuda_backend.SHARED_LIMIT),
+GEOMETRIES = [((5, 3), 3, cuda_plan.SHARED_LIMIT),
               ((7, 1), 2, 0),
-              ((1, 1), 1, cuda_backend.SHARED_LIMIT),
+              ((1, 1), 1, cuda_plan.SHARED_LIMIT),
               ((3, 4), 1000, 0),
-              ((16, 8), 2, cuda_backend.SHARED_LIMIT)]
+              ((16, 8), 2, cuda_plan.SHARED_LIMIT)]
 
 
 @pytest.fixture(scope="module")
@@ -106,11 +102,11 @@ def test_emulation_checks_argument_types(library):
     i = next(n for n, a in enumerate(plan.args) if type(a) is np.int32)
     bad = plan.args[:i] + (np.int64(plan.args[i]),) + plan.args[i + 1:]
     with pytest.raises(TypeError, match="numpy.int32"):
-        ex.launch(cuda_backend.Launch(plan.kernel, plan.grid, plan.block, bad, 0))
+        ex.launch(cuda_plan.Launch(plan.kernel, plan.grid, plan.block, bad, 0))
     j = next(n for n, a in enumerate(plan.args) if isinstance(a, np.ndarray) and a.dtype == np.int32)
     bad = plan.args[:j] + (plan.args[j].astype(np.int64),) + plan.args[j + 1:]
     with pytest.raises(TypeError):
-        ex.launch(cuda_backend.Launch(plan.kernel, plan.grid, plan.block, bad, 0))
+        ex.launch(cuda_plan.Launch(plan.kernel, plan.grid, plan.block, bad, 0))
 
 
 # ----------------------------------------------------------------------------- the emulator
@@ -125,7 +121,7 @@ def selftest():
 
 def _run(lib, name, grid, block, *args):
     ex = harness.EmuExecutor(lib, block=block[:2], max_blocks=grid[0])
-    ex.launch(cuda_backend.Launch(name, grid, block, args, 0))
+    ex.launch(cuda_plan.Launch(name, grid, block, args, 0))
 
 
 def test_emulator_barrier_semantics(selftest):

@@ -11,7 +11,7 @@ import pytest
 from cuda_emu.cuda_cases import GROUPS, CudaBuffer, group
 from iqlut_gpu import backends, reference, upscale
 from iqlut_gpu.backends import Prepared
-from iqlut_gpu.kernels import cuda_backend
+from iqlut_gpu.kernels import cuda_backend, cuda_plan
 
 REASON = cuda_backend.probe()
 pytestmark = [pytest.mark.gpu,
@@ -38,7 +38,7 @@ def test_gpu_matches_reference(name):
             _fail(got, expected, f"seed {seed}, {name} {label}, {mode}")
 
 
-@pytest.mark.parametrize("block,max_blocks,limit", [((5, 3), 3, cuda_backend.SHARED_LIMIT),
+@pytest.mark.parametrize("block,max_blocks,limit", [((5, 3), 3, cuda_plan.SHARED_LIMIT),
                                                     ((7, 1), 2, 0), ((1, 1), 1, 0)])
 def test_gpu_small_blocks_and_grids(block, max_blocks, limit):
     import cupy
@@ -50,8 +50,8 @@ def test_gpu_small_blocks_and_grids(block, max_blocks, limit):
             prepared = Prepared(model)
             expected = reference.upscale_planes(model, planes)
             for mode in MODES:
-                tables = cuda_backend.DeviceTables(prepared, mode, cupy)
-                out = cuda_backend._run_planes_with(ex, prepared, cupy.asarray(planes), mode, tables,
+                tables = cuda_plan.DeviceTables(prepared, mode, cupy)
+                out = cuda_plan.run_model(ex, prepared, cupy.asarray(planes), mode, tables,
                                                     lambda s, d: cupy.empty(s, d))
                 _fail(cupy.asnumpy(out), expected, f"seed {seed}, {name} {label}, {mode}, {block}")
 

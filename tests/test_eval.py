@@ -110,3 +110,42 @@ def test_eval_cli_json_and_errors(tmp_path, capsys):
     write_image(tiny, np.zeros((8, 8, 3), np.uint8))
     assert main(["eval", "--scale", "4", str(tiny)]) == 1
     assert "too small" in capsys.readouterr().err
+
+
+def test_metrics_agree_with_scikit_image():
+    """An independent implementation of the same protocol pieces: scikit-image's BT.601
+    Y (rgb2ycbcr), PSNR, and SSIM with the Gaussian window of Wang et al. (sigma 1.5,
+    11 taps, population covariances), which is the SSIM of the SR papers' MATLAB code."""
+    pytest.importorskip("skimage")
+    from skimage.color import rgb2ycbcr
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    rng = np.random.default_rng([SESSION_SEED, 21])
+    img = rng.integers(0, 256, (31, 26, 3)).astype(np.uint8)
+    y = ev.rgb_to_y(img)
+    np.testing.assert_allclose(y, rgb2ycbcr(img)[..., 0], atol=1e-9)
+    noisy = np.clip(y + rng.normal(0, 6, y.shape), 0, 255)
+    assert ev.ssim(y, noisy) == pytest.approx(structural_similarity(
+        y, noisy, data_range=255, gaussian_weights=True, sigma=1.5, use_sample_covariance=False), abs=1e-12)
+    assert ev.psnr(y, noisy) == pytest.approx(peak_signal_noise_ratio(y, noisy, data_range=255), abs=1e-9)
+
+
+def test_eval_inputs_with_model_files(tmp_path, capsys):
+    """INPUT images with --model: the shipped default stays the iqlut row and each file gets
+    a row named by its file name; the JSON keeps its shape, with the methods added."""
+    import shutil
+
+    from iqlut_gpu.model import default_model_path
+
+    rng = np.random.default_rng([SESSION_SEED, 22])
+    write_image(tmp_path / "a.png", rng.integers(0, 256, (30, 26, 3)).astype(np.uint8))
+    write_image(tmp_path / "b.png", rng.integers(0, 256, (27, 33, 3)).astype(np.uint8))
+    shutil.copy(default_model_path(2), tmp_path / "x2copy.safetensors")
+    assert main(["eval", "--backend", "cpu", "-q", "--json", "--ensemble", "1", str(tmp_path),
+                 "--model", str(tmp_path / "x2copy.safetensors")]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["scale"] == 2 and res["images"] == 2 and res["ensemble"] == 1
+    assert list(res["mean"]) == ["bicubic", "ecnn", "iqlut", "x2copy"]
+    assert res["mean"]["x2copy"] == res["mean"]["iqlut"]
+    assert res["methods"]["x2copy"]["path"] == str(tmp_path / "x2copy.safetensors")
+    assert set(res["per_image"]) == {str(tmp_path / "a.png"), str(tmp_path / "b.png")}

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 import cases
-from iqlut_gpu import default_model, upscale, upscale_frames
-from iqlut_gpu.frames import _generate
+from iqlut_gpu import Upscaler, default_model, upscale, upscale_frames
+from iqlut_gpu.frames import StreamRunner, SyncRunner, generate
 
 
 def mixed_frames(rng, n):
@@ -92,10 +92,12 @@ def test_non_contiguous_and_negative_stride_frames():
 
 
 class HostStreamer:
-    """Stands in for a device streamer: like the CUDA one it reuses its output buffers, so
-    the results must be copied out before a buffer is reused (depth 2 in flight)."""
+    """Stands in for a device streamer: like the CUDA one it takes whole frames
+    [N, H, W, C] and reuses its output buffers, so the results must be copied out before a
+    buffer is reused (depth 2 in flight)."""
 
     depth = 2
+    takes_frames = True
 
     def __init__(self, model):
         from iqlut_gpu import backends
@@ -108,12 +110,16 @@ class HostStreamer:
         self.max_in_flight = 0
         self.oom_sizes = ()
 
-    def submit(self, planes):
-        if planes.shape[0] in self.oom_sizes:
+    def submit(self, frames):
+        from iqlut_gpu.planes import from_planes, to_planes
+
+        assert frames.ndim == 4
+        if frames.shape[0] * frames.shape[3] in self.oom_sizes:
             raise MemoryError("device out of memory (simulated)")
         slot = self.turn % 2
         self.turn += 1
-        out = self.backends.run_planes("reference", self.model, planes)
+        planes, layout = to_planes(frames)
+        out = from_planes(self.backends.run_planes("reference", self.model, planes), layout)
         if self.buffers[slot] is None or self.buffers[slot].shape != out.shape:
             self.buffers[slot] = np.empty_like(out)
         self.buffers[slot][...] = out
@@ -126,21 +132,17 @@ class HostStreamer:
         return self.buffers[slot]
 
 
-def test_two_batches_in_flight_with_reused_buffers(monkeypatch):
+def test_two_batches_in_flight_with_reused_buffers():
     """The seam for a streaming device runner: with two batches in flight and buffers that
     are overwritten, every frame still comes out right (grayscale ones too, whose result
     could otherwise alias the buffer)."""
-    from iqlut_gpu import frames as frames_mod
-
     model = default_model(2)
     streamer = HostStreamer(model)
     streamer.oom_sizes = (8,)  # batches of 8 planes (two RGBA frames) "do not fit the device"
-    fallback = frames_mod._SyncRunner("reference", model, "interp")
-    monkeypatch.setattr(frames_mod, "_runner",
-                        lambda name, model, mode: frames_mod._StreamRunner(streamer, fallback))
+    fallback = SyncRunner(Upscaler(model=model, backend="reference", mode="interp"))
     rng = np.random.default_rng(9)
     frames = mixed_frames(rng, 14) + [np.full((6, 6, 4), 200, np.uint8)] * 2
-    got = list(_generate(iter(frames), model, "reference", 2, "interp", None))
+    got = list(generate(lambda: StreamRunner(streamer, fallback), iter(frames), 2, None))
     assert streamer.max_in_flight == 2
     assert fallback.timings["kernels"] > 0  # the simulated out-of-memory batch went through it
     for i, (f, g) in enumerate(zip(frames, got)):
@@ -167,84 +169,13 @@ def test_cuda_stream_runner_matches_reference():
         assert stats["kernels"] > 0 and stats["upload"] > 0 and stats["download"] > 0
 
 
-class FakeCuda:
-    """Host stand-ins for the parts of cupy, cupyx and cuda_backend that _CudaStreamer uses.
-    Work "queued on a stream" runs at once, but the host output buffer is filled only when
-    the stream is synchronised, so a missing wait shows up as wrong frames."""
-
-    def __init__(self, model):
-        from iqlut_gpu import backends
-
-        self.backends, self.model = backends, model
-        self.log = []
-        fake = self
-
-        class Stream:
-            def __init__(self, non_blocking=False):
-                self.pending = []
-
-            def synchronize(self):
-                for fn in self.pending:
-                    fn()
-                self.pending.clear()
-
-            def __enter__(self):
-                return self
-
-            def __exit__(self, *exc):
-                return False
-
-        class Event:
-            def record(self, stream):
-                self.stream = stream
-
-            def synchronize(self):
-                self.stream.synchronize()
-
-        class DeviceArray(np.ndarray):
-            def set(self, host, stream=None):
-                fake.log.append("upload")
-                self[...] = host
-
-            def get(self, stream=None, out=None, blocking=True):
-                fake.log.append("download")
-                data = np.array(self)
-                stream.pending.append(lambda: out.__setitem__(Ellipsis, data))
-
-        class cuda:  # noqa: N801 - mirrors cupy.cuda
-            pass
-
-        cuda.Stream, cuda.Event = Stream, Event
-        cuda.get_elapsed_time = staticmethod(lambda a, b: 1.0)
-        self.cuda = cuda
-        self.empty = lambda shape, dtype: np.empty(shape, dtype).view(DeviceArray)
-        self.empty_pinned = lambda shape, dtype: np.empty(shape, dtype)
-        self.DeviceArray = DeviceArray
-
-    def run_planes(self, prepared, planes, mode, stream=None):
-        assert isinstance(planes, self.DeviceArray) and stream is not None
-        self.log.append("kernels")
-        return self.backends.run_planes("reference", prepared.model, np.asarray(planes),
-                                        mode).view(self.DeviceArray)
+# The CUDA streamer itself (kernels/cuda_stream.CudaStreamer) runs without a GPU in
+# tests/test_cuda_async.py, through the asynchronous CuPy stand-in: every wait it needs,
+# pinned-memory fallback and pool growth, frames split and joined on the device.
 
 
-def test_cuda_streamer_sequence_on_host_stand_ins(monkeypatch):
-    """_CudaStreamer's own logic (pinned buffers per slot, reallocation when the batch
-    shape changes, upload/kernels/download queued per stream, wait before reading) run
-    without a GPU through stand-ins; the GPU test above runs the real thing."""
-    from iqlut_gpu import backends
-    from iqlut_gpu import frames as frames_mod
+def test_the_cuda_streamer_times_the_stages_the_runners_report():
+    from iqlut_gpu import frames
+    from iqlut_gpu.kernels import cuda_stream
 
-    model = default_model(2)
-    fake = FakeCuda(model)
-    streamer = frames_mod._CudaStreamer(backends.prepare(model), "interp",
-                                        modules=(fake, fake, fake))
-    monkeypatch.setattr(frames_mod, "_runner", lambda name, model, mode: frames_mod._StreamRunner(
-        streamer, frames_mod._SyncRunner("reference", model, mode)))
-    frames = mixed_frames(np.random.default_rng(4), 13)
-    stats = {}
-    got = list(_generate(iter(frames), model, "cuda", 2, "interp", stats))
-    for i, (f, g) in enumerate(zip(frames, got)):
-        assert np.array_equal(g, upscale(f, 2, backend="reference")), f"frame {i}"
-    assert fake.log[:3] == ["upload", "kernels", "download"] and len(fake.log) % 3 == 0
-    assert stats["kernels"] > 0 and stats["upload"] > 0 and stats["download"] > 0
+    assert cuda_stream.STAGES == frames.STAGES

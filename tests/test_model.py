@@ -75,7 +75,7 @@ def test_round_trip_is_exact(tmp_path):
 
 
 def test_storage_matches_design_figures():
-    # DESIGN.md's starting architecture (L = 17 everywhere) at x4: 43,153 B vs ECNN 641,184 B
+    # docs/design.md, "Starting architecture" (L = 17 everywhere) at x4: 43,153 B vs ECNN 641,184 B
     all17 = tuple(dict(spec, L=17) for spec in DEFAULT_ARCH)
     model = zero_model(4, arch=all17)
     assert model.storage_bytes() == 43_153

@@ -1,4 +1,5 @@
-"""Hand-computed cases pinning the reference arithmetic of DESIGN.md."""
+"""Hand-computed cases pinning the reference arithmetic of docs/design.md, "One layer"
+and "Last layer"."""
 
 import numpy as np
 import pytest

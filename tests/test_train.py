@@ -466,6 +466,6 @@ def test_int8_only_starts_quantised_from_the_model_exactly(cache):
     planes = np.random.default_rng(SESSION_SEED).integers(0, 256, (2, 11, 13), dtype=np.uint8)
     np.testing.assert_array_equal(reference.upscale_planes(a, planes),
                                   reference.upscale_planes(b, planes), err_msg=f"seed {SESSION_SEED}")
-    with pytest.raises(ValueError, match="needs init"):
+    with pytest.raises(ValueError, match="--int8-only fine-tunes a trained model"):
         train(Config(scale=2, out=str(cache / "x.safetensors"), int8_only=True, max_iters=1,
                      images=TEXTURED, limit_val=1), progress=False, log=lambda m: None)

@@ -1,8 +1,9 @@
-"""The training sampler: LR/HR patch pairs stay aligned under the dihedral transforms."""
+"""The training data: LR/HR patch pairs stay aligned under the dihedral transforms; the bank."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from iqlut_gpu.train import data
 
@@ -111,3 +112,30 @@ def test_two_runs_building_the_same_bank_at_once_both_succeed(tmp_path, monkeypa
     assert len(results) == 2 and all(np.array_equal(results[0][i], results[1][i]) for i in (0, 1))
     left = sorted(p.name for p in tmp_path.iterdir())
     assert len(left) == 1 and left[0].startswith("bank_x2_") and left[0].endswith(".npz"), left
+
+
+def test_bank_of_an_image_list_skips_images_smaller_than_a_crop(tmp_path):
+    """``bank_of``: any (name, path) list, in order; an image smaller than a crop gives
+    nothing (and takes no random numbers); the bank is cached by the list."""
+    from PIL import Image
+
+    rng = np.random.default_rng(SESSION_SEED)
+    paths = {}
+    for name, (h, w) in {"big": (250, 260), "small": (100, 300), "big2": (241, 240)}.items():
+        paths[name] = tmp_path / f"{name}.png"
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(paths[name])
+    items = [(k, str(v)) for k, v in paths.items()]
+    logs = []
+    hr, lr = data.bank_of(items, 3, cache_dir=str(tmp_path / "cache"), log=logs.append)
+    assert hr.shape == (2 * 2 * 3, data.CROP, data.CROP) and lr.shape == (12, 80, 80)
+    assert any("small: smaller than 240 px, skipped" in m for m in logs), logs
+    # the same bank without the small image: it took no random numbers
+    hr2, lr2 = data.bank_of([items[0], items[2]], 3, cache_dir=str(tmp_path / "other"),
+                            log=lambda m: None)
+    np.testing.assert_array_equal(hr, hr2)
+    np.testing.assert_array_equal(lr, lr2)
+    assert len(list((tmp_path / "cache").glob("bank_x3_*.npz"))) == 1
+    again = data.bank_of(items, 3, cache_dir=str(tmp_path / "cache"), log=logs.append)
+    np.testing.assert_array_equal(again[0], hr)  # from the cache
+    with pytest.raises(RuntimeError, match="no training image is at least 240x240"):
+        data.bank_of(items[1:2], 3, cache_dir=str(tmp_path / "cache"), log=lambda m: None)

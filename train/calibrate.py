@@ -3,10 +3,9 @@
 Each output sub-pixel phase (a, b) of an r x r block comes from one channel of the last
 layer (``pixel_shuffle``: channel ``a*r + b``), whose bias shifts that phase's output by a
 constant. The MSE-optimal such constant makes the phase's mean error zero; Adam's noisy
-last steps do not always leave it there. A six-layer x2 model started from a trained one
-(``--init``) ended with +0.11 code of mean error on training patches (+0.30 on one
-phase). That costs little on textured photos but up to 0.4 dB on near-flat images, whose
-errors are a fraction of a code: refit, it measured +0.10 dB over the validation split.
+last steps do not always leave it there. A fraction of a code of mean error costs little
+on textured photos but matters on near-flat images, whose errors are a fraction of a code
+themselves (docs/training.md, "the bias refit", has what it measured).
 
 The refit uses training patches only (a fixed, seeded sample, flips and rotations as in
 training) and the quantised torch forward, which the integer runtime reproduces exactly,

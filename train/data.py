@@ -10,8 +10,8 @@ Sources (nothing else is read; none of these images is committed):
   file of each wallpaper); install them with ``train/get_data.sh``.
 
 Validation split (fixed, by name, never trained on): ``VALIDATION`` below. Validation
-images are center-cropped to at most ``VAL_CROP`` pixels a side (the table in the README
-and the ``iqlut train`` progress bar use these crops).
+images are center-cropped to at most ``VAL_CROP`` pixels a side for the table in
+docs/models.md (``validate.py``); training validates on smaller crops (``Config.val_crop``).
 
 Training samples: HR crops of ``CROP`` x ``CROP`` pixels cut once per image at fixed
 (seeded) random positions, each RGB channel a separate plane (the model upscales planes),
@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..evaluate import imresize, modcrop
+from ..evaluate import imresize
+from ..planes import to_planes
 
 SKIMAGE_PHOTOS = ("astronaut.png", "brick.png", "camera.png", "cell.png", "chelsea.png",
                   "coffee.png", "coins.png", "grass.png", "gravel.png", "hubble_deep_field.jpg",
@@ -125,18 +126,9 @@ def validation_images(crop: int = VAL_CROP, limit: int = 0) -> dict[str, np.ndar
     return {k: center_crop(read_rgb(p), crop) for k, p in items}
 
 
-def _planes(img: np.ndarray) -> list[np.ndarray]:
-    return [img] if img.ndim == 2 else [img[..., c] for c in range(img.shape[2])]
-
-
-def build_bank(scale: int, cache_dir: str | None = None, limit: int | None = None,
-               log=print, names=None) -> tuple[np.ndarray, np.ndarray]:
-    """HR crops and their LR: uint8 [M, CROP, CROP] and [M, CROP/r, CROP/r].
-
-    Cached as an .npz in ``cache_dir`` (default $IQLUT_DATA_CACHE or /tmp/iqlut_data),
-    keyed by scale, the file list and the constants above. ``limit`` caps the number of
-    training images, ``names`` picks some by name (tests).
-    """
+def training_items(limit: int | None = None, names=None) -> list[tuple[str, str]]:
+    """The training split as sorted ``(name, path)`` pairs; ``names`` picks some by name,
+    ``limit`` keeps the first N (tests)."""
     train, _ = split()
     items = sorted(train.items())
     if names:
@@ -149,6 +141,36 @@ def build_bank(scale: int, cache_dir: str | None = None, limit: int | None = Non
     if not items:
         raise RuntimeError("no training images found (run train/get_data.sh, and install "
                            "scikit-image / scikit-learn)")
+    return items
+
+
+def build_bank(scale: int, cache_dir: str | None = None, limit: int | None = None,
+               log=print, names=None) -> tuple[np.ndarray, np.ndarray]:
+    """The bank of the training split (``training_items``): see ``bank_of``."""
+    return bank_of(training_items(limit, names), scale, cache_dir, log)
+
+
+def cut_crops(img: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    """``CROP`` x ``CROP`` HR crops of one image at random positions, more for a larger
+    image (``CROPS_PER_MPIX``, 2 to ``MAX_CROPS``); none from an image smaller than a crop."""
+    h, w = img.shape[:2]
+    if h < CROP or w < CROP:
+        return []
+    n = int(np.clip(round(h * w / 1e6 * CROPS_PER_MPIX), 2, MAX_CROPS))
+    ys = rng.integers(0, h - CROP + 1, n)
+    xs = rng.integers(0, w - CROP + 1, n)
+    return [img[y:y + CROP, x:x + CROP] for y, x in zip(ys, xs)]
+
+
+def bank_of(items: list[tuple[str, str]], scale: int, cache_dir: str | None = None,
+            log=print) -> tuple[np.ndarray, np.ndarray]:
+    """HR crops of the images ``items`` (``(name, path)`` pairs, in this order) and their
+    LR: uint8 [M, CROP, CROP] and [M, CROP/r, CROP/r], one plane per RGB channel.
+
+    The crops (``cut_crops``) come from one random stream seeded with ``DATA_SEED``, so
+    the bank depends on the list. Cached as an .npz in ``cache_dir`` (default
+    $IQLUT_DATA_CACHE or /tmp/iqlut_data), keyed by scale, the names and the constants above.
+    """
     key = hashlib.sha1(repr((scale, CROP, CROPS_PER_MPIX, MAX_CROPS, DATA_SEED,
                              [k for k, _ in items])).encode()).hexdigest()[:12]
     cache_dir = cache_dir or os.environ.get("IQLUT_DATA_CACHE", "/tmp/iqlut_data")
@@ -159,23 +181,14 @@ def build_bank(scale: int, cache_dir: str | None = None, limit: int | None = Non
     rng = np.random.default_rng(DATA_SEED)
     hrs, lrs = [], []
     for name, path in items:
-        img = read_rgb(path)
-        h, w = img.shape[:2]
-        if h < CROP or w < CROP:
-            img = modcrop(img, scale)
-            crops = [img]
-        else:
-            n = int(np.clip(round(h * w / 1e6 * CROPS_PER_MPIX), 2, MAX_CROPS))
-            ys = rng.integers(0, h - CROP + 1, n)
-            xs = rng.integers(0, w - CROP + 1, n)
-            crops = [img[y:y + CROP, x:x + CROP] for y, x in zip(ys, xs)]
+        crops = cut_crops(read_rgb(path), rng)
         for c in crops:
-            if c.shape[0] != CROP or c.shape[1] != CROP:
-                continue
             lr = imresize(c, 1.0 / scale)
-            hrs.extend(_planes(c))
-            lrs.extend(_planes(lr))
-        log(f"  {name}: {len(crops)} crops")
+            hrs.extend(to_planes(c)[0])
+            lrs.extend(to_planes(lr)[0])
+        log(f"  {name}: {len(crops)} crops" if crops else f"  {name}: smaller than {CROP} px, skipped")
+    if not hrs:
+        raise RuntimeError(f"no training image is at least {CROP}x{CROP} pixels")
     hr, lr = np.stack(hrs), np.stack(lrs)
     cache.parent.mkdir(parents=True, exist_ok=True)
     # a temporary name of this process's own: two runs building the same bank at once

@@ -32,6 +32,7 @@ from ..model import DEFAULT_ARCH, Layer, Model, zero_model
 from .torch_forward import (FixedUpsample, expanded_conv, hat_encode, pad_codes, ste_round,
                             table_to_weight, weight_to_table)
 from ..reference import interp_lut
+from .config import MAX_WIDTH
 
 THETA_UNIT = 255.0
 
@@ -342,11 +343,9 @@ class TeacherCNN(torch.nn.Module):
         return torch.clamp(self.upsample(codes) + F.pixel_shuffle(res, self.scale), 0, 255)
 
 
-MAX_WIDTH = 32  # channels between layers (the CUDA kernels take up to 64)
-
-
-# Per-layer L tuned for >= 15x less storage than ECNN at every scale (DESIGN.md's start
-# was L = 17 everywhere: 14.9x); the runtime's DEFAULT_ARCH is the one definition.
+# Per-layer L tuned for >= 15x less storage than ECNN at every scale (docs/design.md,
+# "Starting architecture", began with L = 17 everywhere: 14.9x); the runtime's
+# DEFAULT_ARCH is the one definition.
 def iqlut_arch(scale: int, hidden: int | None = None, last_k: int | None = None,
                hidden_k=None, width: int | None = None) -> tuple:
     """The IQ-LUT layer specs trained for ``scale`` (the last layer's c_out is scale**2);

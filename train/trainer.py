@@ -22,10 +22,16 @@ exported model carries ``ensemble = n``, so it runs as it was trained. ``int8_on
 ``init``) skips the float stage: the trained model's knots stay, and its int8 tables are
 fine-tuned for the whole budget (a float stage would re-learn knots and then re-round the
 tables, which loses part of what the model had).
+
+The parts, in the order ``train`` runs them (``Trainer``): setting up or resuming a run,
+the training step and the loop around it (validation, checkpoints, Ctrl-C), the end of
+training (int8 stage, bias refit) and the export with its check of the integer runtime.
+The options and their checks are ``config.Config``'s.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import platform
@@ -33,60 +39,23 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import backends
-from ..evaluate import bicubic_upscale, imresize, modcrop, psnr, rgb_to_y, shave, ssim
-from ..model import save_model
+from ..model import load_model, save_model
+from ..planes import from_planes, to_planes
 from . import data
 from .calibrate import calibrate_bias
+from .config import Config, add_arguments
 from .net import EnsembleNet, LUTNet, TeacherCNN, ecnn_arch, iqlut_arch
 from .torch_forward import bf16_supported
+from .validate import Validation, runtime_upscaler
 
 QUANT_AT = 0.7
-
-
-@dataclass
-class Config:
-    scale: int = 4
-    kind: str = "iqlut"  # or "ecnn"
-    out: str = ""
-    time_budget: float = 1800.0
-    max_iters: int = 0  # 0: no limit (the time budget decides)
-    seed: int = 0
-    batch: int = 16
-    patch: int = 36
-    lr: float = 3e-4
-    knot_lr: float = 5e-3
-    lam: float = 0.5
-    teacher_width: int = 32
-    bf16: str = "off"  # the student's backward convs in bfloat16: auto | on | off
-    threads: int = 0  # 0: torch's default
-    val_every: float = 180.0
-    ckpt_every: float = 120.0
-    val_crop: int = 192
-    limit_images: int = 0  # tests: use only the first N training images
-    limit_val: int = 0  # tests: use only the first N validation images
-    images: tuple = ()  # tests: train on these images only (names as in data.sources())
-    arch: list = field(default_factory=list)  # layer specs; empty: iqlut_arch / ecnn_arch
-    hidden: int | None = None  # with no arch: this many 8->8 layers (None: the default's)
-    last_k: int | None = None  # with no arch: the last layer's window (None: the default's 3)
-    hidden_k: list | None = None  # with no arch: each hidden layer's window (None: all 3)
-    width: int | None = None  # with no arch: channels between layers (None: the default's 8)
-    init: str = ""  # start the student from this model file (LUTNet.load_model); not on resume
-    init_note: dict = field(default_factory=dict)  # what init loaded (kept in checkpoints)
-    calib_patches: int = 4096  # training patches for the last layer's bias refit (0: none)
-    ensemble: int = 1  # train (validate, refit, export) the n-pass self-ensemble's output
-    int8_only: bool = False  # with init: no float stage, fine-tune the int8 tables throughout
-
-    def resolved_out(self) -> Path:
-        prefix = "iqlut" if self.kind == "iqlut" else "ecnn"
-        return Path(self.out or f"{prefix}_x{self.scale}.safetensors")
 
 
 def _device() -> torch.device:
@@ -107,58 +76,14 @@ def machine() -> str:
             f"(torch {torch.__version__}, shared machine)")
 
 
-# ----------------------------------------------------------------------------- validation
-
-
-class Validation:
-    """The validation split at one scale: HR (modcropped) and MATLAB-bicubic LR images."""
-
-    def __init__(self, scale: int, crop: int, images: dict | None = None, limit: int = 0):
-        self.scale = scale
-        imgs = images if images is not None else data.validation_images(crop, limit=limit)
-        self.names, self.hr, self.lr = [], [], []
-        for name, img in sorted(imgs.items()):
-            hr = modcrop(img, scale)
-            self.names.append(name)
-            self.hr.append(hr)
-            self.lr.append(imresize(hr, 1.0 / scale))
-
-    def score(self, upscale) -> dict:
-        """``upscale(lr uint8 image) -> uint8 image``; mean Y-PSNR / SSIM and per image."""
-        per = {}
-        for name, hr, lr in zip(self.names, self.hr, self.lr):
-            sr = upscale(lr)
-            ys, yh = shave(rgb_to_y(sr), self.scale), shave(rgb_to_y(hr), self.scale)
-            per[name] = (psnr(ys, yh), ssim(ys, yh) if min(ys.shape) >= 11 else float("nan"))
-        return {"psnr": float(np.mean([v[0] for v in per.values()])),
-                "ssim": float(np.nanmean([v[1] for v in per.values()])),
-                "per_image": {k: [round(v[0], 4), round(v[1], 5)] for k, v in per.items()}}
-
-    def bicubic(self) -> dict:
-        return self.score(lambda lr: bicubic_upscale(lr, self.scale))
-
-
-def planes_of(img: np.ndarray) -> np.ndarray:
-    return img[None] if img.ndim == 2 else np.moveaxis(img, -1, 0)
-
-
-def image_of(planes: np.ndarray, like_ndim: int) -> np.ndarray:
-    return planes[0] if like_ndim == 2 else np.moveaxis(planes, 0, -1)
-
-
 def torch_upscaler(net: torch.nn.Module, device):
+    """lr uint8 image -> the torch forward's uint8 image (the planes the runtime would run)."""
     def run(lr: np.ndarray) -> np.ndarray:
-        p = torch.from_numpy(planes_of(lr).astype(np.float32))[:, None].to(device)
+        planes, layout = to_planes(lr)
+        p = torch.from_numpy(planes.astype(np.float32))[:, None].to(device)
         with torch.no_grad():
             out = net(p)[:, 0].round().clamp(0, 255).cpu().numpy().astype(np.uint8)
-        return image_of(out, lr.ndim)
-    return run
-
-
-def runtime_upscaler(model, backend: str = "cpu"):
-    def run(lr: np.ndarray) -> np.ndarray:
-        out = np.asarray(backends.run_planes(backend, model, np.ascontiguousarray(planes_of(lr))))
-        return image_of(out, lr.ndim)
+        return from_planes(out, layout)
     return run
 
 
@@ -171,6 +96,38 @@ def save_checkpoint(path: Path, state: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
+
+
+def read_checkpoint(path: Path, cfg: Config) -> dict:
+    """The checkpoint at ``path``, which must be of ``cfg``'s scale and kind."""
+    # on the CPU: torch.set_rng_state takes only a CPU tensor; load_state_dict copies the
+    # weights (and Adam's moments) onto the net's device
+    st = torch.load(path, map_location="cpu", weights_only=True)
+    if st["config"]["scale"] != cfg.scale or st["config"]["kind"] != cfg.kind:
+        raise ValueError(f"checkpoint {path} is for another scale/kind")
+    return st
+
+
+def resolve_arch(cfg: Config, st: dict | None, ckpt_path: Path) -> list:
+    """The layer specs to train: ``cfg.arch``, else the default shape with ``cfg``'s
+    hidden/last_k/hidden_k/width. A resumed run keeps its checkpoint's layers (it may have
+    started under another default); other layers asked for explicitly are an error."""
+    arch = cfg.arch or [dict(a) for a in
+                        (iqlut_arch if cfg.kind == "iqlut" else ecnn_arch)(
+                            cfg.scale, cfg.hidden, cfg.last_k, cfg.hidden_k, cfg.width)]
+    if st is None or list(st["config"]["arch"]) == list(arch):
+        return arch
+    if (cfg.arch or cfg.hidden is not None or cfg.last_k is not None
+            or cfg.hidden_k is not None or cfg.width is not None):
+        old = st["config"]["arch"]
+        raise ValueError(f"checkpoint {ckpt_path} has {len(old)} layers (windows "
+                         f"{[a['k'] for a in old]}, width {old[0]['c_out']}), not the "
+                         f"{len(arch)} (windows {[a['k'] for a in arch]}, width "
+                         f"{arch[0]['c_out']}) asked for")
+    return st["config"]["arch"]
+
+
+# ----------------------------------------------------------------------------- schedule
 
 
 def _lr_factor(frac: float, quant_frac: float | None = None) -> float:
@@ -195,9 +152,6 @@ def counted_step_time(dt: float, usual: float | None) -> float:
     return dt
 
 
-# ----------------------------------------------------------------------------- training
-
-
 def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -215,274 +169,386 @@ def _restore_sigterm(previous) -> None:
         signal.signal(signal.SIGTERM, previous)
 
 
-def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -> dict:
-    """Train, export ``cfg.out`` (atomically) and return a summary dict."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = _device()
-    out = cfg.resolved_out()
-    ckpt_path = out.with_name(out.name + ".ckpt")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    st = None
-    init_model = None  # the model --init loaded (int8_only keeps its shifts)
-    if resume and ckpt_path.exists():
-        # on the CPU: torch.set_rng_state takes only a CPU tensor; load_state_dict copies the
-        # weights (and Adam's moments) onto the net's device
-        st = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if st["config"]["scale"] != cfg.scale or st["config"]["kind"] != cfg.kind:
-            raise ValueError(f"checkpoint {ckpt_path} is for another scale/kind")
-    arch = cfg.arch or [dict(a) for a in
-                        (iqlut_arch if cfg.kind == "iqlut" else ecnn_arch)(
-                            cfg.scale, cfg.hidden, cfg.last_k, cfg.hidden_k, cfg.width)]
-    if st is not None and list(st["config"]["arch"]) != list(arch):
-        if (cfg.arch or cfg.hidden is not None or cfg.last_k is not None
-                or cfg.hidden_k is not None or cfg.width is not None):
-            old = st["config"]["arch"]
-            raise ValueError(f"checkpoint {ckpt_path} has {len(old)} layers (windows "
-                             f"{[a['k'] for a in old]}, width {old[0]['c_out']}), not the "
-                             f"{len(arch)} (windows {[a['k'] for a in arch]}, width "
-                             f"{arch[0]['c_out']}) asked for")
-        arch = st["config"]["arch"]  # a run started under another default shape continues as it was
-    cfg.arch = [dict(a) for a in arch]
+# ----------------------------------------------------------------------------- training
 
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    bf16 = use_bf16(cfg.bf16, device)
-    net = LUTNet(cfg.scale, arch, kind=cfg.kind, bf16_grad=bf16).to(device)
-    if st is not None:  # where the run started is the run's, whatever this command says
-        cfg.init, cfg.init_note = st["config"].get("init", ""), st["config"].get("init_note", {})
-    elif cfg.init:
-        from ..model import load_model
-        init_model = load_model(cfg.init)
-        added = net.load_model(init_model)
-        cfg.init_note = {"file": Path(cfg.init).name, "layers_added": added,
+
+class Trainer:
+    """One training run. ``train`` calls its parts in order:
+
+    - ``Trainer(cfg, resume, log)``: set up a new run, or resume the checkpoint: layers,
+      student (the net, or its n-pass ensemble) and teacher, optimisers, random state,
+      training and validation data;
+    - ``fit(progress)``: ``step`` until the budget is spent, with validation every
+      ``val_every`` and a checkpoint every ``ckpt_every`` seconds, and a checkpoint on
+      Ctrl-C or SIGTERM;
+    - ``finish()``: the int8 stage if the run ended before it, the bias refit, the last
+      validation and checkpoint;
+    - ``export()``: the model file, with the integer runtime checked against the torch
+      forward on the validation split.
+    """
+
+    def __init__(self, cfg: Config, resume: bool = False, log=print):
+        self.cfg, self.log = cfg, log
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = _device()
+        self.out = cfg.resolved_out()
+        self.ckpt_path = self.out.with_name(self.out.name + ".ckpt")
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        st = read_checkpoint(self.ckpt_path, cfg) if resume and self.ckpt_path.exists() else None
+        arch = resolve_arch(cfg, st, self.ckpt_path)
+        cfg.arch = [dict(a) for a in arch]
+
+        torch.manual_seed(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.bf16 = use_bf16(cfg.bf16, self.device)
+        self.net = LUTNet(cfg.scale, arch, kind=cfg.kind, bf16_grad=self.bf16).to(self.device)
+        init_model = None  # the model --init loaded (int8_only keeps its shifts)
+        if st is not None:  # where the run started is the run's, whatever this command says
+            cfg.init = st["config"].get("init", "")
+            cfg.init_note = st["config"].get("init_note", {})
+        elif cfg.init:
+            init_model = self._start_from(cfg.init)
+        # what is trained, validated, refit and exported: the net, or its n-pass ensemble
+        self.student = EnsembleNet(self.net, cfg.ensemble)
+        self.teacher = None
+        if cfg.kind == "iqlut" and cfg.lam > 0:
+            self.teacher = TeacherCNN(cfg.scale, cfg.teacher_width).to(self.device)
+        self._optimisers()
+
+        self.elapsed, self.it, self.history = 0.0, 0, []
+        self.quantised = False
+        self.quant_point = None  # (elapsed seconds, iteration) when the int8 stage began
+        self.loss_ema = self.base_ema = self.step_ema = None
+        self.calibration = None
+        if st is not None:
+            self._restore(st)
+        elif cfg.int8_only:  # Config checked that init is given
+            # the model's knots (frozen) and int8 tables (exact at the chosen shift) from
+            # step 0: the whole budget is the int8 stage, its cosine from 0.3 of the peak
+            self.enter_int8(like=init_model)
+        log(f"training {cfg.kind} x{cfg.scale} on {machine()}; budget {cfg.time_budget:.0f} s"
+            f"{'; bfloat16 gradients' if self.bf16 else ''}")
+        self._load_data()
+
+    # ---- setup and resume
+
+    def _start_from(self, path: str):
+        """Load the ``--init`` model into the net (``LUTNet.load_model``); note it in the
+        config (checkpoints keep it, the export's provenance says it); returns the model."""
+        cfg, arch = self.cfg, self.cfg.arch
+        init_model = load_model(path)
+        added = self.net.load_model(init_model)
+        cfg.init_note = {"file": Path(path).name, "layers_added": added,
                          **{k: init_model.provenance[k] for k in ("iterations", "train_seconds", "seed")
                             if k in init_model.provenance}}
         widened = ""
         if init_model.layers[0].c_out != arch[0]["c_out"]:
             cfg.init_note["width_from"] = init_model.layers[0].c_out
             widened = f", widened from {init_model.layers[0].c_out} to {arch[0]['c_out']} channels"
-        log(f"student starts from {cfg.init} ({len(init_model.layers)} layers, {added} identity "
-            f"layers added{widened}); distillation only on batches where the teacher is better")
-    # what is trained, validated, refit and exported: the net, or its n-pass ensemble
-    student = EnsembleNet(net, cfg.ensemble)
-    use_teacher = cfg.kind == "iqlut" and cfg.lam > 0
-    teacher = TeacherCNN(cfg.scale, cfg.teacher_width).to(device) if use_teacher else None
-    knot_params = [p for n, p in net.named_parameters() if n.endswith("knot_logits")]
-    other = [p for n, p in net.named_parameters() if not n.endswith("knot_logits")]
-    groups = [{"params": other, "lr": cfg.lr, "base": cfg.lr}]
-    if knot_params:
-        groups.append({"params": knot_params, "lr": cfg.knot_lr, "base": cfg.knot_lr})
-    opt = torch.optim.Adam(groups)
-    topt = torch.optim.Adam(teacher.parameters(), lr=cfg.lr) if teacher is not None else None
+        self.log(f"student starts from {path} ({len(init_model.layers)} layers, {added} identity "
+                 f"layers added{widened}); distillation only on batches where the teacher is better")
+        return init_model
 
-    def int8_opt():
-        """The int8 stage's optimiser: tables and biases (the knots are frozen)."""
-        return torch.optim.Adam([{"params": other, "lr": cfg.lr, "base": cfg.lr}])
+    def _optimisers(self) -> None:
+        """Adam for the student's tables and biases, and (a higher rate) its knots; Adam for
+        the teacher."""
+        cfg, named = self.cfg, list(self.net.named_parameters())
+        self.knot_params = [p for n, p in named if n.endswith("knot_logits")]
+        self.table_params = [p for n, p in named if not n.endswith("knot_logits")]
+        groups = [{"params": self.table_params, "lr": cfg.lr, "base": cfg.lr}]
+        if self.knot_params:
+            groups.append({"params": self.knot_params, "lr": cfg.knot_lr, "base": cfg.knot_lr})
+        self.opt = torch.optim.Adam(groups)
+        self.topt = (torch.optim.Adam(self.teacher.parameters(), lr=cfg.lr)
+                     if self.teacher is not None else None)
 
-    def enter_int8(like=None):
-        """Round and freeze the knots, int8 tables from here (``like``: keep that loaded
-        model's shifts); returns the new (quantised, quant_point, opt)."""
-        net.freeze_knots()
-        net.start_quant(like=like)
-        return True, (elapsed, it), int8_opt()
-
-    elapsed, it, history, quantised = 0.0, 0, [], False
-    quant_point = None  # (elapsed seconds, iteration) when the int8 stage began
-    if st is not None:
-        net.load_state_dict(st["net"])
-        quantised = st["quantised"]
-        if quantised:  # the frozen knots no longer train (no Adam state for them)
-            for p in knot_params:
+    def _restore(self, st: dict) -> None:
+        """Nets, optimisers, counters and random state from the checkpoint ``st``."""
+        cfg = self.cfg
+        self.net.load_state_dict(st["net"])
+        self.quantised = st["quantised"]
+        if self.quantised:  # the frozen knots no longer train (no Adam state for them)
+            for p in self.knot_params:
                 p.requires_grad_(False)
-            opt = int8_opt()
-        opt.load_state_dict(st["opt"])
-        if teacher is not None and st.get("teacher"):
-            teacher.load_state_dict(st["teacher"])
-            topt.load_state_dict(st["topt"])
-        elapsed, it, history = st["elapsed"], st["iteration"], st["history"]
-        if quantised:
+            self.opt = self._int8_opt()
+        self.opt.load_state_dict(st["opt"])
+        if self.teacher is not None and st.get("teacher"):
+            self.teacher.load_state_dict(st["teacher"])
+            self.topt.load_state_dict(st["topt"])
+        self.elapsed, self.it, self.history = st["elapsed"], st["iteration"], st["history"]
+        if self.quantised:
             old = st["config"]
-            quant_point = tuple(st.get("quant_point") or (QUANT_AT * old["time_budget"],
-                                                           int(QUANT_AT * old["max_iters"])))
-        rng.bit_generator.state = st["np_rng"]
+            self.quant_point = tuple(st.get("quant_point") or (QUANT_AT * old["time_budget"],
+                                                                int(QUANT_AT * old["max_iters"])))
+        self.rng.bit_generator.state = st["np_rng"]
         torch.set_rng_state(st["torch_rng"])
-        log(f"resumed from {ckpt_path} at iteration {it}, {elapsed:.0f} s")
+        self.log(f"resumed from {self.ckpt_path} at iteration {self.it}, {self.elapsed:.0f} s")
         if st["config"].get("ensemble", 1) != cfg.ensemble:
-            log(f"the checkpoint trained a {st['config'].get('ensemble', 1)}-pass output; "
-                f"from here the {cfg.ensemble}-pass ensemble's")
+            self.log(f"the checkpoint trained a {st['config'].get('ensemble', 1)}-pass output; "
+                     f"from here the {cfg.ensemble}-pass ensemble's")
         old_budget = st["config"]["time_budget"]
         if not cfg.max_iters and cfg.time_budget > old_budget:
-            log(f"budget extended from {old_budget:.0f} to {cfg.time_budget:.0f} s: "
-                f"the rest of the schedule stretches to the new end")
+            self.log(f"budget extended from {old_budget:.0f} to {cfg.time_budget:.0f} s: "
+                     f"the rest of the schedule stretches to the new end")
 
-    if cfg.int8_only and st is None:
-        if not cfg.init:
-            raise ValueError("int8_only fine-tunes a trained model: it needs init")
-        # the model's knots (frozen) and int8 tables (exact at the chosen shift) from step 0:
-        # the whole budget is the int8 stage, its cosine from 0.3 of the peak rate to zero
-        quantised, quant_point, opt = enter_int8(like=init_model)
-    log(f"training {cfg.kind} x{cfg.scale} on {machine()}; budget {cfg.time_budget:.0f} s"
-        f"{'; bfloat16 gradients' if bf16 else ''}")
-    hr_bank, lr_bank = data.build_bank(cfg.scale, limit=cfg.limit_images or None,
-                                        log=lambda m: None, names=cfg.images or None)
-    val = Validation(cfg.scale, cfg.val_crop, limit=cfg.limit_val)
-    bic = val.bicubic()["psnr"]
-    log(f"data: {len(hr_bank)} training crops ({data.CROP}px planes), "
-        f"{len(val.names)} validation images; bicubic validation {bic:.3f} dB")
+    def _load_data(self) -> None:
+        """The training bank and the validation split (with its bicubic score)."""
+        cfg = self.cfg
+        self.hr_bank, self.lr_bank = data.build_bank(cfg.scale, limit=cfg.limit_images or None,
+                                                     log=lambda m: None, names=cfg.images or None)
+        self.val = Validation(cfg.scale, cfg.val_crop, limit=cfg.limit_val)
+        self.bic = self.val.bicubic()["psnr"]
+        self.log(f"data: {len(self.hr_bank)} training crops ({data.CROP}px planes), "
+                 f"{len(self.val.names)} validation images; bicubic validation {self.bic:.3f} dB")
 
-    def state() -> dict:
-        return {"config": asdict(cfg), "net": net.state_dict(), "opt": opt.state_dict(),
-                "teacher": teacher.state_dict() if teacher is not None else None,
-                "topt": topt.state_dict() if topt is not None else None,
-                "quantised": quantised, "quant_point": list(quant_point) if quant_point else None,
-                "elapsed": elapsed, "iteration": it, "history": history,
-                "np_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
+    def state(self) -> dict:
+        """What a checkpoint holds (``read_checkpoint``, ``_restore``)."""
+        return {"config": asdict(self.cfg), "net": self.net.state_dict(),
+                "opt": self.opt.state_dict(),
+                "teacher": self.teacher.state_dict() if self.teacher is not None else None,
+                "topt": self.topt.state_dict() if self.topt is not None else None,
+                "quantised": self.quantised,
+                "quant_point": list(self.quant_point) if self.quant_point else None,
+                "elapsed": self.elapsed, "iteration": self.it, "history": self.history,
+                "np_rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
 
-    def validate() -> float:
-        net.eval()
-        v = val.score(torch_upscaler(student, device))["psnr"]
-        net.train()
-        history.append({"iteration": it, "elapsed_s": round(elapsed, 1), "val_psnr": round(v, 4),
-                        "quantised": quantised})
+    def checkpoint(self) -> None:
+        save_checkpoint(self.ckpt_path, self.state())
+
+    # ---- the schedule and the step
+
+    def _int8_opt(self):
+        """The int8 stage's optimiser: tables and biases (the knots are frozen)."""
+        return torch.optim.Adam([{"params": self.table_params, "lr": self.cfg.lr,
+                                  "base": self.cfg.lr}])
+
+    def enter_int8(self, like=None) -> None:
+        """Round and freeze the knots, int8 tables from here (``like``: keep that loaded
+        model's shifts), with the int8 stage's optimiser."""
+        self.net.freeze_knots()
+        self.net.start_quant(like=like)
+        self.quantised, self.quant_point, self.opt = True, (self.elapsed, self.it), self._int8_opt()
+
+    def budget_spent(self) -> bool:
+        cfg = self.cfg
+        return self.elapsed >= cfg.time_budget or bool(cfg.max_iters and self.it >= cfg.max_iters)
+
+    def schedule_point(self) -> float:
+        """How far the run is through its schedule (0..1): by iterations under
+        ``max_iters``, else by counted seconds of the budget."""
+        cfg = self.cfg
+        return self.elapsed / cfg.time_budget if not cfg.max_iters else self.it / cfg.max_iters
+
+    def quant_frac(self) -> float | None:
+        """Where the int8 stage began, as a schedule point (None: not yet). Under a budget
+        larger than the one it began under (a resume), earlier than ``QUANT_AT``."""
+        cfg = self.cfg
+        if self.quant_point is None:
+            return None
+        if cfg.max_iters:
+            return min(self.quant_point[1] / cfg.max_iters, QUANT_AT)
+        return min(self.quant_point[0] / cfg.time_budget, QUANT_AT)
+
+    def step(self) -> None:
+        """One training step: the int8 stage if it is due and the learning rate at this
+        point of the schedule; a batch; the teacher's step and the student's (its loss
+        ``MSE(student, HR) + lam * MSE(student, teacher)``); the step's time counted."""
+        cfg = self.cfg
+        t0 = time.monotonic()
+        frac = self.schedule_point()
+        if not self.quantised and frac >= QUANT_AT:
+            self.enter_int8()
+            self.log(f"iteration {self.it}: knots frozen, int8 tables (shifts "
+                     f"{[int(layer.shift) for layer in self.net.layers]})")
+        for g in self.opt.param_groups:
+            g["lr"] = g["base"] * _lr_factor(frac, self.quant_frac())
+        lo, hi = data.sample_batch(self.rng, self.hr_bank, self.lr_bank, cfg.scale, cfg.batch,
+                                   cfg.patch)
+        x = torch.from_numpy(lo.astype(np.float32))[:, None].to(self.device)
+        y = torch.from_numpy(hi.astype(np.float32))[:, None].to(self.device) / 255.0
+        pred = self.student(x) / 255.0
+        loss = F.mse_loss(pred, y)
+        total = loss
+        if self.teacher is not None:
+            tpred, tloss = self._teacher_step(x, y)
+            # a student started from a trained model is, at first, far better than the
+            # teacher trained alongside from scratch: follow the teacher only where it is
+            # the better of the two on this batch
+            if not cfg.init or float(tloss.detach()) < float(loss.detach()):
+                total = loss + cfg.lam * F.mse_loss(pred, tpred.detach())
+        self.opt.zero_grad(set_to_none=True)
+        total.backward()
+        self.opt.step()
+        self.it += 1
+        self._count(loss, x, y, t0)
+
+    def _teacher_step(self, x, y):
+        """The teacher's own step on the batch; returns its prediction and loss."""
+        tpred = self.teacher(x) / 255.0
+        tloss = F.mse_loss(tpred, y)
+        self.topt.zero_grad(set_to_none=True)
+        tloss.backward()
+        self.topt.step()
+        return tpred, tloss
+
+    def _count(self, loss, x, y, t0: float) -> None:
+        """Running means of the loss and of the bicubic base's loss (the progress bar's
+        gain), and the step's seconds against the budget (``counted_step_time``)."""
+        lv = float(loss.detach())
+        with torch.no_grad():
+            bv = float(F.mse_loss(self.net.upsample(x) / 255.0, y))
+        self.loss_ema = lv if self.loss_ema is None else 0.98 * self.loss_ema + 0.02 * lv
+        self.base_ema = bv if self.base_ema is None else 0.98 * self.base_ema + 0.02 * bv
+        dt = counted_step_time(time.monotonic() - t0, self.step_ema)
+        self.step_ema = dt if self.step_ema is None else 0.95 * self.step_ema + 0.05 * dt
+        self.elapsed += dt
+
+    def validate(self) -> float:
+        """Mean Y-PSNR of the student's torch forward on the validation split (recorded)."""
+        self.net.eval()
+        v = self.val.score(torch_upscaler(self.student, self.device))["psnr"]
+        self.net.train()
+        self.history.append({"iteration": self.it, "elapsed_s": round(self.elapsed, 1),
+                             "val_psnr": round(v, 4), "quantised": self.quantised})
         return v
 
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=int(cfg.time_budget), initial=int(min(elapsed, cfg.time_budget)),
-                   unit="s", desc=f"{cfg.kind} x{cfg.scale}", file=sys.stderr,
-                   mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
-    last_val = history[-1]["val_psnr"] if history else float("nan")
-    t_ckpt = t_val = time.monotonic()
-    loss_ema = base_ema = step_ema = None
-    previous_term = _catch_sigterm()
-    try:
-        while elapsed < cfg.time_budget and not (cfg.max_iters and it >= cfg.max_iters):
-            t0 = time.monotonic()
-            frac = elapsed / cfg.time_budget if not cfg.max_iters else it / cfg.max_iters
-            if not quantised and frac >= QUANT_AT:
-                quantised, quant_point, opt = enter_int8()
-                log(f"iteration {it}: knots frozen, int8 tables (shifts "
-                    f"{[int(layer.shift) for layer in net.layers]})")
-            if quant_point is None:
-                quant_frac = None
-            elif cfg.max_iters:
-                quant_frac = min(quant_point[1] / cfg.max_iters, QUANT_AT)
-            else:
-                quant_frac = min(quant_point[0] / cfg.time_budget, QUANT_AT)
-            for g in opt.param_groups:
-                g["lr"] = g["base"] * _lr_factor(frac, quant_frac)
-            lo, hi = data.sample_batch(rng, hr_bank, lr_bank, cfg.scale, cfg.batch, cfg.patch)
-            x = torch.from_numpy(lo.astype(np.float32))[:, None].to(device)
-            y = torch.from_numpy(hi.astype(np.float32))[:, None].to(device) / 255.0
-            pred = student(x) / 255.0
-            loss = F.mse_loss(pred, y)
-            total = loss
-            if teacher is not None:
-                tpred = teacher(x) / 255.0
-                tloss = F.mse_loss(tpred, y)
-                topt.zero_grad(set_to_none=True)
-                tloss.backward()
-                topt.step()
-                # a student started from a trained model is, at first, far better than the
-                # teacher trained alongside from scratch: follow the teacher only where it is
-                # the better of the two on this batch
-                if not cfg.init or float(tloss.detach()) < float(loss.detach()):
-                    total = loss + cfg.lam * F.mse_loss(pred, tpred.detach())
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            opt.step()
-            it += 1
-            lv = float(loss.detach())
-            with torch.no_grad():
-                bv = float(F.mse_loss(net.upsample(x) / 255.0, y))
-            loss_ema = lv if loss_ema is None else 0.98 * loss_ema + 0.02 * lv
-            base_ema = bv if base_ema is None else 0.98 * base_ema + 0.02 * bv
-            dt = counted_step_time(time.monotonic() - t0, step_ema)
-            step_ema = dt if step_ema is None else 0.95 * step_ema + 0.05 * dt
-            elapsed += dt
-            now = time.monotonic()
-            if now - t_val >= cfg.val_every:
-                last_val = validate()
-                t_val = time.monotonic()
-            if now - t_ckpt >= cfg.ckpt_every:
-                save_checkpoint(ckpt_path, state())
-                t_ckpt = time.monotonic()
-            if bar is not None:
-                bar.n = int(min(elapsed, cfg.time_budget))
-                bar.set_postfix(it=it, loss=f"{loss_ema:.2e}",
-                                gain_db=f"{10 * math.log10(base_ema / max(loss_ema, 1e-12)):+.2f}",
-                                val=f"{last_val:.2f}", refresh=False)
-                bar.update(0)
-    except KeyboardInterrupt:  # keep what was learned: --resume continues from here
-        save_checkpoint(ckpt_path, state())
-        if bar is not None:
-            bar.close()
-        log(f"interrupted at iteration {it}; checkpoint {ckpt_path} (resume with --resume)")
-        raise
-    finally:
-        _restore_sigterm(previous_term)
-    if not quantised:  # ended before the int8 stage: export (and checkpoint) it quantised
-        # with the optimiser a quantised checkpoint holds, as in the loop (a resume rebuilds it)
-        quantised, quant_point, opt = enter_int8()
-    calibration = None
-    if cfg.calib_patches:
-        calibration = calibrate_bias(student, hr_bank, lr_bank, cfg.patch, device, cfg.seed,
-                                     cfg.calib_patches)
-        log(f"bias refit on {cfg.calib_patches} training patches: mean error per phase "
-            f"{calibration['mean_error_before']} -> {calibration['mean_error_after']} codes")
-    last_val = validate()
-    save_checkpoint(ckpt_path, state())
-    if bar is not None:
-        bar.close()
+    # ---- the loop
 
-    # ---- export and check the integer runtime against the torch forward
-    net.eval()
-    torch_score = val.score(torch_upscaler(student, device))
-    provenance = {
-        "command": " ".join(sys.argv) if sys.argv and "iqlut" in sys.argv[0] else "iqlut_gpu.train.train()",
-        "kind": cfg.kind, "seed": cfg.seed, "machine": machine(), "iterations": it,
-        "train_seconds": round(elapsed, 1), "batch": cfg.batch, "patch": cfg.patch,
-        "lambda": cfg.lam if teacher is not None else 0.0, "bf16_grad": bf16,
-        **({"init": cfg.init_note} if cfg.init_note else {}),
-        **({"bias_calibration": calibration} if calibration else {}),
-        **({"ensemble_how": f"trained under the {cfg.ensemble}-pass ensemble (iqlut train "
-                            f"--ensemble {cfg.ensemble}): its averaged output is what the "
-                            f"loss, the validation and the bias refit saw"}
-           if cfg.ensemble > 1 else {}),
-        "dataset": "skimage+sklearn photos, mate-backgrounds, plasma-workspace-wallpapers "
-                   "(iqlut_gpu.train.data; validation split data.VALIDATION)",
-    }
-    model = net.export(provenance).with_ensemble(cfg.ensemble)
-    rt_score = val.score(runtime_upscaler(model))
-    table = {"val_crop": cfg.val_crop, "bicubic_psnr": round(bic, 4),
-             "model_psnr": round(rt_score["psnr"], 4), "model_ssim": round(rt_score["ssim"], 5),
-             "torch_psnr": round(torch_score["psnr"], 4),
-             "export_minus_torch_db": round(rt_score["psnr"] - torch_score["psnr"], 5)}
-    provenance["validation"] = table
-    model = net.export(provenance).with_ensemble(cfg.ensemble)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_model(model, out)
-    log(f"exported {out}: {model.storage_bytes()} bytes; validation (crop {cfg.val_crop}) "
-        f"bicubic {bic:.3f} dB, model {rt_score['psnr']:.3f} dB "
-        f"(+{rt_score['psnr'] - bic:.3f}), torch {torch_score['psnr']:.3f} dB, "
-        f"export - torch {table['export_minus_torch_db']:+.4f} dB")
-    return {"out": str(out), "iterations": it, "elapsed": elapsed, "history": history,
-            "validation": table, "storage_bytes": model.storage_bytes(), "loss": loss_ema,
-            "base_loss": base_ema}
+    def fit(self, progress: bool = True) -> None:
+        """Steps until the budget is spent. Validation every ``val_every`` and a checkpoint
+        every ``ckpt_every`` seconds (wall clock); Ctrl-C or SIGTERM saves a checkpoint
+        (``--resume`` continues from it) and raises KeyboardInterrupt."""
+        cfg = self.cfg
+        bar = self._progress_bar() if progress else None
+        last_val = self.history[-1]["val_psnr"] if self.history else float("nan")
+        t_ckpt = t_val = time.monotonic()
+        previous_term = _catch_sigterm()
+        try:
+            while not self.budget_spent():
+                self.step()
+                now = time.monotonic()
+                if now - t_val >= cfg.val_every:
+                    last_val = self.validate()
+                    t_val = time.monotonic()
+                if now - t_ckpt >= cfg.ckpt_every:
+                    self.checkpoint()
+                    t_ckpt = time.monotonic()
+                if bar is not None:
+                    self._show(bar, last_val)
+        except KeyboardInterrupt:  # keep what was learned: --resume continues from here
+            self.checkpoint()
+            if bar is not None:
+                bar.close()
+                bar = None
+            self.log(f"interrupted at iteration {self.it}; checkpoint {self.ckpt_path} "
+                     f"(resume with --resume)")
+            raise
+        finally:
+            _restore_sigterm(previous_term)
+            if bar is not None:
+                bar.close()
+
+    def _progress_bar(self):
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        return tqdm(total=int(cfg.time_budget), initial=int(min(self.elapsed, cfg.time_budget)),
+                    unit="s", desc=f"{cfg.kind} x{cfg.scale}", file=sys.stderr,
+                    mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
+
+    def _show(self, bar, last_val: float) -> None:
+        bar.n = int(min(self.elapsed, self.cfg.time_budget))
+        bar.set_postfix(it=self.it, loss=f"{self.loss_ema:.2e}",
+                        gain_db=f"{10 * math.log10(self.base_ema / max(self.loss_ema, 1e-12)):+.2f}",
+                        val=f"{last_val:.2f}", refresh=False)
+        bar.update(0)
+
+    # ---- the end of training and the export
+
+    def finish(self) -> None:
+        """The int8 stage if the run ended before it (exported, and checkpointed, quantised
+        with the optimiser a quantised checkpoint holds; a resume rebuilds it), the last
+        layer's bias refit (``calibrate``), the last validation and checkpoint."""
+        cfg = self.cfg
+        if not self.quantised:
+            self.enter_int8()
+        if cfg.calib_patches:
+            self.calibration = calibrate_bias(self.student, self.hr_bank, self.lr_bank, cfg.patch,
+                                              self.device, cfg.seed, cfg.calib_patches)
+            self.log(f"bias refit on {cfg.calib_patches} training patches: mean error per phase "
+                     f"{self.calibration['mean_error_before']} -> "
+                     f"{self.calibration['mean_error_after']} codes")
+        self.validate()
+        self.checkpoint()
+
+    def provenance(self) -> dict:
+        """What the model file records about its training (``export`` adds the check)."""
+        cfg = self.cfg
+        return {
+            "command": " ".join(sys.argv) if sys.argv and "iqlut" in sys.argv[0] else "iqlut_gpu.train.train()",
+            "kind": cfg.kind, "seed": cfg.seed, "machine": machine(), "iterations": self.it,
+            "train_seconds": round(self.elapsed, 1), "batch": cfg.batch, "patch": cfg.patch,
+            "lambda": cfg.lam if self.teacher is not None else 0.0, "bf16_grad": self.bf16,
+            **({"init": cfg.init_note} if cfg.init_note else {}),
+            **({"bias_calibration": self.calibration} if self.calibration else {}),
+            **({"ensemble_how": f"trained under the {cfg.ensemble}-pass ensemble (iqlut train "
+                                f"--ensemble {cfg.ensemble}): its averaged output is what the "
+                                f"loss, the validation and the bias refit saw"}
+               if cfg.ensemble > 1 else {}),
+            "dataset": "skimage+sklearn photos, mate-backgrounds, plasma-workspace-wallpapers "
+                       "(iqlut_gpu.train.data; validation split data.VALIDATION)",
+        }
+
+    def export(self) -> dict:
+        """Export the quantised student (atomically), after checking that the integer
+        runtime scores on the validation split what the torch forward does (the check's
+        figures go into the provenance); returns the run's summary."""
+        cfg, net, val = self.cfg, self.net, self.val
+        net.eval()
+        torch_score = val.score(torch_upscaler(self.student, self.device))
+        provenance = self.provenance()
+        model = net.export(provenance).with_ensemble(cfg.ensemble)
+        rt_score = val.score(runtime_upscaler(model))
+        table = {"val_crop": cfg.val_crop, "bicubic_psnr": round(self.bic, 4),
+                 "model_psnr": round(rt_score["psnr"], 4), "model_ssim": round(rt_score["ssim"], 5),
+                 "torch_psnr": round(torch_score["psnr"], 4),
+                 "export_minus_torch_db": round(rt_score["psnr"] - torch_score["psnr"], 5)}
+        provenance["validation"] = table
+        model = net.export(provenance).with_ensemble(cfg.ensemble)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        save_model(model, self.out)
+        self.log(f"exported {self.out}: {model.storage_bytes()} bytes; validation (crop "
+                 f"{cfg.val_crop}) bicubic {self.bic:.3f} dB, model {rt_score['psnr']:.3f} dB "
+                 f"(+{rt_score['psnr'] - self.bic:.3f}), torch {torch_score['psnr']:.3f} dB, "
+                 f"export - torch {table['export_minus_torch_db']:+.4f} dB")
+        return {"out": str(self.out), "iterations": self.it, "elapsed": self.elapsed,
+                "history": self.history, "validation": table,
+                "storage_bytes": model.storage_bytes(), "loss": self.loss_ema,
+                "base_loss": self.base_ema}
+
+
+def train(cfg: Config, resume: bool = False, log=print, progress: bool = True) -> dict:
+    """Train, export ``cfg.out`` (atomically) and return a summary dict."""
+    run = Trainer(cfg, resume=resume, log=log)
+    run.fit(progress)
+    run.finish()
+    return run.export()
 
 
 def main(argv=None) -> int:
-    """``python -m iqlut_gpu.train.trainer`` (same options as ``iqlut train``)."""
-    from ..cli import train_cmd
-    import argparse
-
-    p = argparse.ArgumentParser()
-    train_cmd.add_arguments(p)
-    return train_cmd.run(p.parse_args(argv))
+    """``python -m iqlut_gpu.train.trainer`` (the options of ``iqlut train``)."""
+    p = argparse.ArgumentParser(prog="python -m iqlut_gpu.train.trainer",
+                                description="Train an IQ-LUT model (as `iqlut train`).")
+    add_arguments(p)
+    args = p.parse_args(argv)
+    try:
+        cfg = Config.from_args(args)
+    except ValueError as e:
+        p.error(str(e))
+    train(cfg, resume=args.resume, progress=not args.no_progress)
+    return 0
 
 
 if __name__ == "__main__":
     sys.exit(main())
-

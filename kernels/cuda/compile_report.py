@@ -62,10 +62,10 @@ def compile_nvrtc(kernels, arch: str, options=None) -> dict[str, str]:
     raises RuntimeError with the compiler log on failure."""
     from cupy.cuda import nvrtc
 
-    from iqlut_gpu.kernels import cuda_backend
+    from iqlut_gpu.kernels import cuda_backend, cuda_plan
 
     opts = list(options if options is not None else cuda_backend.COMPILE_OPTIONS)
-    prog = nvrtc.createProgram(cuda_backend.source(), "iqlut.cu", [], [])
+    prog = nvrtc.createProgram(cuda_plan.source(), "iqlut.cu", [], [])
     try:
         for k in kernels:
             nvrtc.addNameExpression(prog, k)
@@ -78,6 +78,55 @@ def compile_nvrtc(kernels, arch: str, options=None) -> dict[str, str]:
         return {k: nvrtc.getLoweredName(prog, k) for k in kernels}
     finally:
         nvrtc.destroyProgram(prog)
+
+
+def compile_cupy(kernels, arch: str) -> dict:
+    """Compile ``kernels`` through CuPy's own ``RawModule`` path (``compile_with_cache``
+    with ``prepend_cupy_headers=False``, as RawModule calls it; NVRTC), without a GPU: the
+    two device queries on that path (the architecture, the module load) are answered
+    here; everything else, the options CuPy adds included, is CuPy's. Returns
+    {"options": the NVRTC options CuPy passed, "nvrtc": version, "lowered": {name:
+    lowered name}}. Raises RuntimeError with NVRTC's log on failure."""
+    from unittest import mock
+
+    import cupy
+    from cupy._core import core
+    from cupy.cuda import compiler
+
+    from iqlut_gpu.kernels import cuda_backend, cuda_plan
+
+    arch_num = arch.removeprefix("sm_")
+    if int(arch_num) > int(compiler._get_max_compute_capability()):
+        raise RuntimeError(f"NVRTC {compiler._get_nvrtc_version()} cannot target {arch}")
+    seen = []
+    real_compile = compiler._NVRTCProgram.compile
+
+    def recording_compile(self, options=(), log_stream=None):
+        seen.append(tuple(options))
+        return real_compile(self, options, log_stream)
+
+    class Module(cupy.cuda.function.Module):  # the load onto a device, which is not here
+        def load(self, cubin):
+            self.cubin = cubin
+
+        def _set_mapping(self, mapping):
+            self.names = mapping
+
+    with mock.patch.object(compiler, "_get_arch_for_options_for_nvrtc",
+                           lambda arch=None: (f"-arch=sm_{arch}", "cubin")), \
+            mock.patch.object(compiler._NVRTCProgram, "compile", recording_compile), \
+            mock.patch.object(compiler, "function", mock.Mock(Module=Module)), \
+            mock.patch.dict(os.environ, {"CUPY_CACHE_IN_MEMORY": "1"}):
+        try:
+            mod = core.compile_with_cache(cuda_plan.source(), cuda_backend.COMPILE_OPTIONS,
+                                          arch=arch_num, prepend_cupy_headers=False,
+                                          name_expressions=tuple(kernels))
+        except cupy.cuda.compiler.CompileException as e:
+            raise RuntimeError(f"NVRTC failed for {arch}: {e}") from e
+    if not mod.cubin:
+        raise RuntimeError(f"NVRTC produced no cubin for {arch}")
+    return {"options": list(seen[-1]), "nvrtc": list(compiler._get_nvrtc_version()),
+            "lowered": {k: mod.names[k] for k in kernels}}
 
 
 _ENTRY = re.compile(r"Compiling entry function '(\S+)' for '(\w+)'")
@@ -121,14 +170,14 @@ def parse_ptxas(log: str) -> list[dict]:
 def default_kernels() -> list[str]:
     """Specialisations of the shipped default models, both modes, shared and global tables."""
     from iqlut_gpu.backends import Prepared
-    from iqlut_gpu.kernels import cuda_backend
+    from iqlut_gpu.kernels import cuda_plan
     from iqlut_gpu.model import SCALES, default_model
 
     names = set()
     for scale in SCALES:
         prepared = Prepared(default_model(scale))
-        names.update(cuda_backend.kernels_for(prepared))
-        names.update(cuda_backend.kernels_for(prepared, modes=("interp",), shared_limit=0))
+        names.update(cuda_plan.kernels_for(prepared))
+        names.update(cuda_plan.kernels_for(prepared, modes=("interp",), shared_limit=0))
     return sorted(names)
 
 
@@ -166,21 +215,17 @@ def report(nvcc: str | None = None) -> tuple[str, bool]:
         ver = ".".join(map(str, nvrtc.getVersion()))
         for arch in ARCHS:
             try:
-                compile_nvrtc(kernels, arch)
-                lines.append(f"NVRTC {ver} ({arch}, options {' '.join(COMPILE_OPTIONS())}): "
-                             f"all {len(kernels)} specialisations compile")
+                res = compile_cupy(kernels, arch)
+                opts = [o for o in res["options"] if not o.startswith("-I")]
+                lines.append(f"NVRTC {ver} through CuPy's RawModule path ({arch}; options "
+                             f"besides -I: {' '.join(opts)}): all {len(kernels)} "
+                             "specialisations compile")
             except RuntimeError as e:
                 ok = False
                 lines.append(f"NVRTC {ver} ({arch}): FAILED\n{e}")
     except Exception as e:  # no CuPy / NVRTC here
         lines.append(f"NVRTC: not checked ({type(e).__name__}: {e})")
     return "\n".join(lines) + "\n", ok
-
-
-def COMPILE_OPTIONS():  # noqa: N802 - mirrors the backend's constant
-    from iqlut_gpu.kernels import cuda_backend
-
-    return cuda_backend.COMPILE_OPTIONS
 
 
 def main(argv=None) -> int:

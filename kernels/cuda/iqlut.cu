@@ -12,12 +12,17 @@
 //   x      uint8 [P, C_IN, H, W]          input codes of P independent planes
 //   idx    uint8 [C_IN, 256]              lower knot index per code  (reference.interp_lut)
 //   wt     int32 [C_IN, 256]              weight 0..256 per code     (reference.interp_lut)
-//   table  int8  [C_IN, L, K, K, C_OUT]   the layer's table
-//   etab   int16 [C_IN, 256, K, K, C_OUT] expanded windows           (reference.expand_layer)
+//   table  int8  [C_IN, L, K, K, CP]      the layer's table
+//   etab   int16 [C_IN, 256, K, K, CP]    expanded windows           (reference.expand_layer)
 //   bias   int32 [C_OUT]
 //   plane  uint8 [P, H, W]                the input planes (base of the last layer)
-//   up_off int32 [R], up_w int32 [R, T], up_den int  (reference.upsample_filter)
+//   up_off int32 [R], up_w int32 [R, T]   (reference.upsample_filter; the denominator DEN
+//                                          is a template argument)
 //   out    uint8 [P, C_OUT, H, W] (hidden) or uint8 [P, H*R, W*R] (last)
+//
+// CP >= C_OUT is the table's row length: C_OUT, or C_OUT padded with zero entries to a
+// power of two where a row of C_OUT entries is not a whole number of 4-byte words (x3's
+// 9 outputs: 16), so that every row is read with vector loads (cuda_plan.padded_outputs).
 //
 // Work decomposition (every kernel): the P planes are cut into tiles of
 // blockDim.x x blockDim.y pixels; block b handles tiles b, b + gridDim.x, ... (a
@@ -134,10 +139,10 @@ __device__ __forceinline__ void load_row(const T* p, int (&v)[N]) {
 
 // The interpolating lookup of one layer, either from shared memory (SHARED: the block
 // copied idx/wt, packed as (idx << 16) | wt, and the int8 table there first) or from
-// global memory through the read-only cache.
-template <int C_IN, int C_OUT, int K, int L, bool SHARED>
+// global memory through the read-only cache. Rows hold CP >= C_OUT entries.
+template <int C_IN, int C_OUT, int CP, int K, int L, bool SHARED>
 struct InterpLut {
-    static constexpr int TABLE_SIZE = C_IN * L * K * K * C_OUT;
+    static constexpr int TABLE_SIZE = C_IN * L * K * K * CP;
     const u8* idx;
     const i32* wt;
     const i8* table;
@@ -150,12 +155,12 @@ struct InterpLut {
     __device__ __forceinline__ void accumulate(const u8* xp, int H, int W, int y, int x,
                                                const i32* bias, i32 (&acc)[C_OUT]) const {
         constexpr int R = K / 2;
-        constexpr int STEP = K * K * C_OUT;  // from knot i to knot i + 1
+        constexpr int STEP = K * K * CP;  // from knot i to knot i + 1
 #pragma unroll
         for (int o = 0; o < C_OUT; ++o) acc[o] = __ldg(bias + o);
         for (int c = 0; c < C_IN; ++c) {
             const u8* xc = xp + (i64)c * H * W;
-            for (int dy = 0; dy < K; ++dy) {
+                for (int dy = 0; dy < K; ++dy) {
                 const u8* row = xc + (i64)clampi(y - (dy - R), 0, H - 1) * W;
 #pragma unroll
                 for (int dx = 0; dx < K; ++dx) {
@@ -166,16 +171,16 @@ struct InterpLut {
                         const int iw = s_iw[c * 256 + code];
                         i = iw >> 16;
                         w1 = iw & 0xffff;
-                        t0 = s_table + ((c * L + i) * K * K + dy * K + dx) * C_OUT;
+                        t0 = s_table + ((c * L + i) * K * K + dy * K + dx) * CP;
                     } else {
                         i = __ldg(idx + c * 256 + code);
                         w1 = __ldg(wt + c * 256 + code);
-                        t0 = table + ((c * L + i) * K * K + dy * K + dx) * C_OUT;
+                        t0 = table + ((c * L + i) * K * K + dy * K + dx) * CP;
                     }
                     const int w0 = 256 - w1;
-                    int v0[C_OUT], v1[C_OUT];
-                    load_row<i8, C_OUT, !SHARED>(t0, v0);
-                    load_row<i8, C_OUT, !SHARED>(t0 + STEP, v1);
+                    int v0[CP], v1[CP];  // entries past C_OUT are padding, never used
+                    load_row<i8, CP, !SHARED>(t0, v0);
+                    load_row<i8, CP, !SHARED>(t0 + STEP, v1);
 #pragma unroll
                     for (int o = 0; o < C_OUT; ++o) acc[o] += v0[o] * w0 + v1[o] * w1;
                 }
@@ -187,10 +192,10 @@ struct InterpLut {
 // Shared-memory buffers of the interpolating lookup; the whole block fills them, then
 // synchronises. Must be called by every thread of the block (it contains a barrier).
 // One byte each when not SHARED (unused).
-template <int C_IN, int C_OUT, int K, int L, bool SHARED>
-__device__ __forceinline__ InterpLut<C_IN, C_OUT, K, L, SHARED> load_interp(
+template <int C_IN, int C_OUT, int CP, int K, int L, bool SHARED>
+__device__ __forceinline__ InterpLut<C_IN, C_OUT, CP, K, L, SHARED> load_interp(
     const u8* idx, const i32* wt, const i8* table, i32* s_iw, i8* s_table) {
-    InterpLut<C_IN, C_OUT, K, L, SHARED> lut = {idx, wt, table, s_iw, s_table};
+    InterpLut<C_IN, C_OUT, CP, K, L, SHARED> lut = {idx, wt, table, s_iw, s_table};
     if (SHARED) {
         const int tid = threadIdx.y * blockDim.x + threadIdx.x;
         const int nthreads = blockDim.x * blockDim.y;
@@ -202,8 +207,8 @@ __device__ __forceinline__ InterpLut<C_IN, C_OUT, K, L, SHARED> load_interp(
     return lut;
 }
 
-// The expanded lookup: one read of the C_OUT int16 entries per source pixel.
-template <int C_IN, int C_OUT, int K>
+// The expanded lookup: one read of the CP int16 entries (C_OUT used) per source pixel.
+template <int C_IN, int C_OUT, int CP, int K>
 struct ExpandedLut {
     const i16* etab;
 
@@ -214,14 +219,14 @@ struct ExpandedLut {
         for (int o = 0; o < C_OUT; ++o) acc[o] = __ldg(bias + o);
         for (int c = 0; c < C_IN; ++c) {
             const u8* xc = xp + (i64)c * H * W;
-            for (int dy = 0; dy < K; ++dy) {
+                for (int dy = 0; dy < K; ++dy) {
                 const u8* row = xc + (i64)clampi(y - (dy - R), 0, H - 1) * W;
 #pragma unroll
                 for (int dx = 0; dx < K; ++dx) {
                     const int code = __ldg(row + clampi(x - (dx - R), 0, W - 1));
-                    const i16* e = etab + ((i64)(c * 256 + code) * K * K + dy * K + dx) * C_OUT;
-                    int v[C_OUT];
-                    load_row<i16, C_OUT, true>(e, v);
+                    const i16* e = etab + ((i64)(c * 256 + code) * K * K + dy * K + dx) * CP;
+                    int v[CP];
+                    load_row<i16, CP, true>(e, v);
 #pragma unroll
                     for (int o = 0; o < C_OUT; ++o) acc[o] += v[o];
                 }
@@ -250,40 +255,59 @@ __device__ __forceinline__ void store_hidden(const u8* xp, int H, int W, int y, 
 // out[p, y*R + a, x*R + b] = clamp(B[y*R + a, x*R + b] + requant(acc[a*R + b]), 0, 255)
 // with B from reference.fixed_upsample:
 // B = floor((sum_ij w[a,i] w[b,j] P[clamp(y+off[a]+i), clamp(x+off[b]+j)] + D*D/2) / (D*D)),
-// clamped to 0..255. Computed separably, sum_i w[a,i] * (sum_j w[b,j] P[..]): the same
-// integer (no term overflows int32). The tap loops stay rolled on purpose: unrolling
-// all R*R*T*T taps let the compiler hoist the loads and cost ~180 registers at R = 4.
-template <int R, int T>
+// clamped to 0..255, D = DEN.
+// Every phase's offset is omin or omin + 1 (reference.upsample_filter: phase a sits at
+// y + (2a + 1 - R) / (2R), inside (y - 1/2, y + 1/2); cuda_plan.DeviceTables checks), so
+// all R x R outputs read the (T+1) x (T+1) patch at (y + omin, x + omin): it is loaded
+// once ((T+1)^2 loads, 25 at T = 4, where tap by tap took R*R*T*T pixel and as many
+// weight loads), summed separably per patch row, h[i][b] = sum_j w[b,j] P[i, j + d_b],
+// then s = sum_i w[a,i] h[i + d_a][b]: the same integers as tap by tap. Patch indices are
+// compile-time (a phase's shift d is a select), so everything stays in registers.
+template <int R, int T, int DEN>
 __device__ __forceinline__ void store_last(const u8* pl, int H, int W, int y, int x,
                                            const i32 (&acc)[R * R], int shift,
-                                           const i32* up_off, const i32* up_w, int up_den,
-                                           u8* outp) {
-    const int d2 = up_den * up_den;
+                                           const i32* up_off, const i32* up_w, u8* outp) {
+    constexpr int S = T + 1;
+    constexpr int D2 = DEN * DEN;
+    int w[R][T], d[R];
+    int omin = 0;
+#pragma unroll
+    for (int a = 0; a < R; ++a) {
+        d[a] = __ldg(up_off + a);
+        omin = a == 0 ? d[a] : (d[a] < omin ? d[a] : omin);
+#pragma unroll
+        for (int t = 0; t < T; ++t) w[a][t] = __ldg(up_w + a * T + t);
+    }
+#pragma unroll
+    for (int a = 0; a < R; ++a) d[a] -= omin;  // 0 or 1
+    int col[S];
+#pragma unroll
+    for (int j = 0; j < S; ++j) col[j] = clampi(x + omin + j, 0, W - 1);
+    int h[S][R];
+#pragma unroll
+    for (int i = 0; i < S; ++i) {
+        const u8* prow = pl + (i64)clampi(y + omin + i, 0, H - 1) * W;
+        int px[S];
+#pragma unroll
+        for (int j = 0; j < S; ++j) px[j] = __ldg(prow + col[j]);
+#pragma unroll
+        for (int b = 0; b < R; ++b) {
+            int sum = 0;
+#pragma unroll
+            for (int j = 0; j < T; ++j) sum += w[b][j] * (d[b] ? px[j + 1] : px[j]);
+            h[i][b] = sum;
+        }
+    }
     const i64 wide = (i64)W * R;
 #pragma unroll
     for (int a = 0; a < R; ++a) {
-        int s[R];
-#pragma unroll
-        for (int b = 0; b < R; ++b) s[b] = 0;
-        const int oa = __ldg(up_off + a);
-#pragma unroll 1
-        for (int i = 0; i < T; ++i) {
-            const int wa = __ldg(up_w + a * T + i);
-            const u8* prow = pl + (i64)clampi(y + oa + i, 0, H - 1) * W;
-#pragma unroll
-            for (int b = 0; b < R; ++b) {
-                const int ob = __ldg(up_off + b);
-                int h = 0;
-#pragma unroll 1
-                for (int j = 0; j < T; ++j)
-                    h += __ldg(up_w + b * T + j) * (int)__ldg(prow + clampi(x + ob + j, 0, W - 1));
-                s[b] += wa * h;
-            }
-        }
         u8* orow = outp + ((i64)y * R + a) * wide + (i64)x * R;
 #pragma unroll
         for (int b = 0; b < R; ++b) {
-            const int base = clampi(floor_div(s[b] + d2 / 2, d2), 0, 255);
+            int sum = 0;
+#pragma unroll
+            for (int i = 0; i < T; ++i) sum += w[a][i] * (d[a] ? h[i + 1][b] : h[i][b]);
+            const int base = clampi(floor_div(sum + D2 / 2, D2), 0, 255);
             orow[b] = (u8)clampi(base + requant(acc[a * R + b], shift), 0, 255);
         }
     }
@@ -291,18 +315,18 @@ __device__ __forceinline__ void store_last(const u8* pl, int H, int W, int y, in
 
 // ----------------------------------------------------------------------------- kernels
 //
-// Scalars: shift int (0..24), residual int (0/1), up_den int, P/H/W int (sizes of x).
+// Scalars: shift int (0..24), residual int (0/1), P/H/W int (sizes of x).
 // Launch: block (bx, by, 1) of any size, grid (g, 1, 1) of any size (see the top).
 
 // One hidden layer, interpolating lookup. Mirrors reference.hidden_layer.
-template <int C_IN, int C_OUT, int K, int L, bool SHARED>
+template <int C_IN, int C_OUT, int CP, int K, int L, bool SHARED>
 __global__ void hidden_interp(const u8* __restrict__ x, const u8* __restrict__ idx,
                               const i32* __restrict__ wt, const i8* __restrict__ table,
                               const i32* __restrict__ bias, int shift, int residual,
                               u8* __restrict__ out, int P, int H, int W) {
     __shared__ i32 s_iw[SHARED ? C_IN * 256 : 1];
-    __shared__ __align__(16) i8 s_table[SHARED ? C_IN * L * K * K * C_OUT : 1];
-    const auto lut = load_interp<C_IN, C_OUT, K, L, SHARED>(idx, wt, table, s_iw, s_table);
+    __shared__ __align__(16) i8 s_table[SHARED ? C_IN * L * K * K * CP : 1];
+    const auto lut = load_interp<C_IN, C_OUT, CP, K, L, SHARED>(idx, wt, table, s_iw, s_table);
     for_each_pixel(P, H, W, [&](int p, int y, int xq) {
         const u8* xp = x + (i64)p * C_IN * H * W;
         i32 acc[C_OUT];
@@ -313,11 +337,11 @@ __global__ void hidden_interp(const u8* __restrict__ x, const u8* __restrict__ i
 }
 
 // One hidden layer, expanded table. Mirrors reference.hidden_layer.
-template <int C_IN, int C_OUT, int K>
+template <int C_IN, int C_OUT, int CP, int K>
 __global__ void hidden_expanded(const u8* __restrict__ x, const i16* __restrict__ etab,
                                 const i32* __restrict__ bias, int shift, int residual,
                                 u8* __restrict__ out, int P, int H, int W) {
-    const ExpandedLut<C_IN, C_OUT, K> lut = {etab};
+    const ExpandedLut<C_IN, C_OUT, CP, K> lut = {etab};
     for_each_pixel(P, H, W, [&](int p, int y, int xq) {
         const u8* xp = x + (i64)p * C_IN * H * W;
         i32 acc[C_OUT];
@@ -327,39 +351,39 @@ __global__ void hidden_expanded(const u8* __restrict__ x, const i16* __restrict_
     });
 }
 
-// The last layer (C_OUT = R*R), interpolating lookup, fused with the fixed upsample (T
-// taps) and the pixel shuffle. Mirrors reference.last_layer.
-template <int C_IN, int K, int L, int R, int T, bool SHARED>
+// The last layer (C_OUT = R*R, rows of CP), interpolating lookup, fused with the fixed
+// upsample (T taps, denominator DEN) and the pixel shuffle. Mirrors reference.last_layer.
+template <int C_IN, int K, int L, int R, int CP, int T, int DEN, bool SHARED>
 __global__ void last_interp(const u8* __restrict__ x, const u8* __restrict__ idx,
                             const i32* __restrict__ wt, const i8* __restrict__ table,
                             const i32* __restrict__ bias, int shift,
                             const u8* __restrict__ plane, const i32* __restrict__ up_off,
-                            const i32* __restrict__ up_w, int up_den, u8* __restrict__ out,
+                            const i32* __restrict__ up_w, u8* __restrict__ out,
                             int P, int H, int W) {
     __shared__ i32 s_iw[SHARED ? C_IN * 256 : 1];
-    __shared__ __align__(16) i8 s_table[SHARED ? C_IN * L * K * K * R * R : 1];
-    const auto lut = load_interp<C_IN, R * R, K, L, SHARED>(idx, wt, table, s_iw, s_table);
+    __shared__ __align__(16) i8 s_table[SHARED ? C_IN * L * K * K * CP : 1];
+    const auto lut = load_interp<C_IN, R * R, CP, K, L, SHARED>(idx, wt, table, s_iw, s_table);
     for_each_pixel(P, H, W, [&](int p, int y, int xq) {
         i32 acc[R * R];
         lut.accumulate(x + (i64)p * C_IN * H * W, H, W, y, xq, bias, acc);
-        store_last<R, T>(plane + (i64)p * H * W, H, W, y, xq, acc, shift, up_off, up_w, up_den,
-                         out + (i64)p * H * W * R * R);
+        store_last<R, T, DEN>(plane + (i64)p * H * W, H, W, y, xq, acc, shift, up_off, up_w,
+                              out + (i64)p * H * W * R * R);
     });
 }
 
 // The last layer, expanded table. Mirrors reference.last_layer.
-template <int C_IN, int K, int R, int T>
+template <int C_IN, int K, int R, int CP, int T, int DEN>
 __global__ void last_expanded(const u8* __restrict__ x, const i16* __restrict__ etab,
                               const i32* __restrict__ bias, int shift,
                               const u8* __restrict__ plane, const i32* __restrict__ up_off,
-                              const i32* __restrict__ up_w, int up_den, u8* __restrict__ out,
+                              const i32* __restrict__ up_w, u8* __restrict__ out,
                               int P, int H, int W) {
-    const ExpandedLut<C_IN, R * R, K> lut = {etab};
+    const ExpandedLut<C_IN, R * R, CP, K> lut = {etab};
     for_each_pixel(P, H, W, [&](int p, int y, int xq) {
         i32 acc[R * R];
         lut.accumulate(x + (i64)p * C_IN * H * W, H, W, y, xq, bias, acc);
-        store_last<R, T>(plane + (i64)p * H * W, H, W, y, xq, acc, shift, up_off, up_w, up_den,
-                         out + (i64)p * H * W * R * R);
+        store_last<R, T, DEN>(plane + (i64)p * H * W, H, W, y, xq, acc, shift, up_off, up_w,
+                              out + (i64)p * H * W * R * R);
     });
 }
 

@@ -5,7 +5,7 @@ exported entry point per kernel specialisation (``emu_k<i>``: grid, block and
 cuLaunchKernel-style argument pointers), loads it with ctypes and caches the shared
 library in the temp dir under the hash of everything that went into it.
 
-``EmuExecutor`` executes ``cuda_backend.Launch`` plans with that library: the same plans,
+``EmuExecutor`` executes ``cuda_plan.Launch`` plans with that library: the same plans,
 built by the same launcher code, that ``cuda_backend.CupyExecutor`` sends to a GPU. It
 checks every argument against the kernel's C parameter types (pointer element type or
 ``int``), as a real launch would need them.
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from iqlut_gpu.kernels import cuda_backend
+from iqlut_gpu.kernels import cuda_plan
 
 EMU_DIR = Path(__file__).resolve().parent
 HEADER = EMU_DIR / "cuda_emu.h"
@@ -49,13 +49,14 @@ def find_compiler() -> str | None:
 _SIG_HELPERS = r"""
 #include <string>
 namespace emu_sig {
-template <class T> struct code;  // numpy dtype chars; 'i' alone = a C int by value
+template <class T> struct code;  // '*' const pointer (read), '&' pointer written; then the
+                                  // numpy dtype char; 'i' alone = a C int by value
 template <> struct code<const unsigned char*> { static const char* s() { return "*B"; } };
-template <> struct code<unsigned char*> { static const char* s() { return "*B"; } };
+template <> struct code<unsigned char*> { static const char* s() { return "&B"; } };
 template <> struct code<const signed char*> { static const char* s() { return "*b"; } };
 template <> struct code<const short*> { static const char* s() { return "*h"; } };
 template <> struct code<const int*> { static const char* s() { return "*i"; } };
-template <> struct code<int*> { static const char* s() { return "*i"; } };
+template <> struct code<int*> { static const char* s() { return "&i"; } };
 template <> struct code<int> { static const char* s() { return "i"; } };
 template <class... A> std::string of(void (*)(A...)) {
     std::string s;
@@ -84,7 +85,7 @@ class EmuLibrary:
     def __init__(self, path: Path, kernels: list[str]):
         self.path = path
         self.lib = ctypes.CDLL(str(path))
-        self.entry, self.signature = {}, {}
+        self.entry, self.signature = {}, {}  # signature: codes as in _SIG_HELPERS
         for i, name in enumerate(kernels):
             fn = getattr(self.lib, f"emu_k{i}")
             fn.restype = ctypes.c_int
@@ -95,7 +96,7 @@ class EmuLibrary:
             self.signature[name] = sig().decode().rstrip(",").split(",")
 
 
-def build(kernels, compiler: str | None = None, source: Path = cuda_backend.SOURCE_FILE) -> EmuLibrary:
+def build(kernels, compiler: str | None = None, source: Path = cuda_plan.SOURCE_FILE) -> EmuLibrary:
     """Compile (or fetch from the cache) a library holding ``kernels`` (name expressions)
     of the CUDA file ``source`` (default: the backend's iqlut.cu)."""
     compiler = compiler or find_compiler()
@@ -124,10 +125,10 @@ def build(kernels, compiler: str | None = None, source: Path = cuda_backend.SOUR
     return EmuLibrary(lib_path, kernels)
 
 
-class RecordingExecutor(cuda_backend.RecordingExecutor):
-    """``cuda_backend.RecordingExecutor`` with the emulation's small default geometry."""
+class RecordingExecutor(cuda_plan.RecordingExecutor):
+    """``cuda_plan.RecordingExecutor`` with the emulation's small default geometry."""
 
-    def __init__(self, block=(5, 3), max_blocks=3, shared_limit=cuda_backend.SHARED_LIMIT):
+    def __init__(self, block=(5, 3), max_blocks=3, shared_limit=cuda_plan.SHARED_LIMIT):
         super().__init__(block=block, max_blocks=max_blocks, shared_limit=shared_limit)
 
 
@@ -147,7 +148,7 @@ class EmuExecutor(RecordingExecutor):
             raise TypeError(f"{plan.kernel} takes {len(sig)} arguments, the plan has {len(plan.args)}")
         holders = []
         for i, (code, arg) in enumerate(zip(sig, plan.args)):
-            if code.startswith("*"):
+            if code[0] in "*&":
                 want = np.dtype(_PTR_CODES[code[1]])
                 if not isinstance(arg, np.ndarray) or arg.dtype != want:
                     raise TypeError(f"{plan.kernel} argument {i}: needs a {want} array, got "
@@ -191,8 +192,19 @@ class GuardedAlloc:
 
 
 def run_planes(executor, prepared, planes, mode, alloc=None):
-    """``cuda_backend`` whole-model path on host arrays through ``executor``."""
-    tables = cuda_backend.DeviceTables(prepared, mode, np)
+    """``cuda_plan.run_model`` (the CUDA backend's whole-model path) on host arrays through
+    ``executor``."""
+    tables = cuda_plan.DeviceTables(prepared, mode, np)
     planes = np.ascontiguousarray(planes, dtype=np.uint8)
     alloc = alloc or (lambda shape, dtype: np.empty(shape, dtype))
-    return cuda_backend._run_planes_with(executor, prepared, planes, mode, tables, alloc)
+    return cuda_plan.run_model(executor, prepared, planes, mode, tables, alloc)
+
+
+def pytest_marks():
+    """The marks of a module of emulated CUDA tests: ``cuda_emulated``, skipped (with the
+    reason) where there is no C++ compiler to build the emulation."""
+    import pytest
+
+    return [pytest.mark.cuda_emulated,
+            pytest.mark.skipif(find_compiler() is None,
+                               reason="no C++ compiler (g++/c++/clang++ or $CXX) to build the emulation")]

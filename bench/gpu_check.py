@@ -1,0 +1,325 @@
+"""The GPU check: one script, run first thing on a machine with a CUDA device (`make gpu-check`).
+
+    python3 bench/gpu_check.py [--wheels .whl] [--budget 450] [--out DIR]
+
+Runs, each step as a subprocess with its own time limit inside an overall budget (default
+450 s, under 8 minutes with set-up), and keeps going when a step fails:
+
+1. set-up: the repository laid out as the installed package (iqlut_gpu, iqlut_gpu.kernels,
+   iqlut_gpu.train) in a temporary folder, and the wheels in ``--wheels`` (made here by
+   `make gpu-wheels`: imageio-ffmpeg, which the device image lacks) installed offline
+   beside it; nothing is installed into the image's Python;
+2. bench: CUDA-event timings (median of repeats after warm-up, each checked against the
+   reference on a crop) of x2 1920x1080 -> 3840x2160 (frames/s, interp and expanded),
+   x4 960x540 -> 3840x2160 and x4 320x180 -> 1280x720 (both modes), the torch CUDA
+   forward of the same x4 and x2 models, and the streamed frame path (upscale_frames,
+   pinned buffers, two streams) at x2 1080p end to end;
+3. the `gpu` tests (pytest -m gpu): kernels against the reference on the device, streams,
+   DLPack, the stream runner;
+4. the video pipeline on the GPU (bench/video_pipeline.py --backend cuda), if imageio-ffmpeg
+   could be installed, else a note why not;
+5. compute-sanitizer memcheck and racecheck on a small upscale (where the tool runs).
+
+Writes ``bench/results/<device>.json`` (device: the GPU's name, e.g. nvidia-h200) with every
+step's outcome, and the logs beside it; copies both to ``$OUT`` when that is set (the
+device tool brings back at most 8 files from there). Prints a short table last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+
+
+# ----------------------------------------------------------------------------- set-up
+
+
+def layout_package(dest: Path) -> Path:
+    """The repository as the installed package, under ``dest`` (a copy: no pip, no
+    setuptools needed). Returns the folder to put on PYTHONPATH."""
+    site = dest / "src"
+    pkg = site / "iqlut_gpu"
+    shutil.copytree(ROOT / "iqlut_gpu", pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "kernels", pkg / "kernels", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "train", pkg / "train", ignore=shutil.ignore_patterns("__pycache__"))
+    return site
+
+
+def install_wheels(wheels: Path | None, dest: Path, log: list) -> tuple[Path | None, str]:
+    if wheels is None or not wheels.is_dir() or not list(wheels.glob("*.whl")):
+        return None, f"no wheels in {wheels} (make gpu-wheels makes them)"
+    target = dest / "wheels"
+    cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+           "--no-cache-dir", "--target", str(target), *map(str, sorted(wheels.glob("*.whl")))]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    log.append(f"$ {' '.join(cmd)}\n{res.stdout}{res.stderr}")
+    if res.returncode != 0:
+        return None, f"pip install of the wheels failed (exit {res.returncode})"
+    return target, "installed: " + ", ".join(p.name for p in sorted(wheels.glob("*.whl")))
+
+
+def device_name() -> tuple[str, dict]:
+    info = {}
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,"
+                              "clocks.max.sm", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30).stdout.strip()
+        name, driver, mem, clock = [s.strip() for s in out.splitlines()[0].split(",")]
+        info.update(gpu=name, driver=driver, memory=mem, max_sm_clock=clock)
+    except Exception as e:  # no nvidia-smi, no GPU
+        info["nvidia_smi"] = f"unavailable: {type(e).__name__}: {e}"
+        name = "no-gpu"
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "gpu"
+    return slug, info
+
+
+def run_step(name, cmd, env, limit, logs: dict) -> dict:
+    t0 = time.perf_counter()
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT,
+                             timeout=max(5, limit))
+        rc, out = res.returncode, res.stdout + res.stderr
+    except subprocess.TimeoutExpired as e:
+        rc = "timeout"
+        out = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        out += f"\n[stopped after {limit:.0f} s]"
+    logs[name] = f"$ {' '.join(map(str, cmd))}\n{out}"
+    return {"exit": rc, "seconds": round(time.perf_counter() - t0, 1)}
+
+
+# ----------------------------------------------------------------------------- bench (child)
+
+
+def _time_events(run, stream, kind, repeats, warmup=2):
+    """Median seconds of ``run`` timed with CUDA events on ``stream`` (cupy or torch)."""
+    out = None
+    for _ in range(warmup):
+        out = run()
+    times = []
+    if kind == "torch":
+        import torch
+
+        torch.cuda.synchronize()
+        for _ in range(repeats):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            out = run()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b) / 1000)
+    else:
+        import cupy
+
+        stream.synchronize()
+        for _ in range(repeats):
+            a, b = cupy.cuda.Event(), cupy.cuda.Event()
+            a.record(stream)
+            out = run()
+            b.record(stream)
+            b.synchronize()
+            times.append(cupy.cuda.get_elapsed_time(a, b) / 1000)
+    return statistics.median(times), min(times), max(times), out
+
+
+def bench_child(out_path: Path) -> int:
+    sys.path.insert(0, str(ROOT))
+
+    from bench import registry
+
+    results = []
+
+    def record(label, frames_per_run, fn):
+        t0 = time.perf_counter()
+        try:
+            rec = fn()
+            rec.update(case=label, frames_per_s=round(frames_per_run / rec["median_s"], 2))
+        except Exception as e:  # a failing case is recorded, the others still run
+            rec = {"case": label, "error": f"{type(e).__name__}: {e}"}
+        rec["wall_s"] = round(time.perf_counter() - t0, 1)
+        results.append(rec)
+        print(json.dumps(rec), flush=True)
+        out_path.write_text(json.dumps(results, indent=1))
+
+    def registry_case(case, repeats):
+        def fn():
+            run = registry.setup(case)
+            kind = "torch" if case.backend == "torch-cuda" else "cupy"
+            med, lo, hi, out = _time_events(run.run, run.stream, kind, repeats)
+            run.sync()
+            check = run.check(out) if run.check else None
+            return {"median_s": med, "min_s": lo, "max_s": hi, "repeats": repeats,
+                    "check": check, "notes": run.notes}
+        return fn
+
+    for scale, size, batch in ((2, (1920, 1080), 1), (4, (960, 540), 1), (4, (320, 180), 4)):
+        for mode in ("interp", "expanded"):
+            case = registry.Case("gpu-check", "cuda", mode, scale, size, batch=batch)
+            record(case.name, batch, registry_case(case, 10))
+    for scale, size in ((4, (320, 180)), (2, (1920, 1080))):
+        case = registry.Case("gpu-check", "torch-cuda", None, scale, size)
+        record(case.name, 1, registry_case(case, 5))
+
+    def streamed():
+        from iqlut_gpu import upscale_frames
+
+        frames = list(registry.bench_frames((1920, 1080), 8))
+        stats = {}
+        list(upscale_frames(frames[:2], 2, backend="cuda", batch=2))  # warm-up: compile, tables
+        t0 = time.perf_counter()
+        n = 0
+        for _ in range(3):
+            for _ in upscale_frames(frames, 2, backend="cuda", batch=4, stats=stats):
+                n += 1
+        sec = (time.perf_counter() - t0) / 3
+        return {"median_s": sec, "frames": len(frames), "stage_s": stats,
+                "notes": {"what": "upscale_frames x2, host frames in and out, batch 4, "
+                          "wall clock per pass of 8 frames (3 passes)"}}
+
+    record("gpu-check/stream/cuda/interp/x2/1920x1080/b4 (end to end)", 8, streamed)
+    return 0
+
+
+def sanitizer_child() -> int:
+    import numpy as np
+
+    from iqlut_gpu import default_model, upscale
+
+    img = np.random.default_rng(1).integers(0, 256, (37, 41, 3), dtype=np.int64).astype(np.uint8)
+    for mode in ("interp", "expanded"):
+        for scale in (2, 3, 4):
+            got = upscale(img, scale, model=default_model(scale).with_ensemble(1),
+                          backend="cuda", mode=mode)
+            want = upscale(img, scale, model=default_model(scale).with_ensemble(1), backend="cpu")
+            assert np.array_equal(got, want), (scale, mode)
+    print("sanitizer workload: ok")
+    return 0
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--wheels", type=Path, default=ROOT / ".whl")
+    ap.add_argument("--budget", type=float, default=450.0, help="seconds for all steps")
+    ap.add_argument("--out", type=Path, default=None, help="also copy results here (default $OUT)")
+    ap.add_argument("--child", choices=("bench", "sanitizer"), help=argparse.SUPPRESS)
+    ap.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child == "bench":
+        return bench_child(args.child_out)
+    if args.child == "sanitizer":
+        return sanitizer_child()
+
+    start = time.perf_counter()
+    left = lambda: args.budget - (time.perf_counter() - start)  # noqa: E731
+    slug, info = device_name()
+    out_dir = args.out or (Path(os.environ["OUT"]) if os.environ.get("OUT") else None)
+    logs: dict = {}
+    setup_log: list = []
+    report = {"device": slug, "machine": {**info, "python": platform.python_version(),
+                                          "host": platform.node()},
+              "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "steps": {}}
+    tmp = Path(tempfile.mkdtemp(prefix="iqlut_gpu_check_"))
+    site = layout_package(tmp)
+    wheels_site, wheel_note = install_wheels(args.wheels, tmp, setup_log)
+    report["steps"]["setup"] = {"package": str(site), "wheels": wheel_note}
+    paths = [str(site), str(ROOT)] + ([str(wheels_site)] if wheels_site else [])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths + [os.environ.get("PYTHONPATH", "")]),
+               PYTHONUNBUFFERED="1")
+    versions = subprocess.run(
+        [sys.executable, "-c", "import json, importlib.metadata as m\n"
+         "v = {}\nfor p in ('cupy-cuda13x', 'cupy-cuda12x', 'nvidia-cuda-nvrtc', 'torch', "
+         "'numpy', 'numba', 'imageio-ffmpeg'):\n"
+         "    try: v[p] = m.version(p)\n    except Exception: pass\n"
+         "try:\n    import cupy; v['nvrtc'] = list(cupy.cuda.nvrtc.getVersion()); "
+         "v['cupy_devices'] = cupy.cuda.runtime.getDeviceCount()\n"
+         "except Exception as e: v['cupy_error'] = repr(e)\n"
+         "from iqlut_gpu.kernels import cuda_backend\nv['probe'] = cuda_backend.probe()\n"
+         "print(json.dumps(v))"], capture_output=True, text=True, env=env, cwd=ROOT)
+    try:
+        report["machine"]["packages"] = json.loads(versions.stdout.strip().splitlines()[-1])
+    except Exception:
+        report["machine"]["packages"] = {"error": versions.stderr[-2000:]}
+
+    bench_json = tmp / "bench.json"
+    report["steps"]["bench"] = run_step(
+        "bench", [sys.executable, __file__, "--child", "bench", "--child-out", str(bench_json)],
+        env, min(150, left() - 200), logs)
+    report["bench"] = json.loads(bench_json.read_text()) if bench_json.exists() else []
+
+    junit = tmp / "gpu_tests.xml"
+    report["steps"]["gpu_tests"] = run_step(
+        "gpu_tests", [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
+                      "-rs", "--junitxml", str(junit), "tests"], env, min(200, left() - 110), logs)
+    tail = logs["gpu_tests"].strip().splitlines()[-1:] or [""]
+    report["steps"]["gpu_tests"]["summary"] = tail[0]
+
+    if wheels_site is not None:
+        vjson = tmp / "video_pipeline.json"
+        report["steps"]["video"] = run_step(
+            "video", [sys.executable, "-m", "bench.video_pipeline", "--backend", "cuda",
+                      "--scale", "2", "--frames", "30", "--repeats", "1", "--out", str(vjson)],
+            env, min(100, left() - 40), logs)
+        if vjson.exists():
+            report["video_pipeline"] = json.loads(vjson.read_text())
+    else:
+        report["steps"]["video"] = {"skipped": f"imageio-ffmpeg missing: {wheel_note}"}
+
+    sanitizer = shutil.which("compute-sanitizer")
+    for tool in ("memcheck", "racecheck"):
+        if sanitizer is None:
+            report["steps"][f"sanitizer_{tool}"] = {"skipped": "compute-sanitizer not on PATH"}
+            continue
+        if left() < 25:
+            report["steps"][f"sanitizer_{tool}"] = {"skipped": "out of time"}
+            continue
+        step = run_step(f"sanitizer_{tool}", [sanitizer, "--tool", tool, "--error-exitcode", "3",
+                                               sys.executable, __file__, "--child", "sanitizer"],
+                        env, min(60, left() - 10), logs)
+        summary = [ln for ln in logs[f"sanitizer_{tool}"].splitlines() if "ERROR SUMMARY" in ln
+                   or "RACECHECK SUMMARY" in ln]
+        step["summary"] = summary[-1] if summary else None
+        report["steps"][f"sanitizer_{tool}"] = step
+
+    report["seconds"] = round(time.perf_counter() - start, 1)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    result_path = RESULTS / f"{slug}.json"
+    result_path.write_text(json.dumps(report, indent=1, default=str) + "\n")
+    log_path = RESULTS / f"gpu_check_{slug}.log"
+    log_path.write_text("\n\n".join(setup_log + [f"===== {k}\n{v}" for k, v in logs.items()]))
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy(result_path, out_dir / result_path.name)
+        shutil.copy(log_path, out_dir / log_path.name)
+        if (tmp / "video_pipeline.json").exists():
+            shutil.copy(tmp / "video_pipeline.json", out_dir / f"video_pipeline_{slug}.json")
+
+    print(f"\nGPU check on {info.get('gpu', slug)} in {report['seconds']} s -> {result_path}")
+    for name, step in report["steps"].items():
+        print(f"  {name:<18} {json.dumps(step)[:150]}")
+    for rec in report["bench"]:
+        if "error" in rec:
+            print(f"  {rec['case']:<58} ERROR {rec['error'][:80]}")
+        else:
+            chk = rec.get("check") or {}
+            print(f"  {rec['case']:<58} {rec['frames_per_s']:>9.2f} frames/s  "
+                  f"{rec['median_s'] * 1000:>8.2f} ms  mismatches {chk.get('mismatches', '-')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

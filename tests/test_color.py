@@ -1,0 +1,141 @@
+"""Luma mode: the integer RGB <-> YCbCr conversion and the luma-only upscaling path."""
+
+import numpy as np
+import pytest
+
+import cases
+from iqlut_gpu import Upscaler, reference, upscale, upscale_frames
+from iqlut_gpu import color
+from iqlut_gpu.kernels import numba_color
+
+
+@pytest.fixture(scope="module")
+def every_colour():
+    """All 2**24 RGB colours, their YCbCr and the round trip back."""
+    v = np.arange(1 << 24, dtype=np.uint32)
+    rgb = (v >> 16).astype(np.uint8), ((v >> 8) & 255).astype(np.uint8), (v & 255).astype(np.uint8)
+    ycc = color.rgb_to_ycbcr(*rgb)
+    return rgb, ycc, color.ycbcr_to_rgb(*ycc)
+
+
+def test_round_trip_of_every_colour_is_within_one_code_and_grays_are_exact(every_colour):
+    (r, g, b), (y, cb, cr), back = every_colour
+    for name, a, c in zip("RGB", (r, g, b), back):
+        err = np.abs(a.astype(np.int16) - c.astype(np.int16))
+        assert err.max() <= 1, name
+        assert err.mean() < 0.5, name
+    gray = (r == g) & (g == b)
+    assert np.array_equal(y[gray], r[gray])
+    assert (cb[gray] == 128).all() and (cr[gray] == 128).all()
+    for c in back:
+        assert np.array_equal(c[gray], r[gray])
+
+
+def test_conversion_is_bt601_full_range_rounded(every_colour):
+    rgb, ycc, _ = every_colour
+    r, g, b = (a.astype(np.float64) for a in rgb)
+    exact_y = 0.299 * r + 0.587 * g + 0.114 * b
+    exact_cb = 128 + (b - exact_y) / 1.772
+    exact_cr = 128 + (r - exact_y) / 1.402
+    for got, want in zip(ycc, (exact_y, exact_cb, exact_cr)):
+        # rounding (0.5) plus the 16-bit coefficients' own rounding (< 0.01 over 3 * 255)
+        assert np.abs(got.astype(np.float64) - np.clip(want, 0, 255)).max() <= 0.51
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_numba_kernels_equal_the_numpy_reference(channels):
+    for seed, rng in cases.case_rngs(3, salt=900 + channels):
+        n, h, w = int(rng.integers(1, 4)), int(rng.integers(1, 20)), int(rng.integers(1, 20))
+        planes = rng.integers(0, 256, size=(n * channels, h, w), dtype=np.int64).astype(np.uint8)
+        want = color.split_planes(planes, channels)
+        got = numba_color.split_planes(planes, channels)
+        for a, b in zip(want, got):
+            assert np.array_equal(a, b), f"seed {seed}"
+        y, rest = want
+        assert np.array_equal(numba_color.join_planes(y, rest, channels),
+                              color.join_planes(y, rest, channels)), f"seed {seed}"
+
+
+def test_bicubic_model_is_the_fixed_upsample():
+    rng = np.random.default_rng(cases.SESSION_SEED)
+    plane = rng.integers(0, 256, size=(1, 9, 13), dtype=np.int64).astype(np.uint8)
+    for s in (2, 3, 4):
+        got = reference.upscale_planes(color.bicubic_model(s), plane)[0]
+        assert np.array_equal(got, reference.fixed_upsample(plane[0], s, "bicubic")), \
+            f"x{s}, seed {cases.SESSION_SEED}"
+
+
+def luma_by_hand(img, model):
+    """Y through the model, Cb/Cr/alpha through the bicubic base, with the reference."""
+    planes = np.ascontiguousarray(np.moveaxis(img, -1, 0))
+    C = planes.shape[0]
+    y, rest = color.split_planes(planes, C)
+    out = color.join_planes(reference.upscale_planes(model, y),
+                            reference.upscale_planes(color.bicubic_model(model.scale), rest), C)
+    return np.moveaxis(out, 0, -1)
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_luma_mode_is_y_through_the_model_on_every_backend(channels):
+    for seed, rng in cases.case_rngs(2, salt=950 + channels):
+        model = cases.random_model(rng)
+        img = rng.integers(0, 256, size=(11, 7, channels), dtype=np.int64).astype(np.uint8)
+        want = luma_by_hand(img, model)
+        for backend in ("reference", "cpu"):
+            got = upscale(img, model.scale, model=model, backend=backend, color="luma")
+            assert np.array_equal(got, want), f"seed {seed} {backend}"
+        tiled = upscale(img, model.scale, model=model, backend="cpu", color="luma", tile=4)
+        assert np.array_equal(tiled, want), f"seed {seed} tiled"
+
+
+def test_luma_mode_leaves_gray_images_alone_and_frames_agree():
+    rng = np.random.default_rng(cases.SESSION_SEED)
+    gray = rng.integers(0, 256, size=(8, 9), dtype=np.int64).astype(np.uint8)
+    assert np.array_equal(upscale(gray, 2, backend="cpu", color="luma"), upscale(gray, 2, backend="cpu"))
+    frames = [rng.integers(0, 256, size=s, dtype=np.int64).astype(np.uint8)
+              for s in [(6, 5, 3), (6, 5, 3), (6, 5), (4, 4, 4), (6, 5, 3)]]
+    got = list(upscale_frames(frames, 3, backend="cpu", batch=2, color="luma"))
+    for i, (f, g) in enumerate(zip(frames, got)):
+        assert np.array_equal(g, upscale(f, 3, backend="reference", color="luma")), f"frame {i}"
+
+
+def test_bad_color_and_repr():
+    with pytest.raises(ValueError, match="color must be one of"):
+        Upscaler(2, color="yuv")
+    assert "color='luma'" in repr(Upscaler(2, backend="cpu", color="luma"))
+
+
+def test_cli_color_luma(run_cli, tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(cases.SESSION_SEED)
+    img = rng.integers(0, 256, size=(10, 12, 3), dtype=np.int64).astype(np.uint8)
+    Image.fromarray(img).save(tmp_path / "in.png")
+    proc = run_cli("upscale", "in.png", "-o", "out.png", "--scale", "2", "--color", "luma",
+                   "--backend", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    got = np.asarray(Image.open(tmp_path / "out.png"))
+    assert np.array_equal(got, upscale(img, 2, backend="reference", color="luma"))
+    bad = run_cli("upscale", "in.png", "-o", "x.png", "--color", "cmyk")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_eval_color_luma(run_cli, tmp_path):
+    """iqlut eval --color luma scores the models in luma mode (what upscale --color luma writes)."""
+    import json
+
+    from PIL import Image
+
+    from iqlut_gpu.evaluate import degrade, y_metrics
+
+    photo = np.asarray(Image.open(cases.__file__.replace("tests/cases.py", "iqlut_gpu/data/astronaut_256.png")))
+    img = np.ascontiguousarray(photo[60:124, 80:144, :3])
+    Image.fromarray(img).save(tmp_path / "hr.png")
+    proc = run_cli("eval", "--scale", "2", "--color", "luma", "--no-ecnn", "--backend", "cpu",
+                   "--json", "hr.png")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    hr, lr = degrade(img, 2)
+    want = y_metrics(upscale(lr, 2, backend="reference", color="luma"), hr, 2)[0]
+    assert doc["color"] == "luma"
+    assert abs(doc["mean"]["iqlut"]["psnr"] - want) < 1e-3

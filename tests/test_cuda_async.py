@@ -1,0 +1,232 @@
+"""The CUDA glue under asynchrony, without a GPU: CuPy replaced by tests/cuda_emu/fake_cupy.py,
+whose streams run work only when something waits for it and whose race detector raises
+``RaceError`` for any access no event or synchronisation orders.
+
+- every synchronisation the glue performs is needed: the whole-pipeline scenario passes,
+  and fails with each one of them turned into a no-op in turn (parametrised over the
+  call sites the scenario hits, found by running it);
+- the model's tables are complete before another stream or thread reads them;
+- DLPack input is handed over on the stream the work runs on;
+- pinned memory that runs out (``CUDARuntimeError``) falls back to pageable memory, and a
+  stream of changing frame sizes does not grow the pinned pool with every shape;
+- the stream runner splits and joins frames on the device.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import cases
+from cuda_emu import fake_cupy, harness
+from iqlut_gpu import Upscaler, backends, upscale
+from iqlut_gpu.backends import Prepared
+from iqlut_gpu.frames import StreamRunner, SyncRunner, generate
+from iqlut_gpu.kernels import cuda_backend, cuda_stream
+
+pytestmark = harness.pytest_marks()
+
+
+
+@pytest.fixture(scope="module")
+def model():
+    seed, rng = next(cases.case_rngs(1, salt=4100))
+    return cases.random_model(rng, scale=2)
+
+
+def _frames(rng, shapes):
+    return [rng.integers(0, 256, size=s, dtype=np.int64).astype(np.uint8) for s in shapes]
+
+
+class TorchLike:
+    """A DLPack producer with pending work on its own stream (as a torch CUDA tensor whose
+    kernel has not finished): ``__dlpack__(stream=n)`` makes stream n wait for it."""
+
+    def __init__(self, cupy, values):
+        self.stream = cupy.new_stream()
+        self.arr = cupy.empty(values.shape, values.dtype)
+        cupy.enqueue_write(self.stream, self.arr, values)
+        self.seen = []
+
+    def __dlpack_device__(self):
+        return (fake_cupy.CUDA_DEVICE, 0)
+
+    def __dlpack__(self, stream=None, **kw):
+        self.seen.append(stream)
+        if stream is not None:
+            fake_cupy.wait_for(stream, self.stream)
+        return self.arr.view(np.ndarray).__dlpack__()
+
+
+def scenario(cupy, model, monkeypatch):
+    """The glue end to end: streamed frames (one batch abandoned after its upload, so the
+    slot is reused with the batch pending), numpy planes in and out, and DLPack images
+    from a producer with pending work. Raises (RaceError, AssertionError) when wrong."""
+    rng = np.random.default_rng()
+    calls = {"n": 0}
+    real = cuda_backend.run_planes
+
+    def flaky(prepared, planes, mode="interp", stream=None):
+        calls["n"] += 1
+        if calls["n"] == 3:  # after the batch's upload was queued
+            raise backends.DeviceOutOfMemory("simulated: no device memory for batch 3")
+        return real(prepared, planes, mode, stream)
+
+    monkeypatch.setattr(cuda_backend, "run_planes", flaky)
+    up = Upscaler(model=model, backend="cuda", mode="interp")
+    frames = _frames(rng, [(7, 9, 3)] * 5 + [(5, 6, 3)] * 3 + [(7, 9)] * 2)
+    streamer = cuda_stream.CudaStreamer(backends.prepare(model), "interp")
+    got = list(generate(lambda: StreamRunner(streamer, SyncRunner(up)), iter(frames), 2, None))
+    assert calls["n"] >= 4
+    for i, (f, g) in enumerate(zip(frames, got)):
+        assert np.array_equal(g, upscale(f, model.scale, model=model, backend="reference")), \
+            f"streamed frame {i}"
+
+    planes = rng.integers(0, 256, size=(2, 6, 7), dtype=np.int64).astype(np.uint8)
+    out = backends.run_planes("cuda", model, planes, "expanded")
+    assert np.array_equal(out, backends.run_planes("reference", model, planes)), "numpy planes"
+
+    image = rng.integers(0, 256, size=(6, 5, 3), dtype=np.int64).astype(np.uint8)
+    producer = TorchLike(cupy, image)
+    stream = cupy.cuda.Stream(non_blocking=True)
+    res = cuda_backend.upscale_device(producer, Prepared(model), "interp", stream=stream)
+    host = cupy.asnumpy(res, stream=stream)
+    assert np.array_equal(host, upscale(image, model.scale, model=model, backend="reference")), \
+        "DLPack image"
+
+
+def _sites(cupy, model, monkeypatch):
+    with monkeypatch.context() as m:
+        scenario(cupy, model, m)
+    return cupy.sync_sites()
+
+
+def test_the_scenario_passes_and_hits_every_kind_of_wait(cupy, model, monkeypatch):
+    sites = _sites(cupy, model, monkeypatch)
+    where = {s.split(":")[0] + " " + s.split("(")[1].split(":")[0] for s in sites}
+    assert where >= {"kernels/cuda_backend.py upload", "kernels/cuda_stream.py submit",
+                     "kernels/cuda_stream.py collect"}, sites
+
+
+def _collect_sites():
+    """The sync sites of the scenario, found by running it once with the stand-in (at
+    collection time, so that the next test can be parametrised over them)."""
+    mp = pytest.MonkeyPatch()
+    try:
+        fake = fake_cupy.install(mp)
+        mp.delenv(backends.ENV_VAR, raising=False)
+        seed, rng = next(cases.case_rngs(1, salt=4100))
+        return _sites(fake, cases.random_model(rng, scale=2), mp)
+    except Exception as e:  # no compiler etc.: the test below then reports it
+        return [f"(the scenario failed: {type(e).__name__}: {e})"]
+    finally:
+        mp.undo()
+        backends.reset()
+
+
+@pytest.mark.parametrize("site", _collect_sites() if harness.find_compiler() else ["(no compiler)"])
+def test_removing_any_one_wait_makes_the_scenario_fail(cupy, model, monkeypatch, site):
+    assert not site.startswith("("), site
+    cupy.disable_sync_site(site)
+    with pytest.raises((fake_cupy.RaceError, AssertionError, fake_cupy.CUDARuntimeError)):
+        scenario(cupy, model, monkeypatch)
+
+
+def test_tables_are_complete_before_other_streams_and_threads_read_them(cupy, model):
+    prepared = Prepared(model)
+    planes = np.random.default_rng().integers(0, 256, (2, 5, 6), dtype=np.int64).astype(np.uint8)
+    want = backends.run_planes("reference", model, planes)
+    first = cupy.cuda.Stream(non_blocking=True)
+    with first:  # the upload happens while another stream is current
+        tables = cuda_backend.device_tables(prepared, "interp")
+    results = {}
+
+    def other_thread():  # its current stream is the legacy default stream
+        results["thread"] = cuda_backend.run_planes(prepared, planes, "interp")
+
+    t = threading.Thread(target=other_thread)
+    t.start()
+    t.join()
+    second = cupy.cuda.Stream(non_blocking=True)
+    with second:  # (uploaded on the legacy stream, the planes would race: the stand-in says so)
+        dev = cupy.asarray(planes)
+    out = cuda_backend.run_planes(prepared, dev, "interp", stream=second)
+    assert cuda_backend.device_tables(prepared, "interp") is tables
+    assert np.array_equal(results["thread"], want)
+    assert np.array_equal(cupy.asnumpy(out, stream=second), want)
+
+
+def test_dlpack_producer_gets_the_stream_the_work_runs_on(cupy, model):
+    image = np.random.default_rng().integers(0, 256, (5, 7, 3), dtype=np.int64).astype(np.uint8)
+    want = upscale(image, model.scale, model=model, backend="reference")
+    stream = cupy.cuda.Stream(non_blocking=True)
+    producer = TorchLike(cupy, image)
+    out = cuda_backend.upscale_device(producer, Prepared(model), "interp", stream=stream)
+    assert producer.seen == [stream.ptr]  # not 1, the legacy stream
+    assert np.array_equal(cupy.asnumpy(out, stream=stream), want)
+    # no stream given: the current stream is handed over and used
+    producer = TorchLike(cupy, image)
+    with stream:
+        out = upscale(producer, model.scale, model=model, backend="cuda")
+    assert producer.seen == [stream.ptr]
+    assert np.array_equal(cupy.asnumpy(out, stream=stream), want)
+
+
+def test_the_stand_in_catches_a_handshake_on_the_wrong_stream(cupy, model):
+    """What upscale_device did before: DLPack taken on the legacy stream, work queued on
+    another stream: the producer's pending write is read unordered."""
+    stream = cupy.cuda.Stream(non_blocking=True)
+    producer = TorchLike(cupy, np.zeros((4, 4, 3), np.uint8))
+    arr = cupy.from_dlpack(producer)  # outside ``with stream``
+    with pytest.raises(fake_cupy.RaceError, match="producer's write"):
+        cuda_backend.upscale_device(arr, Prepared(model), "interp", stream=stream)
+
+
+def _stream_frames(model, frames, batch=2):
+    up = Upscaler(model=model, backend="cuda", mode="interp")
+    streamer = cuda_stream.CudaStreamer(backends.prepare(model), "interp")
+    runner = StreamRunner(streamer, SyncRunner(up))
+    stats = {}
+    got = list(generate(lambda: runner, iter(frames), batch, stats))
+    for i, (f, g) in enumerate(zip(frames, got)):
+        assert np.array_equal(g, upscale(f, model.scale, model=model, backend="reference")), i
+    return streamer, stats
+
+
+def test_pinned_memory_exhaustion_falls_back_to_pageable_memory(cupy, model):
+    cupy.set_pinned_limit(0)  # cudaHostAlloc fails: CUDARuntimeError, not MemoryError
+    with pytest.raises(fake_cupy.CUDARuntimeError):
+        cupy.cupyx.empty_pinned((16,), np.uint8)
+    assert not issubclass(fake_cupy.CUDARuntimeError, MemoryError)
+    frames = _frames(np.random.default_rng(), [(6, 7, 3)] * 3 + [(5, 5)] * 2)
+    streamer, stats = _stream_frames(model, frames)
+    assert all(not slot.pinned for slot in streamer._slots)
+    assert stats["kernels"] > 0
+
+
+def test_changing_frame_sizes_do_not_grow_the_pinned_pool(cupy, model):
+    rng = np.random.default_rng()
+    shapes = [(int(h), int(w), 3) for h, w in rng.integers(40, 90, size=(14, 2))]
+    shapes.append((90, 90, 3))
+    frames = [f for s in shapes for f in _frames(rng, [s, s])]
+    _stream_frames(model, frames)
+    r = model.scale
+    biggest = 2 * 90 * 90 * 3 * (1 + r * r)  # one batch in and out
+    # two slots, each buffer at most twice what it holds, plus what a doubling left behind
+    assert cupy.pinned_pool_bytes() <= 2 * 4 * biggest, cupy.pinned_pool_bytes()
+
+
+def test_frames_are_split_and_joined_on_the_device(cupy, model):
+    frames = _frames(np.random.default_rng(), [(6, 5, 4)] * 4)
+    streamer, _ = _stream_frames(model, frames, batch=4)
+    # one upload of whole frames, not of planes laid out by the host
+    assert streamer.takes_frames and StreamRunner.takes_frames
+    assert streamer._slots[0].buffers["host_in"].size >= 4 * 6 * 5 * 4
+
+
+def test_streamer_rejects_planes(cupy, model):
+    streamer = cuda_stream.CudaStreamer(backends.prepare(model), "interp")
+    with pytest.raises(ValueError, match="N, H, W, C"):
+        streamer.submit(np.zeros((3, 4, 4), np.uint8))

@@ -1,0 +1,66 @@
+"""iqlut_gpu.png: standard PNGs (read back exactly by Pillow), parallel bands, any level."""
+
+import io
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import cases
+from iqlut_gpu import png
+from iqlut_gpu.io import ImageError, read_image, write_image
+
+
+def decode(data: bytes) -> np.ndarray:
+    img = Image.open(io.BytesIO(data))
+    img.load()  # verifies every chunk's CRC and the zlib stream's Adler-32
+    return np.asarray(img)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (9, 1), (7, 5, 3), (13, 6, 4), (5, 4, 1),
+                                   (64, 33, 3)])
+def test_round_trip_through_pillow(shape):
+    rng = np.random.default_rng(cases.SESSION_SEED)
+    img = rng.integers(0, 256, size=shape, dtype=np.int64).astype(np.uint8)
+    for level in (0, 1, png.DEFAULT_LEVEL, 9):
+        got = decode(png.encode(img, level))
+        want = img[..., 0] if img.ndim == 3 and img.shape[2] == 1 else img
+        assert got.shape == want.shape and np.array_equal(got, want), \
+            f"{shape} level {level} seed {cases.SESSION_SEED}"
+
+
+def test_many_bands_in_parallel_and_with_plain_zlib(monkeypatch):
+    rng = np.random.default_rng(cases.SESSION_SEED)
+    img = rng.integers(0, 256, size=(97, 50, 3), dtype=np.int64).astype(np.uint8)
+    img[40:] = img[40]  # long runs too: the Up filter turns them into zeros
+    monkeypatch.setattr(png, "BAND_BYTES", 700)  # about 5 rows per band: 20 bands
+    monkeypatch.setattr(png, "CHUNK_BYTES", 999)  # and many IDAT chunks
+    for threads in (1, 3):
+        assert np.array_equal(decode(png.encode(img, 2, threads=threads)), img)
+    monkeypatch.setattr(png, "_deflate", zlib)  # where zlib-ng is not installed
+    assert np.array_equal(decode(png.encode(img, 6)), img)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="uint8"):
+        png.encode(np.zeros((2, 2), np.uint16))
+    with pytest.raises(ValueError, match="channels"):
+        png.encode(np.zeros((2, 2, 2), np.uint8))
+    with pytest.raises(ValueError, match="level"):
+        png.encode(np.zeros((2, 2), np.uint8), level=10)
+
+
+def test_write_image_uses_it_and_keeps_other_formats(tmp_path):
+    rng = np.random.default_rng(cases.SESSION_SEED)
+    img = rng.integers(0, 256, size=(20, 30, 3), dtype=np.int64).astype(np.uint8)
+    write_image(tmp_path / "a.png", img, png_level=0)
+    write_image(tmp_path / "b.png", img)
+    assert np.array_equal(read_image(tmp_path / "a.png"), img)
+    assert np.array_equal(read_image(tmp_path / "b.png"), img)
+    assert (tmp_path / "a.png").stat().st_size > (tmp_path / "b.png").stat().st_size - 100
+    write_image(tmp_path / "c.jpg", img)
+    assert read_image(tmp_path / "c.jpg").shape == img.shape
+    with pytest.raises(ImageError, match="alpha"):
+        write_image(tmp_path / "d.jpg", np.zeros((4, 4, 4), np.uint8))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png", "c.jpg"]
