@@ -198,12 +198,14 @@ def measure(scale: int, mode: str, size: tuple, repeats: int, floor: Floor,
     from iqlut_gpu.backends import prepare
     from iqlut_gpu.kernels import numba_cpu
 
-    from .registry import bench_frames, frames_to_planes
+    from iqlut_gpu.planes import to_planes
+
+    from .registry import bench_frames
 
     kernels = kernels or {"working tree": numba_cpu}
     model = default_model(scale).with_ensemble(1)
     prepared = prepare(model)
-    planes = frames_to_planes(bench_frames(size, 1))
+    planes, _ = to_planes(bench_frames(size, 1))
     P, H, W = planes.shape
     xs = layer_inputs(prepared, planes, mode)
     calls = {name: layer_calls(prepared, planes, mode, mod, xs) for name, mod in kernels.items()}

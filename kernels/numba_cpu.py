@@ -49,14 +49,13 @@ iterations write disjoint rows, so no synchronisation is needed.
 
 from __future__ import annotations
 
-import weakref
-
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic, models, register_model
 
 from iqlut_gpu import ensemble
+from iqlut_gpu.memo import IdentityMemo
 
 # Compile flags in one place: parallel prange, on-disk cache, no Python objects. The band
 # bodies the kernels' prange loops call are compiled with the same flags, less parallel.
@@ -777,22 +776,12 @@ def _need(arr, name, dtype, ndim):
         raise ValueError(f"{name} must be C-contiguous")
 
 
-# Kernel-side tables, memoised per source array (id + weak reference, so a new array that
-# reuses a freed id is never served stale tables).
-_KTABLES: dict = {}
+# Kernel-side tables, derived once per source array and dropped with it.
+_KTABLES = IdentityMemo()
 
 
 def _kernel_tables(arr: np.ndarray, make):
-    key = id(arr)
-    hit = _KTABLES.get(key)
-    if hit is not None and hit[0]() is arr:
-        return hit[1]
-    for k_, (ref, _) in list(_KTABLES.items()):
-        if ref() is None:
-            del _KTABLES[k_]
-    derived = make(arr)
-    _KTABLES[key] = (weakref.ref(arr), derived)
-    return derived
+    return _KTABLES.get(arr, lambda: make(arr))
 
 
 def _spread_rows(slices: int, n: int, row_bytes: int) -> int:
