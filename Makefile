@@ -29,7 +29,7 @@ $(VENV)/.test: $(VENV)/.base
 	$(PIP) install --quiet "$(TORCH)"
 	@# the contrib build replaces the plain one (both install the cv2 package)
 	$(PIP) uninstall --quiet --yes opencv-python-headless 2>/dev/null || true
-	$(PIP) install --quiet -e ".[test,train,video,bench,$(CUDA)]"
+	$(PIP) install --quiet -e ".[test,train,video,bench,cluster,$(CUDA)]"
 	$(PIP) install --quiet --no-deps --target $(NVRTC13) "nvidia-cuda-nvrtc>=13,<14"
 	touch $@
 

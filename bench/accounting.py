@@ -14,11 +14,14 @@ output position.
 - ``cpu_lane_adds``: what the Numba kernels actually execute in their inner loop: one int32
   lane add per output channel, ``taps * Cp`` per pixel, where Cp is ``c_out`` padded to the
   kernels' vector width (interp: each also has one multiply and one more add).
+- ``row_reads``: 8-lane table-row reads (vector steps of the inner loop) the Numba kernels
+  do (``numba_cpu.row_reads``); ``useful_row_reads``: the same counting only the real
+  channels, ``taps * c_out / 8``. ``bench.kernel_floor`` measures cycles per row read.
 """
 
 from __future__ import annotations
 
-from iqlut_gpu.kernels.numba_cpu import VEC
+from iqlut_gpu.kernels.numba_cpu import VEC, row_reads
 from iqlut_gpu.reference import upsample_filter
 
 
@@ -31,7 +34,8 @@ def layer_work(layer, mode: str, scale: int | None = None, upsample: str | None 
     else:
         entries, macs, entry_bytes = taps * c_out, taps * c_out, 2
     w = {"taps": taps, "table_entries": entries, "table_bytes": entries * entry_bytes,
-         "macs": macs, "cpu_lane_adds": taps * lanes}
+         "macs": macs, "cpu_lane_adds": taps * lanes,
+         "row_reads": row_reads(layer.c_in, layer.k, c_out), "useful_row_reads": taps * c_out / VEC}
     if scale is None:
         w["dram_bytes"] = layer.c_in + c_out
     else:

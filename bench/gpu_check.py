@@ -136,7 +136,6 @@ def _time_events(run, stream, kind, repeats, warmup=2):
 
 def bench_child(out_path: Path) -> int:
     sys.path.insert(0, str(ROOT))
-    import numpy as np
 
     from bench import registry
 

@@ -1,10 +1,12 @@
 """A/B of the Numba kernels against another revision's, in one process.
 
-``python -m bench.kernel_ab REV [--scale 4 ...] [--threads N] [--repeats 9]``
+``python -m bench.kernel_ab REV [--scale 4 ...] [--threads N] [--repeats 9] [--size WxH]
+[--ensemble N]``
 
 Loads ``kernels/numba_cpu.py`` as it is at git revision ``REV`` next to the working
 tree's, checks that both give the same bytes on the shipped model of each scale (320x180
-RGB, the bundled photo), then times them in interleaved repeats (A, B, A, B, ...; process
+RGB by default, the bundled photo; the model as shipped, or run as an ``--ensemble N``
+self-ensemble), then times them in interleaved repeats (A, B, A, B, ...; process
 CPU time with one thread, wall time otherwise) and prints the median of each and their
 ratio. Interleaving in one process is what makes a 5-10% change measurable on a shared
 machine, where separate runs minutes apart differ by more than that.
@@ -88,7 +90,13 @@ def main(argv=None) -> int:
     p.add_argument("--mode", nargs="*", default=["expanded", "interp"])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--size", default="320x180", metavar="WxH", help="input frame size")
+    p.add_argument("--ensemble", type=int, default=None,
+                   help="passes to run each model with (default: as shipped)")
     args = p.parse_args(argv)
+    from .model_ab import parse_size
+
+    size = parse_size(args.size)
 
     import numba
 
@@ -98,12 +106,15 @@ def main(argv=None) -> int:
 
     old = load_revision(args.rev)
     clock = time.process_time if args.threads == 1 else time.perf_counter
-    planes = photo_planes()
+    planes = photo_planes(*size)
     print(f"A = {args.rev}, B = working tree; {args.threads} thread(s), {args.repeats} "
-          f"interleaved repeats, 320x180 RGB, {'CPU' if args.threads == 1 else 'wall'} time")
+          f"interleaved repeats, {size[0]}x{size[1]} RGB, "
+          f"{'CPU' if args.threads == 1 else 'wall'} time, ensemble "
+          f"{args.ensemble or 'as shipped'}")
     for scale in args.scale:
         for mode in args.mode:
-            r = compare(old, numba_cpu, default_model(scale), planes, mode, args.repeats, clock)
+            model = default_model(scale).with_ensemble(args.ensemble)
+            r = compare(old, numba_cpu, model, planes, mode, args.repeats, clock)
             print(f"x{scale} {mode:8s} A {r['a_s'] * 1e3:7.2f} ms  B {r['b_s'] * 1e3:7.2f} ms  "
                   f"B is {r['b_speedup']:.3f}x faster", flush=True)
     return 0

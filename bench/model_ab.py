@@ -10,7 +10,7 @@ A, B, ...; the order rotated each repeat), and the median of each and its ratio 
 printed. ``--opencv`` adds OpenCV's bicubic resize of the same frame to every repeat and
 prints each model's time over it, the measure of the benchmark's "at most 60x OpenCV"
 goal (``bench.runner.paired_goal_ratios`` takes it for the shipped model in the full run;
-both time through ``runner.interleaved_rounds``).
+both time through ``timing.interleaved_rounds``).
 
 This is the twin of ``bench.kernel_ab``, which holds the model and changes the kernels: a
 model that costs 5% more than another is only measurable this way on a shared machine.
@@ -51,7 +51,7 @@ def compare(models: dict, planes: np.ndarray, mode: str, repeats: int, clock,
     from iqlut_gpu.backends import prepare
     from iqlut_gpu.kernels import numba_cpu
 
-    from . import runner
+    from . import timing
     from .registry import Run
 
     scales = {m.scale for m in models.values()}
@@ -67,7 +67,7 @@ def compare(models: dict, planes: np.ndarray, mode: str, repeats: int, clock,
         H, W = opencv_frame.shape[:2]
         runs["opencv"] = Run(lambda: cv2.resize(opencv_frame, (W * r, H * r),
                                                 interpolation=cv2.INTER_CUBIC))
-    per_round = runner.interleaved_rounds(runs, repeats, {"opencv": 21}, clock)
+    per_round = timing.interleaved_rounds(runs, repeats, {"opencv": 21}, clock)
     raw = {name: [t[name] for t in per_round] for name in runs}
     first = statistics.median(raw[next(iter(models))])
     out = {"repeats": repeats, "mode": mode, "models": {}}

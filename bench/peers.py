@@ -110,13 +110,13 @@ def contenders(scale: int, peers_dir, log=lambda m: None) -> dict:
 
 def speed(scale: int, peers_dir, rounds: int = 7, log=lambda m: None) -> dict:
     """Interleaved timing of every contender on the goal frame at ``scale``."""
-    from . import registry, runner
+    from . import registry, timing
 
     frame = registry.bench_frames(input_size(scale), 1)[0]
     fns = contenders(scale, peers_dir, log)
     runs = {name: registry.Run(lambda fn=fn: fn(frame)) for name, fn in fns.items()}
     calls = {name: 5 if name == "opencv-bicubic" else 1 for name in runs}
-    per_round = runner.interleaved_rounds(runs, rounds, calls)
+    per_round = timing.interleaved_rounds(runs, rounds, calls)
     res = {"scale": scale, "input": "{}x{}".format(*input_size(scale)), "rounds": rounds,
            "median_ms": {k: round(statistics.median(r[k] for r in per_round) * 1e3, 3)
                          for k in runs}}

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import accounting, machine, registry
+from . import accounting, end_to_end, machine, peers, registry, timing
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -167,37 +167,6 @@ def _goal_case_names() -> dict:
     return names
 
 
-def _median_time(run, n: int, clock=None) -> float:
-    """Median seconds of ``n`` calls of ``run`` (a ``registry.Run``), each synchronised;
-    ``clock``: ``time.perf_counter`` unless given (``time.process_time`` for one thread)."""
-    clock = clock or time.perf_counter
-    ts = []
-    for _ in range(n):
-        t0 = clock()
-        run.run()
-        run.sync()
-        ts.append(clock() - t0)
-    return statistics.median(ts)
-
-
-def interleaved_rounds(runs: dict, rounds: int, calls: dict | None = None, clock=None) -> list:
-    """Each ``registry.Run`` of ``runs`` once (warm-up), then ``rounds`` rounds in which every
-    one runs after the other, in an order rotated from round to round; in each round a run
-    is timed as the median of ``calls[name]`` calls (default 1; more for a call of about a
-    millisecond, where one timing is mostly noise). Returns one {name: seconds} per round,
-    so ratios can be taken within a round, where the machine's load hits both sides alike."""
-    calls = calls or {}
-    for r in runs.values():
-        r.run()
-        r.sync()
-    keys = list(runs)
-    per_round = []
-    for i in range(rounds):
-        order = keys[i % len(keys):] + keys[:i % len(keys)]
-        per_round.append({k: _median_time(runs[k], calls.get(k, 1), clock) for k in order})
-    return per_round
-
-
 def paired_goal_ratios(rounds: int, setup=None, log=lambda m: None) -> dict | None:
     """The goal ratios measured interleaved: in each round every contender (Numba in each
     mode, the PyTorch CPU forward, OpenCV) runs once after the other, in an order rotated
@@ -218,7 +187,7 @@ def paired_goal_ratios(rounds: int, setup=None, log=lambda m: None) -> dict | No
         return None
     calls = {k: 21 if k == "opencv" else (3 if k.startswith("numba") else 1) for k in runs}
     keys = list(runs)
-    per_round = interleaved_rounds(runs, rounds, calls)
+    per_round = timing.interleaved_rounds(runs, rounds, calls)
 
     def stats(vals):
         return {"median": round(statistics.median(vals), 2), "min": round(min(vals), 2),
@@ -386,6 +355,13 @@ def build_parser(prog: str = "python -m bench") -> argparse.ArgumentParser:
     p.add_argument("--no-gpu", action="store_true", help="skip GPU cases without probing")
     p.add_argument("--no-limits", action="store_true", help="skip the machine-limit microbenchmarks")
     p.add_argument("--threads", type=int, help="Numba threads (default: Numba's default)")
+    p.add_argument("--peers", type=Path, default=peers.default_dir(), metavar="DIR",
+                   help="the peer networks' graphs (ESPCN_xN.pb, FSRCNN_xN.pb, FSRCNN-small_xN.pb) "
+                   "timed beside iqlut in interleaved rounds (bench/peers.py; default: the "
+                   "shared copy beside the checkout, if present)")
+    p.add_argument("--no-peers", action="store_true", help="skip the peer rounds")
+    p.add_argument("--no-e2e", action="store_true",
+                   help="skip the end-to-end measure (iqlut upscale of a 1080p photo, x4, to PNG)")
     p.add_argument("--out", type=Path, help="JSON path (default bench/results/<machine>_<quick|full>.json)")
     p.add_argument("--no-plot", action="store_true", help="do not write the PNG plot")
     return p
@@ -453,6 +429,19 @@ def run(args, argv) -> int:
             print(f"paired goal ratios FAILED: {e}", file=sys.stderr)
         if paired is not None:
             goal_summary["paired"] = paired
+    whole_suite = not (args.filter or args.group)
+    peer_runs, e2e = [], None
+    if whole_suite and not args.no_peers and args.rounds > 0:
+        for scale in (4,) if args.quick else registry.SCALES:
+            print(f"peers x{scale}: {args.rounds} interleaved rounds ...", file=sys.stderr, flush=True)
+            peer_runs.append(peers.speed(scale, args.peers, args.rounds,
+                                         log=lambda m: print(m, file=sys.stderr)))
+        goal_summary["peers"] = {f"x{r['scale']}": r.get("goals", {}) for r in peer_runs}
+    if whole_suite and not args.no_e2e and not args.quick:
+        print("end to end: iqlut upscale 1920x1080 x4 to PNG ...", file=sys.stderr, flush=True)
+        e2e = end_to_end.measure(rounds=3, log=lambda m: print(m, file=sys.stderr))
+        goal_summary["end_to_end"] = {"single_over_kernels": e2e["over_kernels"]["single"],
+                                      "goal_at_most_1.5x": e2e["goal_single_at_most_1.5x_kernels"]}
     doc = {
         "kind": "iqlut-bench", "version": 1,
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -464,6 +453,7 @@ def run(args, argv) -> int:
         "goals": goal_summary, "scaling": scaling(results),
         "work_per_model": {f"x{s}/{m}": accounting.model_work(registry.bench_model(s), m)
                            for s in registry.SCALES for m in registry.MODES},
+        "peers": peer_runs, "end_to_end": e2e,
         "results": results,
     }
     tag = machine.machine_tag(info)
@@ -475,6 +465,9 @@ def run(args, argv) -> int:
     print(_table(results))
     print("goals:", json.dumps(doc["goals"], indent=1))
     print("scaling:", json.dumps(doc["scaling"], indent=1))
+    for r in peer_runs:
+        print(f"peers x{r['scale']} ({r['input']} in), median ms: "
+              + ", ".join(f"{k} {v:.1f}" for k, v in r["median_ms"].items()))
     print(f"wrote {path}")
     if not args.no_plot:
         png = path.with_suffix(".png")

@@ -1,7 +1,27 @@
-"""Video pipeline benchmark: which stage bounds `iqlut video` on this machine?
+"""Video pipeline benchmark: which stage bounds `iqlut video` on this machine, and what
+do a video's own planes gain over RGB?
 
     python -m bench.video_pipeline [--frames 30] [--scale 2] [--backend cpu] [--batch 4]
-                                   [--repeats 3] [--compare-io]
+                                   [--ensemble N] [--repeats 3] [--compare-io]
+    python -m bench.video_pipeline --planes-ab [--size 768x576] [--frames 30] [--scale 2]
+                                   [--backend cpu] [--ensemble 1] [--rounds 3] [--preset P]
+
+``--planes-ab`` makes a 4:2:0 H.264 clip (+ AAC) and runs, in interleaved rounds (the
+order of the two paths alternates from round to round), for the YUV path (the clip's own
+planes: Y full size, U and V quarter size) and the RGB path (``--planes rgb``): the
+whole ``upscale_video`` (decode, upscale and encode overlapped, libx264 crf 18 as
+`iqlut video` does), and the kernels alone on the same decoded frames
+(``yuv.upscale_plane_stream`` from memory; the backend calls' time). It reports frames/s
+of each, the YUV/RGB ratio within each round, and the pipeline overhead (end to end over
+kernels alone, minus 1) of each path; medians over rounds. Beside the wall-clock figures:
+the overhead before the encoder's tail (the seconds from the last frame handed over to
+the finished file, when x264 codes the frames of its look-ahead: all of a 30-frame clip)
+and in CPU time (this process and its ffmpeg children; steadier than wall time on a
+shared machine). Goals (issue #22, 2 cores, CPU, one pass): YUV at least 1.8x RGB's
+frames/s end to end; overhead at most 20%. Results go to
+``bench/results/video_planes_<machine>.json``.
+
+The stage mode (the default):
 
 Makes a 720p clip (panned views of the bundled photo, with an AAC tone) and measures
 each stage on its own, then the whole overlapped pipeline:
@@ -85,7 +105,7 @@ def machine_slug(info: dict) -> str:
 
 
 def make_clip(path: Path, frames: int, size=(1280, 720), fps: int = 30) -> None:
-    """A pan across the photo blown up to cover 720p, H.264 + an AAC tone."""
+    """A pan across the photo blown up to cover the frame, H.264 4:2:0 + an AAC tone."""
     from PIL import Image
 
     from iqlut_gpu.video import ffmpeg_exe
@@ -168,6 +188,97 @@ def compare_io(clip: Path, frames_hr: list, fps: int, repeats: int, tmp: Path) -
     return res
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process (all threads) and of its finished children (ffmpeg)."""
+    import resource
+
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + kids.ru_utime + kids.ru_stime
+
+
+def planes_ab(args, tmp: Path, info: dict) -> dict:
+    """The YUV path against the RGB path, and each against its kernels alone (module doc)."""
+    from iqlut_gpu import Upscaler
+    from iqlut_gpu.video import probe, read_video, upscale_video
+    from iqlut_gpu.yuv import source_format, upscale_plane_stream
+
+    w, h = (int(v) for v in args.size.lower().split("x"))
+    clip = tmp / "clip420.mp4"
+    make_clip(clip, args.frames, size=(w, h))
+    vinfo = probe(clip)
+    assert vinfo.pix_fmt == "yuv420p", vinfo
+    up = Upscaler(args.scale, backend=args.backend, ensemble=args.ensemble)
+    paths = ("yuv", "rgb")
+    decoded = {p: [f.planes for f in read_video(clip, vinfo, source_format(vinfo.pix_fmt, p))]
+               for p in paths}
+    assert all(len(v) == args.frames for v in decoded.values())
+    list(upscale_plane_stream(up, decoded["yuv"][:1], 1))  # warm up: compile, tables
+    print(f"planes A/B: {w}x{h} 4:2:0 H.264, {args.frames} frames, x{args.scale}, backend "
+          f"{up.backend}, ensemble {up.model.ensemble}, batch {args.batch}, {args.rounds} rounds",
+          file=sys.stderr)
+    rounds = []
+    for r in range(args.rounds):
+        rec = {}
+        for p in (paths if r % 2 == 0 else paths[::-1]):
+            st = {}
+            c0 = cpu_seconds()
+            t0 = time.perf_counter()
+            n = sum(1 for _ in upscale_plane_stream(up, decoded[p], args.batch, st))
+            wall = time.perf_counter() - t0
+            cpu_kernels = cpu_seconds() - c0
+            assert n == args.frames
+            c0 = cpu_seconds()
+            s = upscale_video(clip, tmp / f"out_{p}.mp4", upscaler=up, batch=args.batch,
+                              planes=p, overwrite=True, preset=args.preset)
+            cpu_e2e = cpu_seconds() - c0
+            assert s.frames == args.frames and s.planes == ("yuv420p" if p == "yuv" else "rgb24")
+            rec[p] = {"end_to_end_seconds": s.seconds, "end_to_end_fps": s.fps,
+                      "kernels_seconds": st["kernels"], "kernels_fps": n / st["kernels"],
+                      "upscale_stage_seconds": wall,
+                      "overhead": s.seconds / st["kernels"] - 1,
+                      "cpu_seconds_end_to_end": cpu_e2e, "cpu_seconds_kernels_alone": cpu_kernels,
+                      "cpu_overhead": cpu_e2e / cpu_kernels - 1,
+                      "encode_tail_seconds": s.encode_tail,
+                      "overhead_before_encode_tail":
+                          (s.seconds - s.encode_tail) / st["kernels"] - 1,
+                      "busy_seconds_per_stage": s.stages}
+            print(f"  round {r + 1} {p}: end to end {s.fps:.3f} frames/s, kernels alone "
+                  f"{n / st['kernels']:.3f} frames/s, overhead {rec[p]['overhead']:+.1%} "
+                  f"(before the encoder's tail of {s.encode_tail:.1f} s "
+                  f"{rec[p]['overhead_before_encode_tail']:+.1%}; in CPU time "
+                  f"{rec[p]['cpu_overhead']:+.1%})", file=sys.stderr)
+        rec["yuv_over_rgb_end_to_end"] = rec["yuv"]["end_to_end_fps"] / rec["rgb"]["end_to_end_fps"]
+        rec["yuv_over_rgb_kernels"] = rec["yuv"]["kernels_fps"] / rec["rgb"]["kernels_fps"]
+        # CPU seconds per frame, RGB over YUV: what the fps ratio is on a machine of its own
+        rec["yuv_over_rgb_cpu_time"] = (rec["rgb"]["cpu_seconds_end_to_end"]
+                                         / rec["yuv"]["cpu_seconds_end_to_end"])
+        rounds.append(rec)
+
+    def med(key, path=None):
+        return statistics.median(x[path][key] if path else x[key] for x in rounds)
+
+    summary_ = {
+        "yuv_over_rgb_end_to_end": med("yuv_over_rgb_end_to_end"),
+        "yuv_over_rgb_kernels": med("yuv_over_rgb_kernels"),
+        "yuv_over_rgb_cpu_time": med("yuv_over_rgb_cpu_time"),
+        **{f"{p}_{k}": med(k, p) for p in paths
+           for k in ("end_to_end_fps", "kernels_fps", "overhead", "cpu_overhead",
+                     "overhead_before_encode_tail", "encode_tail_seconds")},
+    }
+    summary_["goal_yuv_at_least_1.8x_rgb"] = summary_["yuv_over_rgb_end_to_end"] >= 1.8
+    summary_["goal_overhead_at_most_20%"] = max(summary_["yuv_overhead"],
+                                                summary_["rgb_overhead"]) <= 0.20
+    with_load = getattr(os, "getloadavg", None)
+    return {"benchmark": "video_planes", "machine": info, "backend": up.backend,
+            "scale": args.scale, "ensemble": up.model.ensemble, "batch": args.batch,
+            "input": f"{w}x{h} H.264 yuv420p 30 fps + AAC", "frames": args.frames,
+            "encoder": "libx264 crf 18, preset " + (args.preset or "medium (the default)"),
+            "model": f"shipped default x{args.scale}, {up.model.ensemble} pass(es)",
+            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "load_average_at_end": [round(x, 2) for x in with_load()] if with_load else None,
+            "summary": summary_, "rounds": rounds}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--frames", type=int, default=30)
@@ -181,8 +292,33 @@ def main(argv=None) -> int:
     ap.add_argument("--io-only", action="store_true",
                     help="decode and encode only (the encoder gets pixel-doubled frames), with "
                     "--compare-io: the three readers and writers in one time window")
+    ap.add_argument("--ensemble", type=int, default=None,
+                    help="passes of the model (default: the model's own)")
+    ap.add_argument("--planes-ab", action="store_true",
+                    help="the YUV path against the RGB path, and the pipeline overhead")
+    ap.add_argument("--size", default="768x576", help="clip size for --planes-ab")
+    ap.add_argument("--preset", default=None, help="libx264 preset for --planes-ab (default: "
+                    "the encoder's, medium)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds for --planes-ab")
     ap.add_argument("--out", type=Path, default=None, help="result JSON (default: bench/results/)")
     args = ap.parse_args(argv)
+
+    if args.planes_ab:
+        info = machine()
+        with tempfile.TemporaryDirectory(prefix="iqlut-bench-") as tmpdir:
+            result = planes_ab(args, Path(tmpdir), info)
+        sm = result["summary"]
+        print(f"YUV/RGB end to end {sm['yuv_over_rgb_end_to_end']:.2f}x (kernels "
+              f"{sm['yuv_over_rgb_kernels']:.2f}x, CPU time per frame "
+              f"{sm['yuv_over_rgb_cpu_time']:.2f}x); overhead yuv {sm['yuv_overhead']:+.1%}, "
+              f"rgb {sm['rgb_overhead']:+.1%}; in CPU time yuv {sm['yuv_cpu_overhead']:+.1%}, "
+              f"rgb {sm['rgb_cpu_overhead']:+.1%} (medians of {args.rounds} rounds)",
+              file=sys.stderr)
+        out = args.out or RESULTS / f"video_planes_{machine_slug(info)}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {out}", file=sys.stderr)
+        return 0
 
     from iqlut_gpu import default_model, upscale_frames
     from iqlut_gpu.backends import resolve
@@ -218,12 +354,13 @@ def main(argv=None) -> int:
             upscaled = [np.ascontiguousarray(f.repeat(r, 0).repeat(r, 1)) for f in decoded]
         else:
             # warm up (compilation, device tables) on one frame, then time the upscale stage
-            list(upscale_frames(decoded[:1], args.scale, model=model, backend=backend, batch=1))
+            list(upscale_frames(decoded[:1], args.scale, model=model, backend=backend, batch=1,
+                                ensemble=args.ensemble))
         for _ in range(0 if args.io_only else args.kernel_repeats):
             st = {}
             t0 = time.perf_counter()
             upscaled = list(upscale_frames(decoded, args.scale, model=model, backend=backend,
-                                           batch=args.batch, stats=st))
+                                           batch=args.batch, stats=st, ensemble=args.ensemble))
             st["total"] = time.perf_counter() - t0
             runs.append(st)
         if runs:
@@ -245,7 +382,7 @@ def main(argv=None) -> int:
         e2e = []
         for _ in range(0 if args.io_only else args.kernel_repeats):
             st = upscale_video(clip, tmp / "out.mp4", args.scale, model=model, backend=backend,
-                               batch=args.batch, overwrite=True)
+                               batch=args.batch, overwrite=True, ensemble=args.ensemble)
             e2e.append(st)
         if e2e:
             result["end_to_end"] = summary(args.frames, [s.seconds for s in e2e])

@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .io import IMAGE_SUFFIXES, ImageError
+from .io import IMAGE_SUFFIXES
 
 MAX_DEPTH = 3  # how far down a folder of data sets is searched
 
@@ -261,23 +261,15 @@ def unique_names(datasets: list[Dataset]) -> list[Dataset]:
 def image_size(path: Path) -> tuple[int, int]:
     """(height, width) of an image file as ``iqlut_gpu.io.read_image`` returns it (EXIF
     orientation applied), from the header only. Raises ImageError."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    try:
-        with Image.open(path) as img:
-            w, h = img.size
-            if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # transposed orientations
-                w, h = h, w
-            return h, w
-    except FileNotFoundError:
-        raise ImageError(f"{path}: no such file") from None
-    except PermissionError:
-        raise ImageError(f"{path}: permission denied") from None
-    except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image (or an unsupported format)") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ImageError(f"{path}: cannot read image ({msg})") from None
+    from .io import image_errors
+
+    with image_errors(path, "read"), Image.open(path) as img:
+        w, h = img.size
+        if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # transposed orientations
+            w, h = h, w
+        return h, w
 
 
 def min_side(scale: int) -> int:

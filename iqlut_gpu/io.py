@@ -12,14 +12,23 @@ Reading decides what is converted and what is refused (README, "Input images"):
   (decompression bombs).
 
 Every write goes to a temporary file in the destination folder and is renamed into
-place, so no half-written output ever appears under the final name.
+place, so no half-written output ever appears under the final name. The temporary name is
+hidden and says whose it is (``.out.png.XXXX.iqlut-HOST-PID.part.png``): a process killed
+before its rename (SIGKILL, a lost machine) leaves one behind, and the first write of a later
+process into that folder removes it once no process PID runs on HOST any more
+(``remove_stale_parts``); temporaries of other hosts, of live processes and of other tools
+are left alone.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
+import socket
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -36,17 +45,79 @@ class ImageError(ValueError):
     """An input image cannot be read or an output cannot be written; one line says why."""
 
 
+# A hidden temporary of ours: ".NAME.RANDOM.iqlut-HOST-PID.part[.EXT]" (a file of
+# atomic_path, or a folder of iqlut_gpu.cluster's segmented video).
+_PART = re.compile(r"^\..+\.iqlut-(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)\.part(\.[A-Za-z0-9_]+)?$")
+_swept: set = set()  # folders this process has already cleared of stale temporaries
+_swept_lock = threading.Lock()
+
+
+def _host() -> str:
+    """This machine's name as it appears in temporary names (letters, digits, '-', '_')."""
+    return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:40] or "localhost"
+
+
+def part_marker() -> str:
+    """What names a temporary file as this process's: ``.iqlut-HOST-PID`` (before ``.part``)."""
+    return f".iqlut-{_host()}-{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it runs, as another user
+        return True
+    return True
+
+
+def remove_stale_parts(folder) -> list[Path]:
+    """Remove the hidden temporaries of ``folder`` that a process of this host left when it
+    died (its PID no longer runs); return what was removed. Temporaries of other hosts, of
+    live processes and names of other tools are left alone; errors are ignored."""
+    removed, host = [], _host()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _PART.match(entry.name)
+        if not m or m["host"] != host or _pid_alive(int(m["pid"])):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+            removed.append(Path(entry.path))
+    return removed
+
+
+def _sweep_once(folder: Path) -> None:
+    """``remove_stale_parts(folder)`` the first time this process writes into it."""
+    key = (os.getpid(), os.path.abspath(folder))
+    with _swept_lock:
+        if key in _swept:
+            return
+        _swept.add(key)
+    remove_stale_parts(folder)
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path):
     """Yield a temporary path beside ``path``; on success rename it to ``path``.
 
-    The temporary name keeps the suffix (``.out.png.XXXX.part.png``) so tools that pick
-    a format from the name still work. On any exception (KeyboardInterrupt included) the
-    temporary file is removed and the destination is untouched.
+    The temporary name is hidden, names its owner and keeps the suffix
+    (``.out.png.XXXX.iqlut-HOST-PID.part.png``) so tools that pick a format from the name
+    still work. On any exception (KeyboardInterrupt included) the temporary file is removed
+    and the destination is untouched; the first call for a folder also removes the stale
+    temporaries that dead processes of this host left there (``remove_stale_parts``).
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + path.suffix,
-                               dir=path.parent)
+    _sweep_once(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.",
+                               suffix=f"{part_marker()}.part{path.suffix}", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -87,25 +158,14 @@ def _to_uint8(img) -> np.ndarray:
                      "palette, RGB, RGBA, CMYK)")
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as uint8 (H,W), (H,W,3) or (H,W,4). Raises ImageError."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+@contextlib.contextmanager
+def image_errors(path: Path, doing: str = "decode"):
+    """Pillow's and the OS's errors while opening or decoding ``path``, as one-line
+    ImageErrors (``read_image``; ``datasets.image_size`` reads headers with it)."""
+    from PIL import Image, UnidentifiedImageError
 
-    path = Path(path)
-    if path.is_dir():
-        raise ImageError(f"{path}: is a directory")
     try:
-        with warnings.catch_warnings():
-            # Our own limit (checked below, before decoding) replaces Pillow's warning;
-            # Pillow still raises DecompressionBombError beyond twice its own limit.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                w, h = img.size
-                if w * h > MAX_PIXELS:
-                    raise ImageError(f"{path}: {w}x{h} is larger than the {MAX_PIXELS} pixel limit")
-                img = ImageOps.exif_transpose(img)
-                img.load()
-                return _to_uint8(img)
+        yield
     except ImageError:
         raise
     except FileNotFoundError:
@@ -118,7 +178,28 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise ImageError(f"{path}: declared size is too large (decompression bomb?)") from None
     except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt data
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ImageError(f"{path}: cannot decode image ({msg})") from None
+        raise ImageError(f"{path}: cannot {doing} image ({msg})") from None
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as uint8 (H,W), (H,W,3) or (H,W,4). Raises ImageError."""
+    from PIL import Image, ImageOps
+
+    path = Path(path)
+    if path.is_dir():
+        raise ImageError(f"{path}: is a directory")
+    with image_errors(path):
+        with warnings.catch_warnings():
+            # Our own limit (checked below, before decoding) replaces Pillow's warning;
+            # Pillow still raises DecompressionBombError beyond twice its own limit.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                w, h = img.size
+                if w * h > MAX_PIXELS:
+                    raise ImageError(f"{path}: {w}x{h} is larger than the {MAX_PIXELS} pixel limit")
+                img = ImageOps.exif_transpose(img)
+                img.load()
+                return _to_uint8(img)
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray, png_level: int | None = None) -> None:

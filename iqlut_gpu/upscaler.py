@@ -97,9 +97,9 @@ class Upscaler:
         self.backend = backends.resolve(backend)
         self.mode = backends.concrete_mode(self.backend, mode)
         self.tile = _check_tile(tile)
-        self._chroma = None
+        self.chroma = None  # luma mode: the Upscaler of the chroma (and alpha) planes
         if self.color == "luma":  # Cb, Cr and alpha: the fixed bicubic base, same backend
-            self._chroma = Upscaler(model=color_mod.bicubic_model(self.scale),
+            self.chroma = Upscaler(model=color_mod.bicubic_model(self.scale),
                                     backend=self.backend, mode=self.mode, tile=self.tile)
 
     @property
@@ -153,11 +153,11 @@ class Upscaler:
         """``run_planes`` for the planes of images in ``layout`` (``planes.to_planes``): in
         luma mode the planes of RGB(A) frames are converted to YCbCr, Y goes through the
         model and the rest through the bicubic base, and the result converted back."""
-        if self._chroma is None or layout.channels not in (3, 4):
+        if self.chroma is None or layout.channels not in (3, 4):
             return self.run_planes(planes)
         conv = _color_kernels()
         y, rest = conv.split_planes(planes, layout.channels)
-        return conv.join_planes(self.run_planes(y), self._chroma.run_planes(rest),
+        return conv.join_planes(self.run_planes(y), self.chroma.run_planes(rest),
                                 layout.channels)
 
     def frames(self, frames: Iterable[np.ndarray], batch: int | None = None,

@@ -17,6 +17,18 @@ def fresh_backend_probes():
     backends.reset()
 
 
+@pytest.fixture
+def cupy(monkeypatch):
+    """The CuPy stand-in (tests/cuda_emu/fake_cupy.py) as ``import cupy``, with fresh state;
+    IQLUT_BACKEND unset."""
+    from cuda_emu import fake_cupy
+    from iqlut_gpu import backends
+
+    fake_cupy.install(monkeypatch)
+    monkeypatch.delenv(backends.ENV_VAR, raising=False)
+    return fake_cupy
+
+
 def pytest_report_header(config):
     return f"iqlut random cases: IQLUT_TEST_SEED={cases.SESSION_SEED} (set it to reproduce)"
 

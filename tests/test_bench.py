@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench import registry, runner  # noqa: E402
+from bench import registry, runner, timing  # noqa: E402
 from iqlut_gpu.planes import to_planes  # noqa: E402
 
 
@@ -119,14 +119,14 @@ def test_paired_goal_ratios_are_taken_within_rounds(monkeypatch):
 
         return registry.Run(run)
 
-    real_median = runner._median_time
+    real_median = timing.median_time
 
     def median_time(run, n, clock=None):
         first_in_round.append(n)
         return real_median(run, n, clock)
 
-    monkeypatch.setattr(runner.time, "perf_counter", lambda: clock["t"])
-    monkeypatch.setattr(runner, "_median_time", median_time)
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock["t"])
+    monkeypatch.setattr(timing, "median_time", median_time)
     out = runner.paired_goal_ratios(3, setup=fake_setup)
     g = out["expanded"]
     assert g["speedup_vs_torch_cpu"]["median"] == pytest.approx(20.0)
@@ -202,6 +202,22 @@ def test_kernel_ab_checks_bytes_and_times_both():
         kernel_ab.load_revision("no-such-revision-xyz")
 
 
+def test_kernel_floor_measures_every_layer():
+    from bench import kernel_floor
+
+    if not kernel_floor._has_avx2():
+        pytest.skip("the floor loops are x86-64 AVX2 assembly")
+    floor = kernel_floor.Floor(n=1000)
+    res = kernel_floor.measure(4, "expanded", (24, 16), 1, floor)
+    fl = res["floor"]
+    assert fl["clock_ghz"] > 0.3 and 0 < fl["reg_cycles"] < 50 and 0 < fl["mem_cycles"] < 50
+    kres = res["kernels"]["working tree"]
+    assert [row["layer"] for row in kres["layers"]] == [0, 1, 2, 3, 4]
+    for row in kres["layers"]:
+        assert row["row_reads_per_px"] >= row["useful_per_px"] > 0 and row["cycles_per_read"] > 0
+    assert kres["total"]["row_reads_per_px"] == sum(r["row_reads_per_px"] for r in kres["layers"])
+
+
 def test_model_check_holds_for_a_self_ensemble():
     """The benchmark's correctness check runs the reference as the model runs (all passes)."""
     from iqlut_gpu import backends
@@ -215,7 +231,8 @@ def test_model_check_holds_for_a_self_ensemble():
 
 
 def test_interleaved_rounds_rotate_the_order():
-    """``runner.interleaved_rounds``, which ``bench.model_ab`` and the goal ratios time with."""
+    """``timing.interleaved_rounds``, which ``bench.model_ab``, the peers and the goal ratios
+    time with."""
     log, now = [], [0.0]
     cost = {"a": 3.0, "b": 5.0, "cv": 0.5}
 
@@ -228,7 +245,7 @@ def test_interleaved_rounds_rotate_the_order():
             now[0] += cost[name]
         return registry.Run(run)
 
-    per_round = runner.interleaved_rounds({n: make(n) for n in cost}, 3, {"cv": 4}, clock)
+    per_round = timing.interleaved_rounds({n: make(n) for n in cost}, 3, {"cv": 4}, clock)
     assert log[:3] == ["a", "b", "cv"]  # warm-up, once each
     rounds = log[3:]
     assert rounds == ["a", "b"] + ["cv"] * 4 + ["b"] + ["cv"] * 4 + ["a"] + ["cv"] * 4 + ["a", "b"]
@@ -240,7 +257,7 @@ def test_model_ab_ratios_are_taken_within_rounds(monkeypatch):
     from iqlut_gpu import default_model
 
     raw = {"A": [1.0, 2.0, 4.0], "B": [1.5, 2.2, 6.0], "opencv": [0.1, 0.1, 0.2]}
-    monkeypatch.setattr(runner, "interleaved_rounds", lambda runs, rounds, calls, clock:
+    monkeypatch.setattr(timing, "interleaved_rounds", lambda runs, rounds, calls, clock:
                         [{k: v[i] for k, v in raw.items()} for i in range(rounds)])
     planes = to_planes(registry.bench_frames((16, 12), 1))[0]
     r = model_ab.compare({"A": default_model(2), "B": default_model(2)}, planes, "expanded", 3,
@@ -304,7 +321,8 @@ def test_end_to_end_measures_the_cli_beside_the_kernels():
     from bench import end_to_end
 
     res = end_to_end.measure(size=(24, 16), scale=2, folder=2, rounds=1)
-    assert set(res["median_s"]) == {"kernels", "single", "folder"}
+    assert set(res["median_s"]) == {"kernels", "single", "startup", "folder"}
     assert all(v > 0 for v in res["median_s"].values())
     assert set(res["over_kernels"]) == {"single", "folder"}
+    assert isinstance(res["work_over_kernels"], float)
     assert isinstance(res["goal_single_at_most_1.5x_kernels"], bool)

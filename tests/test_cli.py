@@ -203,7 +203,7 @@ def test_upscale_waits_for_the_reader_by_polling():
     import threading
     from concurrent.futures import Future
 
-    from iqlut_gpu.cli.upscale_cmd import _result
+    from iqlut_gpu.files import wait as _result
 
     f = Future()
     threading.Timer(0.05, f.set_result, ("batch",)).start()

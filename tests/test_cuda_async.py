@@ -21,23 +21,13 @@ import pytest
 
 import cases
 from cuda_emu import fake_cupy, harness
-from iqlut_gpu import Upscaler, backends, default_model, upscale
+from iqlut_gpu import Upscaler, backends, upscale
 from iqlut_gpu.backends import Prepared
 from iqlut_gpu.frames import StreamRunner, SyncRunner, generate
 from iqlut_gpu.kernels import cuda_backend, cuda_stream
 
-pytestmark = [
-    pytest.mark.cuda_emulated,
-    pytest.mark.skipif(harness.find_compiler() is None,
-                       reason="no C++ compiler (g++/c++/clang++ or $CXX) to build the emulation"),
-]
+pytestmark = harness.pytest_marks()
 
-
-@pytest.fixture
-def cupy(monkeypatch):
-    fake = fake_cupy.install(monkeypatch)
-    monkeypatch.delenv(backends.ENV_VAR, raising=False)
-    return fake
 
 
 @pytest.fixture(scope="module")

@@ -19,11 +19,7 @@ from iqlut_gpu.backends import Prepared
 from iqlut_gpu.kernels import cuda_plan
 from iqlut_gpu.model import UPSAMPLES
 
-pytestmark = [
-    pytest.mark.cuda_emulated,
-    pytest.mark.skipif(harness.find_compiler() is None,
-                       reason="no C++ compiler (g++/c++/clang++ or $CXX) to build the emulation"),
-]
+pytestmark = harness.pytest_marks()
 
 MODES = ("interp", "expanded")
 # (block, max_blocks, shared_limit): odd tiles with a grid-stride loop, a single thread,

@@ -11,24 +11,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cuda_emu import fake_cupy, harness
+from cuda_emu import harness
 from cuda_emu.cuda_cases import CudaBuffer, group
 from iqlut_gpu import backends, reference, upscale
 from iqlut_gpu.backends import Prepared
 from iqlut_gpu.kernels import cuda_backend
 
-pytestmark = [
-    pytest.mark.cuda_emulated,
-    pytest.mark.skipif(harness.find_compiler() is None,
-                       reason="no C++ compiler (g++/c++/clang++ or $CXX) to build the emulation"),
-]
+pytestmark = harness.pytest_marks()
 
-
-@pytest.fixture
-def cupy(monkeypatch):
-    fake_cupy.install(monkeypatch)
-    monkeypatch.delenv(backends.ENV_VAR, raising=False)
-    return fake_cupy
 
 
 def test_probe_and_selection_with_a_device(cupy):

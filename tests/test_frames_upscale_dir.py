@@ -71,22 +71,23 @@ def test_batches_follow_count_and_pixel_budget(tmp_path, monkeypatch, capsys):
     """Same-size files go to the backend together; the pixel budget caps both the
     read-ahead and the frames per backend call."""
     from iqlut_gpu import Upscaler
-    from iqlut_gpu.cli import main, upscale_cmd
+    from iqlut_gpu import files
+    from iqlut_gpu.cli import main
 
     src = tmp_path / "in"
     src.mkdir()
     for i in range(7):
         crop((4 * i, 0, 4 * i + 10, 10)).save(src / f"{i}.png")  # 100 pixels each
     calls, reads = [], []
-    real_run, real_read = Upscaler.run_planes, upscale_cmd._read_batch
+    real_run, real_read = Upscaler.run_planes, files.read_batch
     monkeypatch.setattr(Upscaler, "run_planes", lambda self, planes: calls.append(len(planes) // 3)
                         or real_run(self, planes))
-    monkeypatch.setattr(upscale_cmd, "_read_batch", lambda *a: reads.append(real_read(*a)) or reads[-1])
+    monkeypatch.setattr(files, "read_batch", lambda *a: reads.append(real_read(*a)) or reads[-1])
     assert main(["upscale", str(src), "-o", str(tmp_path / "a"), "--scale", "2", "--backend",
                  "reference", "--batch", "3", "--quiet"]) == 0
     assert calls == [3, 3, 1] and [len(r) for r in reads] == [3, 3, 1, 0]
     calls.clear(), reads.clear()
-    monkeypatch.setattr(upscale_cmd, "BATCH_PIXELS", 250)
+    monkeypatch.setattr(files, "BATCH_PIXELS", 250)
     assert main(["upscale", str(src), "-o", str(tmp_path / "b"), "--scale", "2", "--backend",
                  "reference", "--batch", "5", "--quiet"]) == 0
     assert calls == [2, 2, 2, 1] and [len(r) for r in reads] == [3, 3, 1, 0]

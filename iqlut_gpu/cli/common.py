@@ -1,6 +1,8 @@
-"""Arguments shared by several subcommands."""
+"""What several subcommands share: arguments, the Upscaler they name, the file report."""
 
 from __future__ import annotations
+
+import sys
 
 from ..backends import BACKENDS
 from ..color import COLORS
@@ -55,3 +57,48 @@ def upscaler_from_args(args, model=None):
     return Upscaler(model=model if model is not None else model_from_args(args),
                     backend=args.backend, mode=args.mode, ensemble=getattr(args, "ensemble", None),
                     color=getattr(args, "color", "rgb"))
+
+
+class FileReport:
+    """What ``iqlut upscale`` prints about its files, in-process or on a cluster: a progress
+    bar (several files), each failure on one line, each output on one line (a single file),
+    and a summary. ``where``: the backend (and workers) for those lines."""
+
+    def __init__(self, args, total: int, scale: int):
+        self.args, self.total, self.scale = args, total, scale
+        self.failed = self.written = self.skipped = 0
+        self.bar = None
+        if not args.quiet and total > 1:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="img", file=sys.stderr)
+
+    def __call__(self, result, where: str) -> None:
+        if result.error is not None:
+            self.failed += 1
+            msg = f"iqlut upscale: error: {result.error}"
+            (self.bar.write(msg, file=sys.stderr) if self.bar else print(msg, file=sys.stderr))
+        elif result.skipped:
+            self.skipped += 1
+        else:
+            self.written += 1
+            if not self.args.quiet and self.bar is None:
+                (w, h), (W, H) = result.in_size, result.out_size
+                print(f"{result.dst}: {w}x{h} -> {W}x{H} (x{self.scale}, {where}, "
+                      f"{result.seconds * 1000:.1f} ms)")
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def abandon(self) -> None:
+        """The run stopped (an error of the upscaler, Ctrl-C): the bar goes, no summary."""
+        if self.bar is not None:
+            self.bar.close()
+
+    def close(self, where: str) -> int:
+        if self.bar is not None:
+            self.bar.close()
+        if not self.args.quiet and self.total > 1:
+            skipped = f", {self.skipped} skipped (already there)" if self.skipped else ""
+            print(f"{self.written} of {self.total} images written to {self.args.output}"
+                  f"{skipped} ({where})", file=sys.stderr)
+        return 1 if self.failed else 0

@@ -198,3 +198,13 @@ def run_planes(executor, prepared, planes, mode, alloc=None):
     planes = np.ascontiguousarray(planes, dtype=np.uint8)
     alloc = alloc or (lambda shape, dtype: np.empty(shape, dtype))
     return cuda_plan.run_model(executor, prepared, planes, mode, tables, alloc)
+
+
+def pytest_marks():
+    """The marks of a module of emulated CUDA tests: ``cuda_emulated``, skipped (with the
+    reason) where there is no C++ compiler to build the emulation."""
+    import pytest
+
+    return [pytest.mark.cuda_emulated,
+            pytest.mark.skipif(find_compiler() is None,
+                               reason="no C++ compiler (g++/c++/clang++ or $CXX) to build the emulation")]

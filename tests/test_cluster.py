@@ -1,0 +1,627 @@
+"""iqlut_gpu.cluster and `--cluster`: folders and videos on Dask workers, and the faults.
+
+One ``distributed.LocalCluster`` (2 worker processes, 1 thread each, as ``--cluster local:2``
+starts it) serves the whole module. The workers run the Numba CPU backend (bit-identical to
+the reference, checked elsewhere); the module first runs it here so the kernels' on-disk
+cache is warm before the workers load them. Faults are real: worker processes are killed
+with SIGKILL, a scheduler process is killed mid-job, an ``iqlut`` process is killed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+distributed = pytest.importorskip("distributed")
+imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
+
+from iqlut_gpu import cluster, upscale  # noqa: E402
+from iqlut_gpu.io import part_marker, read_image, remove_stale_parts, write_image  # noqa: E402
+
+PHOTO = Path(__file__).parent.parent / "iqlut_gpu" / "data" / "astronaut_256.png"
+BACKEND = "cpu"
+
+
+def photo():
+    return np.asarray(Image.open(PHOTO).convert("RGB"))
+
+
+def make_photos(folder: Path, n: int, sizes=((48, 64), (40, 56))) -> dict:
+    """n crops of the photo (two sizes, so batches mix shapes); returns name -> image."""
+    folder.mkdir(parents=True, exist_ok=True)
+    p, out = photo(), {}
+    for i in range(n):
+        h, w = sizes[i % len(sizes)]
+        img = np.ascontiguousarray(p[5 * i:5 * i + h, 7 * i:7 * i + w])
+        write_image(folder / f"{i:02d}.png", img)
+        out[f"{i:02d}.png"] = img
+    return out
+
+
+def expected(images: dict) -> dict:
+    return {name: upscale(img, 2, backend=BACKEND) for name, img in images.items()}
+
+
+def assert_outputs(out: Path, want: dict):
+    for name, img in want.items():
+        got = read_image(out / name)
+        assert np.array_equal(got, img), name
+
+
+def hidden(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def this_host() -> str:
+    marker = part_marker()  # ".iqlut-HOST-PID"
+    return marker[len(".iqlut-"):marker.rindex("-")]
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.fixture(scope="module")
+def client():
+    upscale(photo()[:16, :16], 2, backend=BACKEND)  # the kernel cache, before the workers
+    with cluster.connect("local:2", quiet=True) as c:
+        yield c
+
+
+def worker_pids(client) -> dict:
+    return client.run(os.getpid)
+
+
+def kill_a_busy_worker(client) -> int:
+    """SIGKILL a worker process that is running a task now; its pid."""
+    pids = worker_pids(client)
+    for _ in range(400):
+        busy = [w for w, keys in client.processing().items() if keys and w in pids]
+        if busy:
+            os.kill(pids[busy[0]], signal.SIGKILL)
+            return pids[busy[0]]
+        time.sleep(0.005)
+    raise AssertionError("no worker was busy")
+
+
+# --------------------------------------------------------------------------- SPEC
+
+
+def test_spec_parsing_and_local_cluster_options():
+    assert cluster.parse_spec("local") == cluster.ClusterSpec("local")
+    assert cluster.parse_spec("local:3") == cluster.ClusterSpec("local", 3)
+    assert cluster.parse_spec("cuda") == cluster.ClusterSpec("cuda")
+    assert cluster.parse_spec("cuda:2") == cluster.ClusterSpec("cuda", 2)
+    for addr in ("tcp://10.0.0.5:8786", "tls://sched.example.org:8786", "host:8786"):
+        assert cluster.parse_spec(addr) == cluster.ClusterSpec("address", address=addr)
+    for bad in ("local:0", "local:x", "cuda:", "bogus", "", "tcp://"):
+        with pytest.raises(ValueError, match="--cluster"):
+            cluster.parse_spec(bad)
+    cores = cluster._cores()
+    kw = cluster.local_cluster_kwargs(2)
+    assert (kw["n_workers"], kw["threads_per_worker"], kw["processes"]) == (2, 1, True)
+    assert kw["env"] == {"NUMBA_NUM_THREADS": str(max(1, cores // 2))}
+    assert cluster.local_cluster_kwargs()["n_workers"] == cores  # one worker per core
+    assert cluster.local_cluster_kwargs(4 * cores)["env"]["NUMBA_NUM_THREADS"] == "1"
+
+
+def test_the_module_cluster_is_two_processes_of_one_thread(client):
+    nthreads = client.nthreads()
+    assert sorted(nthreads.values()) == [1, 1]
+    pids = set(worker_pids(client).values())
+    assert len(pids) == 2 and os.getpid() not in pids
+    assert set(client.run(lambda: os.environ.get("NUMBA_NUM_THREADS")).values()) \
+        == {str(max(1, cluster._cores() // 2))}
+
+
+class FakeCUDACluster:
+    made: list = []
+
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+        FakeCUDACluster.made.append(kwargs)
+
+
+def test_cuda_spec_asks_dask_cuda_for_one_worker_per_gpu(monkeypatch):
+    """Without a GPU: how `cuda` builds its cluster, with dask_cuda replaced by a recorder."""
+    import inspect
+    import types
+
+    fake = types.ModuleType("dask_cuda")
+    fake.LocalCUDACluster = FakeCUDACluster
+    monkeypatch.setitem(sys.modules, "dask_cuda", fake)
+    FakeCUDACluster.made.clear()
+    one_per_gpu = cluster.start_cluster("cuda")
+    first_two = cluster.start_cluster(cluster.parse_spec("cuda:2"))
+    assert one_per_gpu.kwargs["threads_per_worker"] == 1
+    assert "n_workers" not in one_per_gpu.kwargs  # dask-cuda: one per CUDA_VISIBLE_DEVICES
+    assert "CUDA_VISIBLE_DEVICES" not in one_per_gpu.kwargs
+    assert "env" not in one_per_gpu.kwargs  # dask-cuda sets each worker's own device list
+    assert one_per_gpu.kwargs["dashboard_address"] is None
+    assert first_two.kwargs["n_workers"] == 2
+    # every option is one LocalCUDACluster takes (it hands the rest to LocalCluster)
+    known = set(inspect.signature(distributed.LocalCluster).parameters)
+    try:
+        import importlib
+
+        monkeypatch.delitem(sys.modules, "dask_cuda")
+        real = importlib.import_module("dask_cuda").LocalCUDACluster
+        known |= set(inspect.signature(real).parameters)
+    except Exception:  # dask-cuda needs CUDA bindings; LocalCluster's names must do
+        known |= {"n_workers", "threads_per_worker"}
+    assert set(first_two.kwargs) <= known, set(first_two.kwargs) - known
+
+
+def test_cuda_spec_without_dask_cuda_is_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "dask_cuda", None)
+    with pytest.raises(cluster.ClusterError, match=r"needs dask-cuda.*cluster-cuda12"):
+        cluster.start_cluster("cuda")
+
+
+@pytest.mark.gpu
+def test_cuda_cluster_on_a_gpu(tmp_path):
+    from iqlut_gpu.kernels import cuda_backend
+
+    reason = cuda_backend.probe()
+    if reason is not None:
+        pytest.skip(f"no usable CUDA device: {reason}")
+    pytest.importorskip("dask_cuda", reason="dask-cuda is not installed (cluster-cuda12 extra)")
+    images = make_photos(tmp_path / "in", 4)
+    with cluster.connect("cuda", quiet=True) as c:
+        n_gpus = len(c.nthreads())
+        report = cluster.upscale_files([tmp_path / "in"], tmp_path / "out", 2, client=c,
+                                       backend="cuda")
+    assert n_gpus >= 1 and report.workers == n_gpus and report.backend == "cuda"
+    assert report.failed == [] and report.written == 4
+    assert_outputs(tmp_path / "out", expected(images))
+
+
+# --------------------------------------------------------------------------- folders
+
+
+def test_folder_on_two_workers_equals_the_in_process_run(client, tmp_path):
+    images = make_photos(tmp_path / "in", 9)
+    (tmp_path / "in" / "bad.png").write_bytes(b"not a png")
+    seen = []
+    report = cluster.upscale_files([tmp_path / "in"], tmp_path / "out", 2, client=client,
+                                   backend=BACKEND, batch=2, on_file=seen.append)
+    assert report.workers == 2 and report.backend == BACKEND
+    assert report.written == 9 and len(seen) == 10
+    [bad] = report.failed
+    assert bad.src.name == "bad.png" and "not an image" in bad.error and "\n" not in bad.error
+    assert_outputs(tmp_path / "out", expected(images))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(images)
+    ok = next(r for r in report.results if r.src.name == "00.png")
+    assert ok.in_size == (64, 48) and ok.out_size == (128, 96)
+
+
+def test_a_backend_the_workers_lack_is_one_line(client, tmp_path):
+    from iqlut_gpu.kernels import cuda_backend
+
+    if cuda_backend.probe() is None:
+        pytest.skip("this machine has a GPU")
+    make_photos(tmp_path / "in", 2)
+    with pytest.raises(cluster.ClusterError, match=r"^worker \S+ cannot run the upscaler: "):
+        cluster.upscale_files([tmp_path / "in"], tmp_path / "out", 2, client=client,
+                              backend="cuda")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_files_are_grouped_into_tasks_for_balance():
+    jobs = [(f"/nowhere/{i}.png", f"/out/{i}.png") for i in range(32)]
+    assert [len(g) for g in cluster._group(jobs, 8, 2)] == [4] * 8  # 4 tasks per worker
+    assert [len(g) for g in cluster._group(jobs, 8, 1)] == [8] * 4  # at most --batch
+    assert [len(g) for g in cluster._group(jobs, 8, 16)] == [1] * 32
+    assert [len(g) for g in cluster._group(jobs[:3], 8, 2)] == [1] * 3
+    assert sum(cluster._group(jobs, 3, 2), []) == jobs  # in order, each once
+
+
+def test_skip_existing_resumes_and_existing_outputs_are_kept(client, tmp_path):
+    images = make_photos(tmp_path / "in", 4)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "01.png").write_bytes(b"left by an earlier run")
+    report = cluster.upscale_files([tmp_path / "in"], out, 2, client=client, backend=BACKEND,
+                                   skip_existing=True)
+    assert (report.written, report.skipped, report.failed) == (3, 1, [])
+    assert (out / "01.png").read_bytes() == b"left by an earlier run"
+    want = expected(images)
+    del want["01.png"]
+    assert_outputs(out, want)
+    again = cluster.upscale_files([tmp_path / "in"], out, 2, client=client, backend=BACKEND)
+    assert again.written == 0 and len(again.failed) == 4
+    assert all("exists (use --overwrite" in r.error for r in again.failed)
+
+
+def test_skip_existing_in_process_too(tmp_path, capsys):
+    from iqlut_gpu.cli import main
+
+    images = make_photos(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "02.png").write_bytes(b"kept")
+    args = ["upscale", str(tmp_path / "in"), "-o", str(out), "--scale", "2", "--backend",
+            BACKEND]
+    assert main([*args, "--skip-existing"]) == 0
+    assert (out / "02.png").read_bytes() == b"kept"
+    assert_outputs(out, {k: v for k, v in expected(images).items() if k != "02.png"})
+    capsys.readouterr()
+    assert main([*args, "--skip-existing"]) == 0
+    assert "nothing to do: every output exists" in capsys.readouterr().err
+    assert main([*args, "--skip-existing", "--overwrite"]) == 1
+    assert "--overwrite and --skip-existing exclude each other" in capsys.readouterr().err
+
+
+def test_a_file_a_worker_cannot_see_fails_alone(tmp_path):
+    """What a worker does with paths that are not on its filesystem (run here directly)."""
+    from iqlut_gpu.upscaler import Upscaler
+
+    images = make_photos(tmp_path / "in", 1)
+    pairs = [(str(tmp_path / "elsewhere" / "a.png"), str(tmp_path / "out" / "a.png")),
+             (str(tmp_path / "in" / "00.png"), str(tmp_path / "gone" / "00.png")),
+             (str(tmp_path / "in" / "00.png"), str(tmp_path / "00.png"))]
+    results = cluster.process_files(Upscaler(2, backend=BACKEND), pairs)  # on a worker
+    host = socket.gethostname()
+    assert f"input not found on worker {host}" in results[0].error
+    assert f"output folder not found on worker {host}" in results[1].error
+    assert "filesystem every worker sees" in results[0].error
+    assert results[2].error is None
+    assert np.array_equal(read_image(tmp_path / "00.png"), expected(images)["00.png"])
+
+
+def test_a_worker_killed_mid_job_changes_nothing(client, tmp_path):
+    images = make_photos(tmp_path / "in", 16, sizes=((96, 128), (80, 120)))
+    killed = []
+
+    def on_file(result):
+        if not killed:
+            killed.append(kill_a_busy_worker(client))
+
+    report = cluster.upscale_files([tmp_path / "in"], tmp_path / "out", 2, client=client,
+                                   backend=BACKEND, batch=1, on_file=on_file)
+    assert killed and killed[0] not in worker_pids(client).values()
+    assert report.failed == [] and report.written == 16
+    assert_outputs(tmp_path / "out", expected(images))
+    assert hidden(tmp_path / "out") == []  # a temporary of the killed worker was removed
+    client.wait_for_workers(2, timeout=60)  # the nanny restarted it
+
+
+def test_scheduler_unreachable_is_one_line(run_cli, tmp_path):
+    make_photos(tmp_path / "in", 2)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT="1s")
+    proc = run_cli("upscale", "in", "-o", "out", "--scale", "2", "--cluster",
+                   f"tcp://127.0.0.1:{port}", env=env, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith(f"iqlut upscale: error: cannot reach the Dask scheduler at "
+                               f"tcp://127.0.0.1:{port}"), lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def _start(cmd, cwd, env=None):
+    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def test_scheduler_lost_mid_job_leaves_only_complete_files(tmp_path):
+    images = make_photos(tmp_path / "in", 12, sizes=((96, 128),))
+    sched_file = tmp_path / "scheduler.json"
+    env = dict(os.environ, NUMBA_NUM_THREADS="1")
+    scheduler = _start([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host",
+                        "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file",
+                        str(sched_file)], tmp_path)
+    worker = None
+    try:
+        for _ in range(300):
+            if sched_file.exists() and sched_file.stat().st_size:
+                break
+            time.sleep(0.05)
+        address = json.loads(sched_file.read_text())["address"]
+        worker = _start([sys.executable, "-m", "distributed.cli.dask_worker", address,
+                         "--nthreads", "1", "--nworkers", "1", "--no-dashboard"], tmp_path, env)
+        done = []
+
+        def on_file(result):
+            done.append(result)
+            if len(done) == 2:
+                scheduler.kill()
+
+        with cluster.connect(address, quiet=True) as c:
+            c.wait_for_workers(1, timeout=60)
+            with pytest.raises(cluster.ClusterError, match="lost the connection to the Dask "
+                                                           "scheduler"):
+                cluster.upscale_files([tmp_path / "in"], tmp_path / "out", 2, client=c,
+                                      backend=BACKEND, batch=1, on_file=on_file)
+        assert len(done) >= 2
+    finally:
+        for proc in (scheduler, worker):
+            if proc is not None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    want = expected(images)
+    written = [p for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")]
+    assert 2 <= len(written) < 12
+    assert_outputs(tmp_path / "out", {p.name: want[p.name] for p in written})
+
+
+def test_sigkill_of_iqlut_leaves_no_partial_file_and_the_rerun_resumes(client, tmp_path,
+                                                                      monkeypatch, capsys):
+    images = make_photos(tmp_path / "in", 16, sizes=((96, 128),))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "iqlut_gpu", "upscale", "in", "-o", "out", "--scale", "2",
+           "--backend", BACKEND, "--batch", "1", "--cluster", "local:2"]
+    import psutil
+
+    proc = subprocess.Popen([*cmd, "--quiet"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(1200):
+            if out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):
+                break
+            time.sleep(0.05)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        proc.kill()
+        proc.wait()
+        psutil.wait_procs(children, timeout=30)  # the workers go with their parent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    want = expected(images)
+    visible = [p for p in out.iterdir() if not p.name.startswith(".")]
+    assert 1 <= len(visible) < 16
+    assert_outputs(out, {p.name: want[p.name] for p in visible})  # every one complete
+    stale = out / f".05.png.abc123.iqlut-{this_host()}-{dead_pid()}.part.png"
+    stale.write_bytes(b"half")
+    foreign = out / f".06.png.abc123.iqlut-otherhost-{os.getpid()}.part.png"
+    foreign.write_bytes(b"another machine's")
+    from iqlut_gpu.cli import main
+
+    monkeypatch.chdir(tmp_path)  # the rerun: `iqlut upscale ... --skip-existing` on a cluster
+    code = main([*cmd[3:-2], "--skip-existing", "--cluster", client.scheduler.address])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert f"{16 - len(visible)} of 16 images written to out, {len(visible)} skipped " \
+        "(already there) (backend cpu, 2 workers)" in err
+    assert "16/16" in err  # the progress bar counts the skipped files too
+    assert_outputs(out, want)
+    assert hidden(out) == [foreign.name]  # ours removed (the planted and any the kill left)
+
+
+def test_stale_parts_are_recognised_by_host_and_pid(tmp_path):
+    marker = part_marker()  # ".iqlut-HOST-PID"
+    host = this_host()
+    gone = dead_pid()
+    names = {
+        "dead_file": f".a.png.x1{'.iqlut-' + host + '-' + str(gone)}.part.png",
+        "dead_dir": f".v.mp4.x2{'.iqlut-' + host + '-' + str(gone)}.part.d",
+        "live": f".b.png.x3{marker}.part.png",
+        "other_host": f".c.png.x4.iqlut-elsewhere-{gone}.part.png",
+        "old_style": ".d.png.x5.part.png",
+        "visible": "e.png",
+    }
+    for key, name in names.items():
+        if key == "dead_dir":
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "seg_000001.mp4").write_bytes(b"x")
+        else:
+            (tmp_path / name).write_bytes(b"x")
+    removed = remove_stale_parts(tmp_path)
+    assert sorted(p.name for p in removed) == sorted([names["dead_file"], names["dead_dir"]])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        names[k] for k in ("live", "other_host", "old_style", "visible"))
+    # the first write of a process into a folder sweeps it too (the in-process commands)
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / names["dead_file"]).write_bytes(b"x")
+    write_image(sub / "f.png", np.zeros((4, 4), np.uint8))
+    assert sorted(p.name for p in sub.iterdir()) == ["f.png"]
+
+
+def test_without_dask_the_cluster_switch_is_one_line(monkeypatch, tmp_path, capsys):
+    from iqlut_gpu.cli import main
+
+    make_photos(tmp_path / "in", 1)
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    code = main(["upscale", str(tmp_path / "in" / "00.png"), "-o", str(tmp_path / "o.png"),
+                 "--cluster", "local:2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1
+    assert "needs Dask's distributed scheduler: pip install 'iqlut-gpu[cluster]'" in err[0]
+
+
+def test_the_in_process_path_never_imports_dask(monkeypatch, tmp_path):
+    from iqlut_gpu.cli import main
+
+    make_photos(tmp_path, 1)
+    for name in ("dask", "distributed"):  # importing either now fails
+        monkeypatch.setitem(sys.modules, name, None)
+    assert main(["upscale", str(tmp_path / "00.png"), "-o", str(tmp_path / "o.png"),
+                 "--scale", "2", "--quiet"]) == 0
+    assert (tmp_path / "o.png").exists()
+
+
+# --------------------------------------------------------------------------- video
+
+FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
+NTSC = "30000/1001"
+
+
+def make_clip(path, n=30, size=(48, 32), fps=NTSC, gop=6):
+    """An H.264 clip panning over the photo with a keyframe every ``gop`` frames, and an AAC
+    tone; returns nothing (the tests compare outputs, not inputs)."""
+    p = photo()
+    w, h = size
+    frames = [np.ascontiguousarray(p[40 + 3 * i:40 + 3 * i + h, 30 + 4 * i:30 + 4 * i + w])
+              for i in range(n)]
+    seconds = n / float(Fraction(fps))
+    cmd = [FFMPEG, "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
+           "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", fps, "-i", "pipe:0",
+           "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=22050:duration={seconds}",
+           "-c:a", "aac", "-c:v", "libx264", "-crf", "4", "-g", str(gop),
+           "-keyint_min", str(gop), "-sc_threshold", "0", "-pix_fmt", "yuv420p", str(path)]
+    subprocess.run(cmd, input=b"".join(f.tobytes() for f in frames), check=True)
+
+
+def frame_hashes(path):
+    """Every decoded frame of the first video stream: pts, duration and MD5 of its pixels."""
+    out = subprocess.run([FFMPEG, "-hide_banner", "-loglevel", "error", "-i", str(path),
+                          "-map", "0:v:0", "-fps_mode", "passthrough", "-f", "framemd5", "-"],
+                         capture_output=True, text=True, check=True).stdout
+    return [ln.split(",")[2:] for ln in out.splitlines() if not ln.startswith("#")]
+
+
+def packets(path, stream):
+    """(pts, duration, size, crc) of every packet of ``stream`` as stored."""
+    out = subprocess.run([FFMPEG, "-hide_banner", "-loglevel", "error", "-i", str(path),
+                          "-map", stream, "-c", "copy", "-f", "framecrc", "-"],
+                         capture_output=True, text=True, check=True).stdout
+    return [ln.split(",")[2:] for ln in out.splitlines() if not ln.startswith("#")]
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    """A 30-frame NTSC clip with audio and its single-process x2 upscale, losslessly (FFV1)."""
+    from iqlut_gpu import video
+
+    folder = tmp_path_factory.mktemp("clip")
+    make_clip(folder / "in.mp4")
+    stats = video.upscale_video(folder / "in.mp4", folder / "single.mkv", 2, backend=BACKEND,
+                                codec="ffv1")
+    assert stats.frames == 30
+    return folder
+
+
+def assert_same_video(a, b, frames=30):
+    from iqlut_gpu.video import probe
+
+    ia, ib = probe(a), probe(b)
+    assert (ia.fps, ia.width, ia.height, ia.audio) == (ib.fps, ib.width, ib.height, ib.audio)
+    ha, hb = frame_hashes(a), frame_hashes(b)
+    assert len(ha) == len(hb) == frames
+    assert ha == hb  # same pixels, timestamps and durations, frame for frame
+    if ia.audio:
+        assert packets(a, "0:a:0") == packets(b, "0:a:0")  # the audio, copied once
+
+
+def test_segmented_video_equals_the_single_process_run(client, clip, tmp_path):
+    from iqlut_gpu.video import probe
+
+    done = []
+    report = cluster.upscale_video(clip / "in.mp4", tmp_path / "out.mkv", 2, client=client,
+                                   backend=BACKEND, codec="ffv1", segment_seconds=0.2,
+                                   progress=done.append)
+    assert report.frames == 30 and report.segments >= 4 and report.workers == 2
+    assert done == sorted(done) and done[-1] == 30 and len(done) == report.segments
+    assert probe(clip / "in.mp4").fps == Fraction(30000, 1001)
+    assert_same_video(clip / "single.mkv", tmp_path / "out.mkv")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mkv"]  # segments removed
+
+
+def test_lossy_segments_keep_the_timestamps(client, clip, tmp_path):
+    """x264 in MP4, segment by segment: other pictures than one encode (a keyframe at each
+    seam), the same frames at the same times, and the same audio."""
+    from iqlut_gpu import video
+
+    video.upscale_video(clip / "in.mp4", tmp_path / "single.mp4", 2, backend=BACKEND)
+    cluster.upscale_video(clip / "in.mp4", tmp_path / "out.mp4", 2, client=client,
+                          backend=BACKEND, segment_seconds=0.2)
+    a, b = frame_hashes(tmp_path / "single.mp4"), frame_hashes(tmp_path / "out.mp4")
+    assert len(a) == len(b) == 30
+    assert [f[:2] for f in a] == [f[:2] for f in b]  # pts and duration of every frame
+    assert packets(tmp_path / "single.mp4", "0:a:0") == packets(tmp_path / "out.mp4", "0:a:0")
+
+
+def test_segmented_video_survives_a_killed_worker(client, clip, tmp_path):
+    killed = []
+
+    def progress(n):
+        if not killed:
+            killed.append(kill_a_busy_worker(client))
+
+    cluster.upscale_video(clip / "in.mp4", tmp_path / "out.mkv", 2, client=client,
+                          backend=BACKEND, codec="ffv1", segment_seconds=0.2, progress=progress)
+    assert killed
+    assert_same_video(clip / "single.mkv", tmp_path / "out.mkv")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mkv"]
+    client.wait_for_workers(2, timeout=60)
+
+
+def test_a_failed_segment_leaves_nothing(client, clip, tmp_path):
+    from iqlut_gpu.video import VideoError
+
+    def break_segment_3():
+        import iqlut_gpu.video as video_mod
+
+        real = video_mod.upscale_video
+
+        def failing(src, dst, *a, **kw):
+            if "seg_000003" in str(src):
+                raise video_mod.VideoError(f"{src}: injected failure")
+            return real(src, dst, *a, **kw)
+
+        failing.real = real
+        video_mod.upscale_video = failing
+
+    def restore():
+        import iqlut_gpu.video as video_mod
+
+        video_mod.upscale_video = getattr(video_mod.upscale_video, "real",
+                                          video_mod.upscale_video)
+
+    client.run(break_segment_3)
+    try:
+        with pytest.raises(VideoError, match="injected failure"):
+            cluster.upscale_video(clip / "in.mp4", tmp_path / "out.mkv", 2, client=client,
+                                  backend=BACKEND, codec="ffv1", segment_seconds=0.2)
+    finally:
+        client.run(restore)
+    assert list(tmp_path.iterdir()) == []  # no output, no segment folder
+
+
+def test_an_open_gop_video_is_upscaled_whole(client, tmp_path):
+    """Frames before an open GOP's keyframe refer to the GOP before: cut there they would be
+    lost, so such a video goes to one worker in one segment, and says so."""
+    from iqlut_gpu import video
+
+    subprocess.run([FFMPEG, "-hide_banner", "-loglevel", "error", "-nostdin", "-f", "lavfi",
+                    "-i", "testsrc=size=64x48:rate=25:duration=1.6", "-c:v", "libx264",
+                    "-g", "8", "-bf", "3", "-x264-params", "open-gop=1:scenecut=0",
+                    "-pix_fmt", "yuv420p", str(tmp_path / "open.mp4")], check=True)
+    video.upscale_video(tmp_path / "open.mp4", tmp_path / "single.mkv", 2, backend=BACKEND,
+                        codec="ffv1")
+    report = cluster.upscale_video(tmp_path / "open.mp4", tmp_path / "out.mkv", 2,
+                                   client=client, backend=BACKEND, codec="ffv1",
+                                   segment_seconds=0.3)
+    assert report.segments == 1 and "open GOP" in report.notes[0]
+    assert_same_video(tmp_path / "single.mkv", tmp_path / "out.mkv", frames=40)
+
+
+def test_cli_video_on_a_cluster(client, clip, tmp_path, capsys):
+    from iqlut_gpu.cli import main
+
+    code = main(["video", str(clip / "in.mp4"), "-o", str(tmp_path / "out.mkv"), "--scale", "2",
+                 "--backend", BACKEND, "--codec", "ffv1", "--segment-seconds", "0.3",
+                 "--cluster", client.scheduler.address])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "frame/s" in err and "30/30" in err  # the progress bar
+    assert "out.mkv: 30 frames 48x32 -> 96x64 at 29.97 fps, audio copied (aac)" in err
+    assert "segments on 2 workers" in err
+    assert_same_video(clip / "single.mkv", tmp_path / "out.mkv")

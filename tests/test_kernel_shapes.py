@@ -1,0 +1,68 @@
+"""The Numba kernels' specialised and general paths against the reference, bit for bit.
+
+The row sums have compile-time-specialised loops for the shipped shapes (k = 3 and 5 with 8
+lanes, k = 1 with 16, packed c_out <= 4) and a general loop for every other shape; the
+stores have an 8-pixel vector body and a scalar tail. These cases reach each of them, at
+the accumulator bounds the model loader allows (extreme tables, |bias| = MAX_ABS_BIAS,
+shift 0 and MAX_SHIFT), in both modes.
+"""
+
+import numpy as np
+import pytest
+
+from iqlut_gpu import reference
+from iqlut_gpu.backends import prepare
+from iqlut_gpu.kernels import numba_cpu
+from iqlut_gpu.model import MAX_ABS_BIAS, MAX_SHIFT, Layer, Model
+
+from cases import case_rngs, random_knots
+
+
+def _layer(rng, c_in, c_out, k, L, residual, extreme):
+    if extreme:
+        table = rng.choice(np.array([-128, 127], np.int8), size=(c_in, L, k, k, c_out))
+        bias = rng.choice(np.array([-MAX_ABS_BIAS, MAX_ABS_BIAS], np.int32), size=c_out)
+        shift = int(rng.choice([0, MAX_SHIFT]))
+    else:
+        table = rng.integers(-128, 128, size=(c_in, L, k, k, c_out)).astype(np.int8)
+        bias = rng.integers(-5000, 5000, size=c_out).astype(np.int32)
+        shift = int(rng.integers(4, 12))
+    return Layer(knots=random_knots(rng, c_in, L), table=table, bias=bias, shift=shift,
+                 residual=residual)
+
+
+# (c_out of the hidden layer, its k, the last layer's k, scale): each row of the dispatch
+SHAPES = [(8, 3, 3, 2), (8, 5, 1, 4), (4, 3, 3, 3), (3, 5, 3, 2), (1, 1, 1, 2), (2, 7, 5, 4),
+          (9, 3, 3, 3), (16, 1, 1, 4), (12, 9, 1, 2), (24, 3, 3, 4), (17, 1, 3, 2),
+          (64, 3, 3, 4)]
+
+
+@pytest.mark.parametrize("mode", ["expanded", "interp"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "c{}k{}-k{}x{}".format(*s))
+def test_kernel_paths_match_reference(shape, mode):
+    c_mid, k_mid, k_last, scale = shape
+    for seed, rng in case_rngs(2, salt=hash(shape) % 1000):
+        extreme = bool(seed % 2)
+        first = _layer(rng, 1, c_mid, k_mid, int(rng.integers(2, 18)), False, extreme)
+        mid = _layer(rng, c_mid, c_mid, 3, int(rng.integers(2, 18)), True, extreme)
+        last = _layer(rng, c_mid, scale * scale, k_last, int(rng.integers(2, 18)), False, extreme)
+        model = Model(scale=scale, upsample=str(rng.choice(["bicubic", "bilinear", "nearest"])),
+                      layers=(first, mid, last))
+        for h, w in ((3, 1), (9, 8), (10, 17), (17, 33)):
+            planes = rng.integers(0, 256, size=(2, h, w)).astype(np.uint8)
+            got = numba_cpu.run_planes(prepare(model), planes, mode)
+            want = reference.upscale_planes(model, planes)
+            assert np.array_equal(got, want), f"seed {seed}, {h}x{w}, {mode}"
+
+
+def test_row_starts_fit_in_uint16_at_the_loader_limits():
+    """The row sums keep each source pixel's table-row start as uint16 in units of
+    ``_unit``; the largest tables the loader accepts (k = 9, 64 outputs, 256 knots) fit."""
+    from iqlut_gpu.model import MAX_CHANNELS, MAX_K
+
+    k, C = MAX_K, MAX_CHANNELS
+    for pair, n in ((False, 256), (True, 255)):
+        shape = (1, k, n, k, C) + ((2,) if pair else ())
+        rows = numba_cpu._kernel_rows(np.zeros(shape, np.int16))  # asserts the bound
+        unit = 8 if pair else 4
+        assert rows.shape[3] % unit == 0 and (n - 1) * rows.shape[3] // unit < 65536
