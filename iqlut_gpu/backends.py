@@ -100,6 +100,16 @@ def _probe_once(name: str) -> str | None:
     return PROBES[name]()
 
 
+def host_interleave():
+    """The parallel planes -> frames kernel for ``planes.from_planes`` where Numba runs
+    (``kernels.numba_color.interleave``), else None (NumPy's copy)."""
+    if probe("cpu") is None:
+        from .kernels import numba_color
+
+        return numba_color.interleave
+    return None
+
+
 _warned_fallback = False
 
 

@@ -143,6 +143,7 @@ def generate(new_runner, frames, batch, stats, max_pixels=None) -> Iterator[np.n
     """The batching loop of ``upscale_stream`` over the runner ``new_runner()`` (made when
     the first frame is asked for)."""
     runner = new_runner()
+    interleave = backends.host_interleave()
     before = dict(runner.timings)
     inflight: deque = deque()  # (token, layout, count)
     pending: list[np.ndarray] = []
@@ -167,7 +168,7 @@ def generate(new_runner, frames, batch, stats, max_pixels=None) -> Iterator[np.n
         token, layout, ndim = inflight.popleft()
         out = runner.collect(token)
         t0 = time.perf_counter()
-        result = out if layout is None else from_planes(out, layout)
+        result = out if layout is None else from_planes(out, layout, interleave=interleave)
         if runner.reuses_buffers and np.may_share_memory(result, out):
             result = result.copy()  # the runner will overwrite ``out`` (one-channel frames)
         if ndim == 2:

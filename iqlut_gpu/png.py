@@ -5,13 +5,14 @@ an adaptive per-row filter search and one single-threaded deflate stream: second
 as the upscaling itself. Here the image is written as a standard PNG (8-bit gray, RGB or
 RGBA; no interlace) in a way that is fast on any number of cores:
 
-- every row uses PNG's "Up" filter (the row minus the row above, bytewise mod 256: one
-  NumPy subtraction for the whole image; on photos and their upscales it compresses about
-  as well as the adaptive choice);
-- the filtered rows are cut into bands that are deflated in parallel threads (zlib
-  releases the GIL); each band but the last ends with a full flush, which byte-aligns the
-  stream and resets the dictionary, so the bands concatenate into one valid deflate stream
-  (the trick pigz uses); the zlib header and the Adler-32 of all the data wrap it;
+- every row uses PNG's "Up" filter (the row minus the row above, bytewise mod 256: a
+  NumPy subtraction; on photos and their upscales it compresses about as well as the
+  adaptive choice);
+- the image is cut into bands of rows that are filtered, deflated and checksummed in
+  parallel threads (NumPy and zlib release the GIL); each band but the last ends with a
+  full flush, which byte-aligns the stream and resets the dictionary, so the bands
+  concatenate into one valid deflate stream (the trick pigz uses); the zlib header and the
+  Adler-32 of all the data (combined from the bands', ``adler32_concat``) wrap it;
 - deflate comes from zlib-ng (the ``zlib-ng`` package, 2-3x faster than zlib at the low
   levels) when it is installed, else from Python's zlib: the bytes differ, the image not.
 
@@ -45,16 +46,35 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
             + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)) & 0xFFFFFFFF))
 
 
-def filtered_rows(image: np.ndarray) -> np.ndarray:
-    """uint8 (H, W) or (H, W, C) -> the PNG scanlines [H, 1 + W*C]: filter byte 2 ("Up")
-    and each row minus the row above (the first row minus zeros)."""
+def filtered_rows(image: np.ndarray, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """uint8 (H, W) or (H, W, C) -> the PNG scanlines [rows, 1 + W*C] of rows ``start`` to
+    ``stop``: filter byte 2 ("Up") and each row minus the row above (the first row of the
+    image minus zeros)."""
     H = image.shape[0]
+    stop = H if stop is None else stop
     rows = np.ascontiguousarray(image).reshape(H, -1)
-    out = np.empty((H, rows.shape[1] + 1), np.uint8)
+    out = np.empty((stop - start, rows.shape[1] + 1), np.uint8)
     out[:, 0] = 2
-    out[0, 1:] = rows[0]
-    np.subtract(rows[1:], rows[:-1], out=out[1:, 1:])  # uint8 wraps: mod 256
+    if start == 0:
+        out[0, 1:] = rows[0]
+        np.subtract(rows[1:stop], rows[:stop - 1], out=out[1:, 1:])  # uint8 wraps: mod 256
+    else:
+        np.subtract(rows[start:stop], rows[start - 1:stop - 1], out=out[:, 1:])
     return out
+
+
+ADLER_MOD = 65521
+
+
+def adler32_concat(first: int, second: int, second_len: int) -> int:
+    """The Adler-32 of data ``X + Y`` from ``adler32(X)``, ``adler32(Y)`` and ``len(Y)``.
+    With ``a = 1 + sum of bytes`` and ``b = sum of the running a`` (mod 65521): the a of
+    X + Y is ``a_X + a_Y - 1``, its b is ``b_X + b_Y + len(Y) * (a_X - 1)``."""
+    a1, b1 = first & 0xFFFF, first >> 16
+    a2, b2 = second & 0xFFFF, second >> 16
+    a = (a1 + a2 - 1) % ADLER_MOD
+    b = (b1 + b2 + second_len * (a1 - 1)) % ADLER_MOD
+    return (b << 16) | a
 
 
 def encode(image: np.ndarray, level: int = DEFAULT_LEVEL, threads: int | None = None) -> bytes:
@@ -67,24 +87,30 @@ def encode(image: np.ndarray, level: int = DEFAULT_LEVEL, threads: int | None = 
     if not 0 <= int(level) <= 9:
         raise ValueError(f"PNG compression level must be 0..9, got {level}")
     H, W = image.shape[:2]
-    data = filtered_rows(image)
-    rows_per_band = max(1, BAND_BYTES // data.shape[1])
-    bands = [data[y:y + rows_per_band] for y in range(0, H, rows_per_band)]
+    image = np.ascontiguousarray(image)
+    rows_per_band = max(1, BAND_BYTES // (1 + W * channels))
+    starts = list(range(0, H, rows_per_band))
 
-    def deflate(i):
+    def band(i):
+        """Filter, deflate and checksum band i (NumPy, zlib and zlib-ng release the GIL)."""
+        data = filtered_rows(image, starts[i], min(H, starts[i] + rows_per_band))
         c = _deflate.compressobj(int(level), zlib.DEFLATED, -15)  # raw deflate
-        last = i == len(bands) - 1
-        return c.compress(bands[i]) + c.flush(zlib.Z_FINISH if last else zlib.Z_FULL_FLUSH)
+        last = i == len(starts) - 1
+        packed = c.compress(data) + c.flush(zlib.Z_FINISH if last else zlib.Z_FULL_FLUSH)
+        return packed, zlib.adler32(data), data.nbytes
 
-    workers = threads or min(len(bands), os.cpu_count() or 1)
+    workers = threads or min(len(starts), os.cpu_count() or 1)
     if workers > 1:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="iqlut-png") as pool:
-            parts = list(pool.map(deflate, range(len(bands))))
+            parts = list(pool.map(band, range(len(starts))))
     else:
-        parts = [deflate(i) for i in range(len(bands))]
+        parts = [band(i) for i in range(len(starts))]
+    adler = 1  # the Adler-32 of no data
+    for _, a, n in parts:
+        adler = adler32_concat(adler, a, n)
     # zlib header (deflate, 32 KiB window, no preset dictionary; FCHECK makes it a multiple
     # of 31), the bands, the Adler-32 of the uncompressed data
-    stream = b"".join([b"\x78\x01", *parts, struct.pack(">I", zlib.adler32(data) & 0xFFFFFFFF)])
+    stream = b"".join([b"\x78\x01", *(p for p, _, _ in parts), struct.pack(">I", adler)])
     ihdr = struct.pack(">IIBBBBB", W, H, 8, _COLOR_TYPE[channels], 0, 0, 0)
     idat = [_chunk(b"IDAT", stream[i:i + CHUNK_BYTES]) for i in range(0, len(stream), CHUNK_BYTES)]
     return b"".join([SIGNATURE, _chunk(b"IHDR", ihdr), *idat, _chunk(b"IEND", b"")])

@@ -147,7 +147,7 @@ class Upscaler:
                                  "color='rgb'")
             return cuda_backend.upscale_device(images, backends.prepare(self.model), self.mode)
         planes, layout = to_planes(images)
-        return from_planes(self.run_layout(planes, layout), layout)
+        return from_planes(self.run_layout(planes, layout), layout, interleave=backends.host_interleave())
 
     def run_layout(self, planes: np.ndarray, layout: Layout) -> np.ndarray:
         """``run_planes`` for the planes of images in ``layout`` (``planes.to_planes``): in

@@ -1,4 +1,6 @@
-"""Numba kernels of luma mode's colour conversion, bit-identical to ``iqlut_gpu.color``.
+"""Numba kernels of luma mode's colour conversion, bit-identical to ``iqlut_gpu.color``,
+and the parallel interleave of planes into frames that ``iqlut_gpu.planes.from_planes``
+uses for large host outputs.
 
 ``split_planes`` / ``join_planes`` take and return the same arrays as their NumPy twins in
 ``iqlut_gpu.color`` (which hold the formulas and are the reference); here each is one
@@ -67,3 +69,30 @@ def join_planes(y: np.ndarray, rest: np.ndarray, channels: int, xp=np):
     out = np.empty((N, channels, h, w), np.uint8)
     _join(np.ascontiguousarray(y), np.ascontiguousarray(rest).reshape(N, channels - 1, h, w), out)
     return out.reshape(N * channels, h, w)
+
+
+@njit(**_FLAGS)
+def _interleave(planes, out):
+    """planes uint8 [N, C, H, W] -> out [N, H, W, C]; parallel over rows of a frame."""
+    N, C, H, W = planes.shape
+    for job in prange(N * H):
+        n, row = job // H, job % H
+        if C == 3:  # the common case, unrolled
+            p0, p1, p2, o = planes[n, 0, row], planes[n, 1, row], planes[n, 2, row], out[n, row]
+            for x in range(W):
+                o[x, 0] = p0[x]
+                o[x, 1] = p1[x]
+                o[x, 2] = p2[x]
+        else:
+            for x in range(W):
+                for c in range(C):
+                    out[n, row, x, c] = planes[n, c, row, x]
+
+
+def interleave(planes: np.ndarray, frames: int, channels: int) -> np.ndarray:
+    """uint8 planes ``[frames*channels, H, W]`` -> frames ``[frames, H, W, channels]`` (the
+    transposed copy of ``iqlut_gpu.planes.from_planes``, in parallel)."""
+    P, H, W = planes.shape
+    out = np.empty((frames, H, W, channels), np.uint8)
+    _interleave(np.ascontiguousarray(planes).reshape(frames, channels, H, W), out)
+    return out

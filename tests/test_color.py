@@ -56,6 +56,39 @@ def test_numba_kernels_equal_the_numpy_reference(channels):
                               color.join_planes(y, rest, channels)), f"seed {seed}"
 
 
+@pytest.mark.parametrize("channels", [3, 4])
+def test_parallel_interleave_is_the_transposed_copy(channels, monkeypatch):
+    from iqlut_gpu import planes as planes_mod
+
+    for seed, rng in cases.case_rngs(3, salt=950 + channels):
+        n, h, w = int(rng.integers(1, 4)), int(rng.integers(1, 40)), int(rng.integers(1, 40))
+        planes = rng.integers(0, 256, size=(n * channels, h, w), dtype=np.int64).astype(np.uint8)
+        want = planes.reshape(n, channels, h, w).transpose(0, 2, 3, 1)
+        assert np.array_equal(numba_color.interleave(planes, n, channels), want), f"seed {seed}"
+        # from_planes takes the kernel from PARALLEL_BYTES on, and gives the same arrays
+        layout = planes_mod.Layout(4 if n > 1 else 3, n, channels)
+        monkeypatch.setattr(planes_mod, "PARALLEL_BYTES", 0)
+        fast = planes_mod.from_planes(planes, layout, interleave=numba_color.interleave)
+        slow = planes_mod.from_planes(planes, layout)
+        assert fast.shape == slow.shape and fast.flags.c_contiguous, f"seed {seed}"
+        assert np.array_equal(fast, slow), f"seed {seed}"
+
+
+def test_upscaler_and_frames_interleave_large_outputs_in_parallel(monkeypatch):
+    from iqlut_gpu import backends
+
+    calls = []
+    monkeypatch.setattr(backends, "host_interleave", lambda: lambda *a: calls.append(1)
+                        or numba_color.interleave(*a))
+    img = np.random.default_rng(cases.SESSION_SEED).integers(0, 256, (300, 300, 3), np.uint8)
+    up = Upscaler(4, backend="cpu")  # 1200x1200x3 out: above PARALLEL_BYTES
+    a = up(img)
+    b = next(iter(up.frames([img])))
+    assert len(calls) == 2 and np.array_equal(a, b)
+    monkeypatch.setattr(backends, "host_interleave", lambda: None)
+    assert np.array_equal(up(img), a), f"seed {cases.SESSION_SEED}"
+
+
 def test_bicubic_model_is_the_fixed_upsample():
     rng = np.random.default_rng(cases.SESSION_SEED)
     plane = rng.integers(0, 256, size=(1, 9, 13), dtype=np.int64).astype(np.uint8)

@@ -42,6 +42,34 @@ def test_many_bands_in_parallel_and_with_plain_zlib(monkeypatch):
     assert np.array_equal(decode(png.encode(img, 6)), img)
 
 
+def idat_stream(data: bytes) -> bytes:
+    """The zlib stream of a PNG: its IDAT chunks' payloads in order."""
+    pos, out = 8, []
+    while pos < len(data):
+        n = int.from_bytes(data[pos:pos + 4], "big")
+        if data[pos + 4:pos + 8] == b"IDAT":
+            out.append(data[pos + 8:pos + 8 + n])
+        pos += 12 + n
+    return b"".join(out)
+
+
+def test_band_checksums_combine_to_the_whole_streams(monkeypatch):
+    rng = np.random.default_rng(cases.SESSION_SEED)
+    for _ in range(20):
+        n = int(rng.choice([0, 1, 5, 65520, 65521, 65522, 200_000]))
+        data = rng.integers(0, 256, size=n + 300_000, dtype=np.int64).astype(np.uint8).tobytes()
+        cut = int(rng.integers(0, len(data) + 1))
+        x, y = data[:cut], data[cut:]
+        assert png.adler32_concat(zlib.adler32(x), zlib.adler32(y), len(y)) == zlib.adler32(data), \
+            f"seed {cases.SESSION_SEED}"
+    # the whole file: zlib checks the combined Adler-32 (and the filtered rows) exactly
+    img = rng.integers(0, 256, size=(97, 50, 3), dtype=np.int64).astype(np.uint8)
+    monkeypatch.setattr(png, "BAND_BYTES", 700)  # 20 bands
+    raw = zlib.decompress(idat_stream(png.encode(img, 1, threads=3)))
+    whole = np.concatenate([png.filtered_rows(img, 0, 40), png.filtered_rows(img, 40)])
+    assert raw == png.filtered_rows(img).tobytes() == whole.tobytes()
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="uint8"):
         png.encode(np.zeros((2, 2), np.uint16))
