@@ -54,6 +54,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 from . import files
@@ -685,6 +686,48 @@ def split_segments(src, folder: Path, seconds: float, stream: int = 0) -> list[P
     raise last
 
 
+def packet_times(path, stream: int = 0) -> list[Fraction]:
+    """The presentation time (seconds, in the demuxer's reference) of every packet of video
+    stream ``stream``, in file (decoding) order: a stream copy, nothing decoded."""
+    proc = _ffmpeg(["-i", path, "-map", f"0:v:{stream}", "-c", "copy", "-f", "framecrc", "-"],
+                   f"{path}: cannot list its packets", capture_stdout=True)
+    tb, times = Fraction(1), []
+    for line in proc.stdout.decode("ascii", "replace").splitlines():
+        if line.startswith("#tb"):
+            tb = Fraction(line.split(":", 1)[1].strip())
+        elif line and not line.startswith("#"):
+            times.append(int(line.split(",")[2]) * tb)
+    return times
+
+
+def segment_starts(times: list[Fraction], packets: list[int]) -> list[Fraction] | None:
+    """Where each segment's first frame is in the source: the earliest presentation time
+    among its packets (``times``: the source's packets in file order, ``packets``: how many
+    of them each segment took, in order; a segment starts with a keyframe and, cut from a
+    closed-GOP stream, shows no frame before it). None if the counts do not add up."""
+    if sum(packets) != len(times) or not all(packets):
+        return None
+    starts, at = [], 0
+    for n in packets:
+        starts.append(min(times[at:at + n]))
+        at += n
+    return starts
+
+
+def concat_list(outs: list[Path], starts: list[Fraction] | None) -> str:
+    """The concat demuxer's script joining the upscaled segments ``outs``: each file and, for
+    all but the last, its duration in the source (the next segment's start minus its own),
+    so that each segment begins exactly where its frames were, even where a segment's last
+    frame lasts longer than its encoder guesses (a variable rate: a 15 fps stretch at a
+    seam of a 30 fps clip). Without ``starts`` the files' own durations are used."""
+    lines = []
+    for k, out in enumerate(outs):
+        lines.append(f"file '{out.name}'")
+        if starts is not None and k + 1 < len(outs):
+            lines.append(f"duration {float(starts[k + 1] - starts[k]):.6f}")
+    return "\n".join(lines) + "\n"
+
+
 def _stands_alone(segment: Path) -> bool:
     """Whether a segment decodes to as many frames as it holds packets (it does not when
     frames before its first keyframe refer to the segment before: an open GOP)."""
@@ -734,6 +777,18 @@ def _remove_folder(folder: Path) -> None:
         if not folder.exists():
             return
         time.sleep(0.2)
+
+
+def _first_frame_time(src: Path, info) -> float:
+    """Seconds from the file's start to the first decoded frame of ``src``'s video stream
+    (as ``iqlut_gpu.video`` times frames: decoding one frame)."""
+    from .video import read_video
+
+    frames = read_video(src, info)
+    try:
+        return float(next(frames).time)
+    finally:
+        frames.close()
 
 
 def upscale_video(src, dst, scale: int | None = None, *, client, model=None,
@@ -824,14 +879,23 @@ def upscale_video(src, dst, scale: int | None = None, *, client, model=None,
                 raise
             report.stages["upscale"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        (work / "concat.txt").write_text("".join(f"file '{o.name}'\n" for o in outs))
+
         if frames != packets:  # a segment decoded to more or fewer frames than it holds
             whole = count_frames(src, info.stream)  # what the single-process run decodes
             if whole != report.frames:
                 raise VideoError(f"{src}: cut at its keyframes it gives {report.frames} "
                                  f"frames, not its {whole} (frames that need the previous "
                                  "segment: an open-GOP source?); upscale it without --cluster")
-        args = ["-y", "-f", "concat", "-safe", "0", "-i", work / "concat.txt"]
+        # The segments start at 0 (cut with reset timestamps) and the concat demuxer puts
+        # each after the ones before it, for the duration it had in the source; the joined
+        # video then starts where the source's first frame is (0.2 s after the sound in a
+        # phone's clip), as the single-process run keeps it, so picture and sound stay
+        # together.
+        offset = _first_frame_time(src, info)
+        starts = segment_starts(packet_times(src, info.stream), packets) if len(outs) > 1 else None
+        (work / "concat.txt").write_text(concat_list(outs, starts))
+        args = ["-y", *(["-itsoffset", f"{offset:.6f}"] if offset else []),
+                "-f", "concat", "-safe", "0", "-i", work / "concat.txt"]
         if info.audio:
             args += ["-i", src, "-map", "0:v:0", "-map", "1:a?"]
         else:

@@ -548,6 +548,21 @@ def test_lossy_segments_keep_the_timestamps(client, clip, tmp_path):
     assert packets(tmp_path / "single.mp4", "0:a:0") == packets(tmp_path / "out.mp4", "0:a:0")
 
 
+def test_variable_rate_and_late_video_keep_every_frame_time(client, tmp_path):
+    """A phone's clip (30, 15, then 30 fps; the video 0.2 s after the sound) in segments:
+    every frame at its source time (within a millisecond), as the single-process run."""
+    from test_video import assert_same_times, audio_md5, frame_times, make_vfr_clip
+
+    make_vfr_clip(tmp_path / "in.mp4", n=30, gop=6)
+    want = frame_times(tmp_path / "in.mp4")
+    assert len(want) == 30 and abs(want[0] - 0.2) < 1e-3 and np.diff(want).max() > 1.9 * np.diff(want).min()
+    report = cluster.upscale_video(tmp_path / "in.mp4", tmp_path / "out.mp4", 2, client=client,
+                                   backend=BACKEND, segment_seconds=0.2)
+    assert report.segments >= 2 and report.frames == 30
+    assert_same_times(want, frame_times(tmp_path / "out.mp4"))
+    assert audio_md5(tmp_path / "out.mp4") == audio_md5(tmp_path / "in.mp4")
+
+
 def test_segmented_video_survives_a_killed_worker(client, clip, tmp_path):
     killed = []
 

@@ -517,9 +517,10 @@ def test_planes_choice_in_the_cli(run_cli, tmp_path):
 # --------------------------------------------------------------------------- frame times
 
 
-def make_vfr_clip(path, n=14):
+def make_vfr_clip(path, n=14, gop=None):
     """A clip as phones record: 30 fps, then 15 fps, then 30 fps again, with a few ticks of
-    jitter, and the video starting 0.2 s after its sound (an AAC tone from 0)."""
+    jitter, and the video starting 0.2 s after its sound (an AAC tone from 0). ``gop``: a
+    keyframe every that many frames (default: x264's)."""
     photo = np.asarray(Image.open(PHOTO).convert("RGB"))
     frames = [photo[30 + 3 * i:30 + 3 * i + 48, 20 + 5 * i:20 + 5 * i + 64] for i in range(n)]
     # in 1/90000 s: 3000 ticks apart (30 fps), 6000 from frame 5 to 10 (15 fps), then 3000
@@ -530,6 +531,7 @@ def make_vfr_clip(path, n=14):
                     "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=22050:duration=1",
                     "-vf", f"settb=1/90000,setpts='{pts}'", "-fps_mode", "passthrough",
                     "-enc_time_base", "1:90000", "-c:v", "libx264", "-crf", "8",
+                    *(["-g", str(gop)] if gop else []),
                     "-pix_fmt", "yuv420p", "-c:a", "aac", str(path)],
                    input=b"".join(np.ascontiguousarray(f).tobytes() for f in frames), check=True)
     return frames
