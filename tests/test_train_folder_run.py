@@ -14,7 +14,6 @@ torch = pytest.importorskip("torch")
 
 from iqlut_gpu import reference  # noqa: E402
 from iqlut_gpu.model import default_model, load_model  # noqa: E402
-from iqlut_gpu.train import folders  # noqa: E402
 from iqlut_gpu.train.config import CPU_BATCH, CPU_PATCH, GPU_BATCH, GPU_PATCH, Config  # noqa: E402
 from iqlut_gpu.train.loader import batch_rng  # noqa: E402
 from iqlut_gpu.train.torch_forward import module_from_model  # noqa: E402
