@@ -130,6 +130,10 @@ def test_data_errors_are_one_line(folder, tmp_path):
              (dict(data=(str(small),)), r"^--data: no image is at least 24x24 pixels \(2 smaller ones"),
              (dict(data=(str(folder),), val=str(tmp_path / "empty")), r"^--val .*empty: no images"),
              (dict(data=(str(folder / "day1" / "f1.png"),)), r"needs at least 2 \(or give --val DIR\)"),
+             (dict(data=(str(folder),), with_installed=True, installed_share=0.95, batch=8),
+              r"^--installed-share 0.95 of --batch 8 is 8 installed patches per batch, 0 of --data"),
+             (dict(data=(str(folder),), with_installed=True, installed_share=0.1, batch=4),
+              r"is 0 installed patches per batch, 4 of --data: both need at least one"),
              (dict(images=("skimage/brick",), patch=200),
               r"^--patch 200: the installed photos' crops take LR patches of at most 120 pixels at x2$")]
     for kw, pattern in cases:

@@ -431,6 +431,13 @@ class Trainer:
         ``val_files`` (``--val``) among them; returns (source, validation images held out
         or None, a line for the log and the provenance)."""
         cfg = self.cfg
+        if cfg.with_installed:  # both sources in every batch, or the mix is not what was asked
+            n2 = int(round(cfg.batch * cfg.installed_share))
+            if not 0 < n2 < cfg.batch:
+                raise folders.DataError(
+                    f"--installed-share {cfg.installed_share:g} of --batch {cfg.batch} is "
+                    f"{n2} installed patches per batch, {cfg.batch - n2} of --data: both need "
+                    "at least one (another share or a larger --batch)")
         files, notes = folders.find_images(cfg.data)
         for note in notes:
             self.warn(note)
