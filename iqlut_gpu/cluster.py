@@ -70,6 +70,7 @@ CUDA_INSTALL_HINT = "pip install 'iqlut-gpu[cluster-cuda12]' (or cluster-cuda13)
 # Folders: files are grouped into tasks of at most `batch` files so that each worker still
 # gets about TASKS_PER_WORKER tasks (load balance, and little work redone after a worker
 # dies), and of at most TASK_BYTES of input.
+PIPELINE_STEPS = 4  # batches per folder task (reading, upscaling and writing overlap)
 TASKS_PER_WORKER = 4
 TASK_BYTES = 64 << 20
 WAIT_FOR_WORKERS = 60  # seconds a cluster without workers is given to get one
@@ -364,8 +365,12 @@ def process_files(upscaler, pairs: list[tuple[str, str]], png_level: int | None 
 
 
 def _files_task(name: str, pairs: list[tuple[str, str]], png_level, batch: int):
-    """A folder task on a worker: its files through the worker's kept upscaler."""
-    return process_files(_plugin(name).upscaler(), pairs, png_level, batch)
+    """A folder task on a worker: its files through the worker's kept upscaler, in batches
+    of at most a quarter of the task, so that reading the next batch and writing the last
+    overlap the upscaling of this one inside the task (a task of 8 photos as one batch of
+    8 read, upscaled and wrote them in turn: one worker took 1.2x the in-process time)."""
+    inner = max(1, min(batch, math.ceil(len(pairs) / PIPELINE_STEPS)))
+    return process_files(_plugin(name).upscaler(), pairs, png_level, inner)
 
 
 def _sweep_task(folders: list[str]) -> int:

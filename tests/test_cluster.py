@@ -229,6 +229,18 @@ def test_files_are_grouped_into_tasks_for_balance():
     assert sum(cluster._group(jobs, 3, 2), []) == jobs  # in order, each once
 
 
+def test_a_folder_task_runs_its_files_in_overlapping_batches(monkeypatch):
+    """Inside a task the files go through the pipeline in a few batches (reading the next
+    and writing the last while one is upscaled), never as one batch of all of them."""
+    seen = []
+    monkeypatch.setattr(cluster, "_plugin", lambda name: type("P", (), {"upscaler": lambda self: "up"})())
+    monkeypatch.setattr(cluster, "process_files", lambda up, pairs, level, batch: seen.append(
+        (len(pairs), batch)))
+    for n in (1, 3, 8, 16, 40):
+        cluster._files_task("job", [("a", "b")] * n, None, 8)
+    assert seen == [(1, 1), (3, 1), (8, 2), (16, 4), (40, 8)]
+
+
 def test_skip_existing_resumes_and_existing_outputs_are_kept(client, tmp_path):
     images = make_photos(tmp_path / "in", 4)
     out = tmp_path / "out"
