@@ -152,6 +152,13 @@ LEAN_DASK_CONFIG = {
     "distributed.admin.system-monitor.interval": "2s",
     "distributed.worker.memory.monitor-interval": "1s",
     "distributed.worker.profile.enabled": False,
+    # Dask's nannies start workers with MALLOC_TRIM_THRESHOLD_=65536, which also turns off
+    # glibc's adaptive mmap threshold: every output image (megabytes) is then mapped and
+    # unmapped again, page faults each time. Measured on the 2 cores, 32 photos x4 in one
+    # process: 1.47-1.71 s, with that variable 1.72-2.24 s (docs/cluster.md). The rest of
+    # Dask's default environment is kept.
+    "distributed.nanny.pre-spawn-environ": {
+        "OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1},
 }
 
 
