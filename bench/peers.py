@@ -25,7 +25,6 @@ with the reason.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -180,9 +179,9 @@ def main(argv=None) -> int:
             for k, (psnr, ssim) in q["y_psnr_ssim"].items():
                 print(f"  {k:<15} {psnr:8.3f} dB  {ssim:.4f}")
     if args.json:
-        from iqlut_gpu.io import atomic_write_bytes
+        from .timing import write_json
 
-        atomic_write_bytes(args.json, (json.dumps(out, indent=1) + "\n").encode())
+        write_json(out, args.json)
     return 0
 
 

@@ -39,13 +39,19 @@ def interleaved_rounds(runs: dict, rounds: int, calls: dict | None = None, clock
     return per_round
 
 
-def emit(res, path=None) -> None:
-    """Print a bench module's results as JSON, and write them to ``path`` (atomically)."""
+def write_json(res, path) -> None:
+    """Write a bench module's results to ``path`` as JSON (atomically)."""
     import json
 
     from iqlut_gpu.io import atomic_write_bytes
 
-    text = json.dumps(res, indent=1)
-    print(text)
+    atomic_write_bytes(path, (json.dumps(res, indent=1) + "\n").encode())
+
+
+def emit(res, path=None) -> None:
+    """Print a bench module's results as JSON, and write them to ``path`` if given."""
+    import json
+
+    print(json.dumps(res, indent=1))
     if path:
-        atomic_write_bytes(path, (text + "\n").encode())
+        write_json(res, path)
