@@ -82,3 +82,23 @@ def case_rngs(count: int, salt: int):
     for i in range(count):
         seed = (SESSION_SEED * 1000003 + salt * 7919 + i) % (1 << 63)
         yield seed, np.random.default_rng(seed)
+
+
+def patch_origin(lo, hi, planes, scale: int, patch: int):
+    """Where a sampled training pair (LR ``lo``, HR ``hi``) was cut, by brute force:
+    ``(key, transform)`` for the first of ``planes`` (``(key, hr, lr)``, 2-D arrays), the
+    position and the ``train.data.dihedral`` transform that give exactly that pair; None if
+    none does."""
+    from iqlut_gpu.train import data
+
+    for key, hr, lr in planes:
+        lh, lw = lr.shape
+        for y in range(lh - patch + 1):
+            for x in range(lw - patch + 1):
+                lp = lr[y:y + patch, x:x + patch]
+                hp = hr[y * scale:(y + patch) * scale, x * scale:(x + patch) * scale]
+                for t in range(8):
+                    a, b = data.dihedral(lp, hp, t)
+                    if np.array_equal(a, lo) and np.array_equal(b, hi):
+                        return key, t
+    return None

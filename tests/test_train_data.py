@@ -7,6 +7,7 @@ import pytest
 
 from iqlut_gpu.train import data
 
+import cases
 from cases import SESSION_SEED
 
 SCALE, N_LR, PATCH = 2, 10, 4
@@ -39,16 +40,7 @@ def test_dihedral_moves_lr_and_hr_alike_through_all_eight_transforms():
 
 def _source_of(lo, hi, hr, lr):
     """(crop index, transform) of a sampled pair, found by brute force; None if none matches."""
-    for i in range(len(lr)):
-        for y in range(N_LR - PATCH + 1):
-            for x in range(N_LR - PATCH + 1):
-                lp = lr[i, y:y + PATCH, x:x + PATCH]
-                hp = hr[i, y * SCALE:(y + PATCH) * SCALE, x * SCALE:(x + PATCH) * SCALE]
-                for t in range(8):
-                    a, b = data.dihedral(lp, hp, t)
-                    if np.array_equal(a, lo) and np.array_equal(b, hi):
-                        return i, t
-    return None
+    return cases.patch_origin(lo, hi, ((i, hr[i], lr[i]) for i in range(len(lr))), SCALE, PATCH)
 
 
 def test_pairs_are_aligned_patches_of_one_crop():
@@ -66,7 +58,7 @@ def test_pairs_are_aligned_patches_of_one_crop():
 
 def test_the_random_stream_is_the_documented_one():
     """Crop, position, then one transform per patch: the stream the shipped models were
-    trained with (a resumed run continues it from the checkpoint's generator state)."""
+    trained with (each batch now draws it from its own generator, ``loader.batch_rng``)."""
     hr, lr = _bank(np.random.default_rng(SESSION_SEED))
     lo, hi = data.sample_batch(np.random.default_rng(SESSION_SEED + 1), hr, lr, SCALE, 16, PATCH)
     rng = np.random.default_rng(SESSION_SEED + 1)

@@ -14,6 +14,7 @@ from PIL import Image
 from iqlut_gpu.evaluate import imresize
 from iqlut_gpu.train import data, folders
 
+import cases
 from cases import SESSION_SEED
 
 
@@ -176,20 +177,11 @@ def _source(tmp_path, rng, sizes, scale=2):
 
 def _find(lo, hi, source, patch):
     """(image, plane, transform) a sampled pair was cut from, by brute force; or None."""
-    r = source.scale
-    for i in range(len(source)):
-        hr, lr = source.arrays(i)
-        C, lh, lw = lr.shape
-        for c in range(C):
-            for y in range(lh - patch + 1):
-                for x in range(lw - patch + 1):
-                    lp = lr[c, y:y + patch, x:x + patch]
-                    hp = hr[c, y * r:(y + patch) * r, x * r:(x + patch) * r]
-                    for t in range(8):
-                        a, b = data.dihedral(lp, hp, t)
-                        if np.array_equal(a, lo) and np.array_equal(b, hi):
-                            return i, c, t
-    return None
+    planes = ((i, c, source.arrays(i)) for i in range(len(source))
+              for c in range(source.arrays(i)[1].shape[0]))
+    found = cases.patch_origin(lo, hi, (((i, c), hr[c], lr[c]) for i, c, (hr, lr) in planes),
+                               source.scale, patch)
+    return None if found is None else (*found[0], found[1])
 
 
 def test_image_source_cuts_aligned_patches_of_the_cached_images(tmp_path):

@@ -276,11 +276,9 @@ def _make(root: Path, name: str, path: str, scale: int) -> tuple[Entry | None, s
     hr = _load(hr_f)
     if hr is None:
         try:
-            img = read_image(path)
+            img = _read_hr(path)
         except ImageError as e:
             return None, str(e)
-        if img.ndim == 3:
-            img = img[..., :3] if img.shape[2] >= 3 else img[..., 0]
         hr = np.ascontiguousarray(np.moveaxis(img, -1, 0) if img.ndim == 3 else img[None])
         folder.mkdir(parents=True, exist_ok=True)
         for old in folder.glob("*.npy"):  # the entry of an older version of this file
@@ -423,10 +421,23 @@ class MixedSource:
     def max_patch(self) -> int:
         return min(self.first.max_patch(), self.second.max_patch())
 
+    @staticmethod
+    def split(batch: int, share: float) -> tuple[int, int]:
+        """Patches of a batch from (first, second): ``round(batch * share)`` from second."""
+        n2 = int(round(batch * share))
+        return batch - n2, n2
+
     def sample(self, rng: np.random.Generator, batch: int, patch: int):
-        n2 = int(round(batch * self.share))
-        parts = [s.sample(rng, n, patch) for s, n in ((self.first, batch - n2), (self.second, n2)) if n]
+        n1, n2 = self.split(batch, self.share)
+        parts = [s.sample(rng, n, patch) for s, n in ((self.first, n1), (self.second, n2)) if n]
         return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+
+
+def _read_hr(path) -> np.ndarray:
+    """An HR image as training and validation use it: ``io.read_image`` (gray (H, W), RGB or
+    RGBA), alpha dropped."""
+    img = read_image(path)
+    return img[..., :3] if img.ndim == 3 else img
 
 
 def validation_images(files: list[ImageFile], crop: int, warn) -> dict[str, np.ndarray]:
@@ -437,11 +448,9 @@ def validation_images(files: list[ImageFile], crop: int, warn) -> dict[str, np.n
     out = {}
     for f in files:
         try:
-            img = read_image(f.path)
+            img = _read_hr(f.path)
         except ImageError as e:
             warn(f"warning: skipped {e}")
             continue
-        if img.ndim == 3 and img.shape[2] == 4:
-            img = img[..., :3]
         out[f.name] = np.ascontiguousarray(center_crop(img, crop))
     return out

@@ -259,7 +259,6 @@ class Trainer:
         cfg.arch = [dict(a) for a in arch]
 
         torch.manual_seed(cfg.seed)
-        self.rng = np.random.default_rng(cfg.seed)  # kept in checkpoints; batches: loader.batch_rng
         self.bf16 = use_bf16(cfg.bf16, self.device)
         self.net = LUTNet(cfg.scale, arch, kind=cfg.kind, bf16_grad=self.bf16).to(self.device)
         if init_model is not None:
@@ -303,9 +302,9 @@ class Trainer:
             cfg.installed_share = old.get("installed_share", cfg.installed_share)
             cfg.val = cfg.val or old.get("val", "")
         if cfg.batch is None:
-            cfg.batch = st["config"]["batch"] if st else (GPU_BATCH if gpu else CPU_BATCH)
+            cfg.batch = old["batch"] if st else (GPU_BATCH if gpu else CPU_BATCH)
         if cfg.patch is None:
-            cfg.patch = st["config"]["patch"] if st else (GPU_PATCH if gpu else CPU_PATCH)
+            cfg.patch = old["patch"] if st else (GPU_PATCH if gpu else CPU_PATCH)
         self.workers = cfg.workers if cfg.workers is not None else default_workers(self.device)
 
     def _read_init(self, name: str):
@@ -364,7 +363,6 @@ class Trainer:
             old = st["config"]
             self.quant_point = tuple(st.get("quant_point") or (QUANT_AT * old["time_budget"],
                                                                 int(QUANT_AT * old["max_iters"])))
-        self.rng.bit_generator.state = st["np_rng"]
         torch.set_rng_state(st["torch_rng"])
         self.log(f"resumed from {self.ckpt_path} at iteration {self.it}, {self.elapsed:.0f} s")
         if st["config"].get("ensemble", 1) != cfg.ensemble:
@@ -396,21 +394,22 @@ class Trainer:
             raise ValueError(f"--patch {cfg.patch}: the installed photos' crops take LR patches "
                              f"of at most {self.source.max_patch()} pixels at x{cfg.scale}")
         self.val = Validation(cfg.scale, cfg.val_crop, images=val_images, limit=cfg.limit_val)
+        bicubic = self.val.bicubic()
         if val_images is not None:
-            self._drop_exact_images(val_images)
-        self.bic = self.val.bicubic()["psnr"]
+            bicubic = self._drop_exact_images(val_images, bicubic)
+        self.bic = bicubic["psnr"]
         self.data_note = what
         counted = "" if cfg.data and not cfg.val else f"; {len(self.val.names)} validation images"
         self.log(f"data: {what}{counted}{f' ({cfg.val})' if cfg.val else ''}; bicubic validation "
                  f"{self.bic:.3f} dB{f'; cache {folders.cache_root(cfg.cache_dir)}' if cfg.data else ''}")
 
-    def _drop_exact_images(self, images: dict) -> None:
+    def _drop_exact_images(self, images: dict, bicubic: dict) -> dict:
         """Validation images whose crop bicubic reproduces exactly (a flat or linear one:
-        an infinite PSNR would make every mean infinite) are not scored, with a note."""
-        per = self.val.bicubic()["per_image"]
-        exact = sorted(k for k, (p, _) in per.items() if p == float("inf"))
+        an infinite PSNR would make every mean infinite) are not scored, with a note;
+        ``bicubic``: ``self.val.bicubic()``. Returns the bicubic scores of what is kept."""
+        exact = sorted(k for k, (p, _) in bicubic["per_image"].items() if p == float("inf"))
         if not exact:
-            return
+            return bicubic
         self.warn(f"note: {len(exact)} validation image{'s' if len(exact) > 1 else ''} not "
                   f"scored: bicubic reproduces {'their' if len(exact) > 1 else 'its'} crop exactly "
                   f"({', '.join(exact[:3])}{', ...' if len(exact) > 3 else ''})")
@@ -419,6 +418,7 @@ class Trainer:
             raise folders.DataError("no validation image to score: bicubic reproduces every one "
                                     "exactly (give --val DIR with other images)")
         self.val = Validation(self.cfg.scale, self.cfg.val_crop, images=kept)
+        return self.val.bicubic()
 
     def _installed_bank(self) -> data.BankSource:
         cfg = self.cfg
@@ -432,7 +432,7 @@ class Trainer:
         or None, a line for the log and the provenance)."""
         cfg = self.cfg
         if cfg.with_installed:  # both sources in every batch, or the mix is not what was asked
-            n2 = int(round(cfg.batch * cfg.installed_share))
+            n2 = folders.MixedSource.split(cfg.batch, cfg.installed_share)[1]
             if not 0 < n2 < cfg.batch:
                 raise folders.DataError(
                     f"--installed-share {cfg.installed_share:g} of --batch {cfg.batch} is "
@@ -491,7 +491,7 @@ class Trainer:
                 "quantised": self.quantised,
                 "quant_point": list(self.quant_point) if self.quant_point else None,
                 "elapsed": self.elapsed, "iteration": self.it, "history": self.history,
-                "np_rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
+                "torch_rng": torch.get_rng_state()}
 
     def checkpoint(self) -> None:
         save_checkpoint(self.ckpt_path, self.state())
