@@ -117,6 +117,22 @@ def make_runner(upscaler):
     return SyncRunner(upscaler)
 
 
+def check_batch(batch: int | None) -> int:
+    """``batch`` frames per backend call (None: DEFAULT_BATCH), or ValueError."""
+    batch = DEFAULT_BATCH if batch is None else batch
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        raise ValueError(f"batch must be a positive integer, got {batch!r}")
+    return batch
+
+
+def add_stage_times(stats: dict, runner, before: dict) -> None:
+    """Add to ``stats`` the seconds the runner's stages (STAGES) took since ``before`` (its
+    ``timings`` when last added), and move ``before`` on."""
+    for k in STAGES:
+        stats[k] = stats.get(k, 0.0) + runner.timings.get(k, 0.0) - before.get(k, 0.0)
+        before[k] = runner.timings.get(k, 0.0)
+
+
 def upscale_stream(upscaler, frames: Iterable[np.ndarray], batch: int | None = None,
                    stats: dict | None = None, max_pixels: int | None = None
                    ) -> Iterator[np.ndarray]:
@@ -133,9 +149,7 @@ def upscale_stream(upscaler, frames: Iterable[np.ndarray], batch: int | None = N
 
     Raises TypeError/ValueError for a frame of the wrong type or shape (when it is reached).
     """
-    batch = DEFAULT_BATCH if batch is None else batch
-    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
-        raise ValueError(f"batch must be a positive integer, got {batch!r}")
+    batch = check_batch(batch)
     return generate(lambda: make_runner(upscaler), iter(frames), batch, stats, max_pixels)
 
 
@@ -176,9 +190,7 @@ def generate(new_runner, frames, batch, stats, max_pixels=None) -> Iterator[np.n
         unpacked = time.perf_counter() - t0
         if stats is not None:
             stats["download"] = stats.get("download", 0.0) + unpacked
-            for k in STAGES:
-                stats[k] = stats.get(k, 0.0) + runner.timings.get(k, 0.0) - before.get(k, 0.0)
-                before[k] = runner.timings.get(k, 0.0)
+            add_stage_times(stats, runner, before)
         return list(result)
 
     for frame in frames:

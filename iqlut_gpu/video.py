@@ -617,7 +617,7 @@ class VideoWriter:
                              f"(at most {IVF_MAX_SIDE} pixels a side)")
         self.time_base = Fraction(time_base) if time_base is not None else 1 / Fraction(fps)
         self.shapes = self.layout.shapes(w, h)
-        self.frame_bytes = sum(a * b for a, b in self.shapes)
+        self.frame_bytes = self.layout.frame_bytes(w, h)
         if pix_fmt is None:
             pix_fmt = output_pix_fmt(self.layout, size, codec)
         filters = []
@@ -860,7 +860,7 @@ def upscale_video(src, dst, scale: int = 4, *, model=None, backend: str = "auto"
     """
     from .io import atomic_path
     from .upscaler import Upscaler
-    from .yuv import crop_planes, output_shapes, upscale_plane_stream
+    from .yuv import crop_planes, upscale_plane_stream
 
     src, dst = Path(src), Path(dst)
     if batch < 1:
@@ -905,7 +905,7 @@ def upscale_video(src, dst, scale: int = 4, *, model=None, backend: str = "auto"
                        output_pix_fmt=pix_fmt, notes=notes,
                        stages={"decode": 0.0, "upload": 0.0, "kernels": 0.0, "download": 0.0,
                                "encode": 0.0})
-    shapes = output_shapes(layout, info.width, info.height, r)
+    shapes = layout.shapes(*out_size)  # the output frame's own planes (yuv.crop_planes)
     depth = max(1, queue_batches) * batch
     decoded: queue.Queue = queue.Queue(maxsize=depth)
     upscaled: queue.Queue = queue.Queue(maxsize=depth)

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .frames import DEFAULT_BATCH, STAGES, make_runner
+from .frames import add_stage_times, check_batch, make_runner
 from .planes import Layout
 
 
@@ -103,7 +103,6 @@ GRAY = PlaneFormat("gray", 1, 0, 0, b"Y800")
 # The RGB path: packed rgb24 from the decoder; to the encoder as three planes in an I444
 # frame that ffmpeg's mergeplanes filter relabels as planar RGB (a copy, no arithmetic).
 RGB24 = PlaneFormat("rgb24", 3, 0, 0, b"I444", rgb=True)
-PLANE_FORMATS = {f.name: f for f in (YUV420, YUV422, YUV444, GRAY)}
 
 # Source pixel formats taken as planes: source -> (layout, range the name implies).
 # The yuvj names are the full-range variants (same bytes; MJPEG, some phones); the
@@ -173,14 +172,10 @@ def source_format(pix_fmt: str | None, planes: str = "auto") -> SourceFormat:
     return SourceFormat(layout, pix_fmt if pix_fmt in _NATIVE else layout.name, rng)
 
 
-def output_shapes(layout: PlaneFormat, width: int, height: int, scale: int):
-    """Plane shapes of the ``scale`` times larger output frame (chroma: the output
-    frame's own ceil(r*W / 2**sx), not r * ceil(W / 2**sx); see the module doc)."""
-    return layout.shapes(width * scale, height * scale)
-
-
 def crop_planes(planes, shapes) -> tuple[np.ndarray, ...]:
-    """Each plane cut to its shape in ``shapes`` at the right and bottom (views)."""
+    """Each plane cut to its shape in ``shapes`` at the right and bottom (views): the
+    output frame's own planes, ``layout.shapes`` of the r times larger frame (chroma
+    ceil(r*W / 2**sx), not r * ceil(W / 2**sx); see the module doc)."""
     out = []
     for p, (h, w) in zip(planes, shapes):
         if p.shape[0] < h or p.shape[1] < w:
@@ -224,9 +219,7 @@ def upscale_plane_stream(upscaler, frames: Iterable, batch: int | None = None,
     seconds spent in "upload" (stacking planes, and host to device on a GPU), "kernels"
     and "download" are added to it. Output planes may be views into a batch's result.
     """
-    batch = DEFAULT_BATCH if batch is None else batch
-    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
-        raise ValueError(f"batch must be a positive integer, got {batch!r}")
+    batch = check_batch(batch)
     chroma = upscaler.chroma if upscaler.chroma is not None and not rgb else None
     return generate_planes(lambda: make_runner(upscaler), iter(frames), batch, stats, rgb,
                            chroma)
@@ -265,9 +258,7 @@ def generate_planes(new_runner, frames, batch: int, stats=None, rgb: bool = Fals
         batches[bid][2][g] = out
         add("download", time.perf_counter() - t0)
         if stats is not None:
-            for k in STAGES:
-                stats[k] = stats.get(k, 0.0) + runner.timings.get(k, 0.0) - before.get(k, 0.0)
-                before[k] = runner.timings.get(k, 0.0)
+            add_stage_times(stats, runner, before)
 
     def ready(bid):
         return all(r is not None for r in batches[bid][2])
@@ -307,7 +298,7 @@ def generate_planes(new_runner, frames, batch: int, stats=None, rgb: bool = Fals
                 token = runner.submit(stack[..., None])
             else:  # RGB frames as frames of 3 channels (luma mode), the rest plane by plane
                 n = len(pending)
-                layout = Layout(4, n, 3) if rgb and len(idx) == 3 * n else Layout(4, len(idx), 1)
+                layout = Layout(4, n, 3) if rgb else Layout(4, len(idx), 1)
                 token = runner.submit(stack, layout)
             submitted.append((bid, g, token))
         pending.clear()
