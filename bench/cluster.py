@@ -47,14 +47,11 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from .model_ab import parse_size  # noqa: E402
+
 CLIP_FPS = 24
 CLIP_GOP = 12  # a keyframe every half second
 SEGMENT_SECONDS = 0.5  # the clip's segments on the cluster: one keyframe interval each
-
-
-def _parse_size(text: str) -> tuple[int, int]:
-    w, _, h = text.lower().partition("x")
-    return int(w), int(h)
 
 
 def make_photos(folder: Path, n: int, size, fmt: str) -> None:
@@ -311,11 +308,11 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.cluster",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--photos", type=int, default=32)
-    p.add_argument("--size", type=_parse_size, default=(320, 240), metavar="WxH")
+    p.add_argument("--size", type=parse_size, default=(320, 240), metavar="WxH")
     p.add_argument("--formats", default="jpg,png", help="photo formats, comma-separated")
     p.add_argument("--scale", type=int, default=4, choices=(2, 3, 4))
     p.add_argument("--frames", type=int, default=48)
-    p.add_argument("--clip-size", type=_parse_size, default=(320, 180), metavar="WxH")
+    p.add_argument("--clip-size", type=parse_size, default=(320, 180), metavar="WxH")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--json", type=Path, metavar="PATH")
     args = p.parse_args(argv)

@@ -29,10 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def _parse_size(text: str) -> tuple[int, int]:
-    w, _, h = text.lower().partition("x")
-    return int(w), int(h)
+from .model_ab import parse_size
 
 
 def measure(size=(1920, 1080), scale: int = 4, folder: int = 0, rounds: int = 3,
@@ -94,7 +91,7 @@ def measure(size=(1920, 1080), scale: int = 4, folder: int = 0, rounds: int = 3,
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.end_to_end",
                                 description=__doc__.split("\n\n")[0])
-    p.add_argument("--size", type=_parse_size, default=(1920, 1080), metavar="WxH")
+    p.add_argument("--size", type=parse_size, default=(1920, 1080), metavar="WxH")
     p.add_argument("--scale", type=int, default=4, choices=(2, 3, 4))
     p.add_argument("--folder", type=int, default=0, metavar="N",
                    help="also a folder of N images (per-image time)")

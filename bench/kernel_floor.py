@@ -45,6 +45,8 @@ import time
 
 import numpy as np
 
+from .model_ab import parse_size
+
 GOAL_OUT = (1280, 720)
 
 
@@ -198,14 +200,12 @@ def measure(scale: int, mode: str, size: tuple, repeats: int, floor: Floor,
     from iqlut_gpu.backends import prepare
     from iqlut_gpu.kernels import numba_cpu
 
-    from iqlut_gpu.planes import to_planes
-
-    from .registry import bench_frames
+    from .kernel_ab import photo_planes
 
     kernels = kernels or {"working tree": numba_cpu}
     model = default_model(scale).with_ensemble(1)
     prepared = prepare(model)
-    planes, _ = to_planes(bench_frames(size, 1))
+    planes = photo_planes(*size)
     P, H, W = planes.shape
     xs = layer_inputs(prepared, planes, mode)
     calls = {name: layer_calls(prepared, planes, mode, mod, xs) for name, mod in kernels.items()}
@@ -263,12 +263,6 @@ def derive(res: dict, fl: dict) -> dict:
                          "cycles_per_useful": round(ns_px / tot_useful * ghz, 2),
                          "vs_floor": round(ns_px / tot_reads * ghz / fl["reg_cycles"], 2)}
     return res
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    from .model_ab import parse_size as ps
-
-    return ps(text)
 
 
 def main(argv=None) -> int:
