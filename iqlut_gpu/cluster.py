@@ -808,7 +808,7 @@ def upscale_video(src, dst, scale: int | None = None, *, client, model=None,
                   batch: int = 4, codec: str | None = None, crf: int | None = None,
                   overwrite: bool = False, segment_seconds: float | None = None,
                   progress=None, color: str = "rgb", planes: str | None = None,
-                  preset: str | None = None) -> VideoReport:
+                  preset: str | None = None, info=None) -> VideoReport:
     """Upscale the video ``src`` into ``dst`` on the workers of ``client``: segments cut at
     keyframes, upscaled on the workers, joined by stream copy, the source's audio muxed once.
 
@@ -818,10 +818,11 @@ def upscale_video(src, dst, scale: int | None = None, *, client, model=None,
     (a keyframe at each seam). ``segment_seconds``: the cut interval (default: about four
     segments per worker, at least MIN_SEGMENT_SECONDS). ``progress(frames_done)`` is called
     in this thread as segments finish. ``color``, ``planes``, ``preset``: as for
-    ``iqlut_gpu.video.upscale_video`` (``planes``/``preset`` are passed on when given). ``dst`` and the hidden segment folder beside it must
-    be on a filesystem the workers share. Raises VideoError (a ValueError) for a bad input or
-    output, ClusterError for a lost cluster; on any failure ``dst`` is untouched and the
-    segments are removed.
+    ``iqlut_gpu.video.upscale_video`` (``planes``/``preset`` are passed on when given);
+    ``info``: ``video.probe(src)`` if the caller has it. ``dst`` and the hidden segment
+    folder beside it must be on a filesystem the workers share. Raises VideoError (a
+    ValueError) for a bad input or output, ClusterError for a lost cluster; on any failure
+    ``dst`` is untouched and the segments are removed.
     """
     from .io import atomic_path, remove_stale_parts
     from .video import (CRF_CODECS, DEFAULT_CRF, VideoError, check_encoder, check_output_path,
@@ -837,7 +838,7 @@ def upscale_video(src, dst, scale: int | None = None, *, client, model=None,
     model.with_ensemble(ensemble)
     extra = {k: v for k, v in (("planes", planes), ("preset", preset)) if v is not None}
     src, dst = Path(src).absolute(), Path(dst).absolute()
-    info = probe(src)
+    info = info or probe(src)
     check_output_path(src, dst, overwrite)
     codec = codec or "libx264"
     if crf is None and codec in CRF_CODECS:

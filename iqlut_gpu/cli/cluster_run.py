@@ -105,7 +105,7 @@ def video(args) -> int:
                 segment_seconds=getattr(args, "segment_seconds", None),
                 progress=progress if not args.quiet else None,
                 color=getattr(args, "color", "rgb"), planes=getattr(args, "planes", None),
-                preset=getattr(args, "preset", None))
+                preset=getattr(args, "preset", None), info=info)
         if bar is not None:
             bar.total = bar.n
             bar.refresh()
