@@ -92,8 +92,62 @@ def test_probe_names_the_missing_cupy(monkeypatch):
         return real_import(name, *args, **kw)
 
     monkeypatch.setattr(builtins, "__import__", no_cupy)
+    monkeypatch.delitem(sys.modules, "cupy", raising=False)
+    monkeypatch.setattr(cuda_backend, "driver_reason", lambda: None)  # as if a GPU were here
     reason = cuda_backend.probe()
     assert "CuPy" in reason and "cuda12" in reason
+
+
+def test_without_a_driver_the_probe_does_not_import_cupy(monkeypatch):
+    import builtins
+    import ctypes
+
+    real_import, real_cdll = builtins.__import__, ctypes.CDLL
+    imported = []
+
+    def watch(name, *args, **kw):
+        if name == "cupy" or name.startswith("cupy."):
+            imported.append(name)
+        return real_import(name, *args, **kw)
+
+    def no_driver(name, *args, **kw):
+        if "cuda" in str(name):
+            raise OSError(f"{name}: cannot open shared object file")
+        return real_cdll(name, *args, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", watch)
+    monkeypatch.setattr(ctypes, "CDLL", no_driver)
+    monkeypatch.delitem(sys.modules, "cupy", raising=False)
+    reason = cuda_backend.probe()
+    assert reason is not None and ("driver" in reason or "macOS" in reason)
+    assert imported == []
+    assert backends.resolve("cpu") == "cpu"
+
+
+class _FakeDriver:
+    """libcuda's two entry points the probe calls, answering as told."""
+
+    def __init__(self, init_rc=0, count=1):
+        self.init_rc, self.count = init_rc, count
+
+    def cuInit(self, flags):
+        return self.init_rc
+
+    def cuDeviceGetCount(self, ref):
+        ref._obj.value = self.count
+        return 0
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="no CUDA driver on macOS")
+@pytest.mark.parametrize("driver, expected", [(_FakeDriver(init_rc=100), "cuInit returned error 100"),
+                                              (_FakeDriver(count=0), "sees no device"),
+                                              (_FakeDriver(count=2), None)])
+def test_driver_reason_reads_the_driver(monkeypatch, driver, expected):
+    import ctypes
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name, *a, **kw: driver)
+    reason = cuda_backend.driver_reason()
+    assert reason == expected or (expected and expected in reason)
 
 
 # ----------------------------------------------------------------------------- launcher contract
