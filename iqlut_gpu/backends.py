@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import sys
 import warnings
 
 import numpy as np
@@ -69,12 +70,38 @@ def _probe_reference() -> str | None:
     return None
 
 
+# Set by the CLI, a process that runs nothing but iqlut's kernels: see ``_import_numba``.
+LEAN_NUMBA = False
+
+
 def _probe_cpu() -> str | None:
     try:
-        importlib.import_module("numba")
+        _import_numba()
     except Exception as e:  # ImportError, or numba refusing this numpy
         return f"Numba is not usable: {e}"
     return None
+
+
+def _import_numba() -> None:
+    """Import Numba; with ``LEAN_NUMBA``, also its NumPy support with SciPy's BLAS hidden.
+
+    Numba's first compile or cache load imports ``numba.np.arraymath``, which imports
+    ``scipy.linalg`` (0.34 s of every ``iqlut`` command on the 2-core CPU) only to learn
+    whether ``np.dot`` in jitted code may call BLAS. iqlut's kernels call no BLAS, so the
+    CLI hides it for that one import (numba then takes its own loop for those dot
+    products, in this process only); SciPy stays importable afterwards. A process that
+    has imported ``scipy.linalg`` already pays nothing and is left as it is.
+    """
+    importlib.import_module("numba")
+    if not LEAN_NUMBA or "scipy.linalg" in sys.modules or "numba.np.arraymath" in sys.modules:
+        return
+    blas = "scipy.linalg.cython_blas"
+    sys.modules[blas] = None  # `import` of it raises ImportError, parents not imported
+    try:
+        importlib.import_module("numba.np.arraymath")
+    finally:
+        if sys.modules.get(blas, 0) is None:
+            del sys.modules[blas]
 
 
 def _probe_cuda() -> str | None:

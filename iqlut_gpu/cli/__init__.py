@@ -58,6 +58,9 @@ def main(argv=None) -> int:
     # The commands print the backend they used; the library's fallback warning would only
     # add a second stderr line (and break "one line per error").
     warnings.simplefilter("ignore", BackendFallbackWarning)
+    from .. import backends
+
+    backends.LEAN_NUMBA = True  # this process runs only iqlut's kernels: no SciPy BLAS
     try:
         code = int(args.func(args) or EXIT_OK)
         sys.stdout.flush()  # a closed pipe shows up here, inside the handlers below
