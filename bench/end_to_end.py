@@ -17,11 +17,16 @@ x4: a 7680x4320 PNG out):
 Reported: each one's median, ``single / kernels`` (issue #22's goal: at most 1.5),
 ``(single - startup) / kernels`` (the command's own work) and ``folder / kernels`` per
 image.
+
+``python -m bench.end_to_end --startup-against REV [--rounds R]`` instead times the
+start-up command of git revision ``REV`` (checked out in a temporary worktree) against
+the working tree's, alternating, and prints each median and their ratio.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -88,6 +93,49 @@ def measure(size=(1920, 1080), scale: int = 4, folder: int = 0, rounds: int = 3,
     return res
 
 
+def startup_against(rev: str, rounds: int = 9, log=lambda m: None) -> dict:
+    """Start-up (``iqlut upscale`` of a 16x16 image, a new process) of revision ``rev``
+    against the working tree's, alternating; medians and their ratio."""
+    import numpy as np
+
+    from iqlut_gpu.io import write_image
+
+    repo = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory(prefix="iqlut-startup-") as tmp:
+        tmp = Path(tmp)
+        old = tmp / "rev"
+        subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", str(old), rev],
+                       check=True, capture_output=True)
+        try:
+            # the package maps iqlut_gpu.kernels to kernels/ (setup.cfg); mirror that
+            (old / "iqlut_gpu" / "kernels").symlink_to(old / "kernels")
+            write_image(tmp / "tiny.png", np.zeros((16, 16, 3), np.uint8))
+            trees = {"rev": old, "tree": repo}
+
+            def start(tree):
+                env = {**os.environ, "PYTHONPATH": str(tree)}
+                subprocess.run([sys.executable, "-m", "iqlut_gpu", "upscale", "tiny.png", "-o",
+                                "out.png", "--scale", "4", "--overwrite", "--quiet"],
+                               check=True, capture_output=True, cwd=tmp, env=env)
+
+            for tree in trees.values():  # warm up: each tree's Numba cache
+                start(tree)
+            times = {k: [] for k in trees}
+            for i in range(rounds):
+                for k in (list(trees) if i % 2 == 0 else list(trees)[::-1]):
+                    t0 = time.perf_counter()
+                    start(trees[k])
+                    times[k].append(time.perf_counter() - t0)
+                log(f"round {i + 1}: " + ", ".join(f"{k} {v[-1]:.3f} s" for k, v in times.items()))
+        finally:
+            subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(old)],
+                           capture_output=True)
+    med = {k: round(statistics.median(v), 3) for k, v in times.items()}
+    return {"startup_against": rev, "rounds": rounds, "median_s": med,
+            "tree_over_rev": round(statistics.median(b / a for a, b in
+                                                     zip(times["rev"], times["tree"])), 3)}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.end_to_end",
                                 description=__doc__.split("\n\n")[0])
@@ -98,11 +146,17 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--backend", default="cpu")
     p.add_argument("--json", type=Path, metavar="PATH")
+    p.add_argument("--startup-against", metavar="REV",
+                   help="time only the start-up, REV's against the working tree's")
     args = p.parse_args(argv)
-    res = measure(args.size, args.scale, args.folder, args.rounds, args.backend,
-                  log=lambda m: print(m, file=sys.stderr))
     from .timing import emit
 
+    if args.startup_against:
+        emit(startup_against(args.startup_against, args.rounds,
+                             log=lambda m: print(m, file=sys.stderr)), args.json)
+        return 0
+    res = measure(args.size, args.scale, args.folder, args.rounds, args.backend,
+                  log=lambda m: print(m, file=sys.stderr))
     emit(res, args.json)
     return 0
 
