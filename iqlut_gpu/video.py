@@ -554,7 +554,8 @@ def check_encoder(dst, size, fps, *, codec: str = "libx264", crf: int | None = N
 
     Catches an unknown container suffix, an unknown encoder, an encoder the container
     cannot hold, a layout or size the encoder refuses and audio that cannot be copied
-    into the container, before any real work is done.
+    into the container, before anything is written (``upscale_video`` runs it while its
+    first frames are decoded and upscaled).
     """
     import tempfile
 
@@ -884,27 +885,32 @@ def upscale_video(src, dst, scale: int = 4, *, model=None, backend: str = "auto"
         if source.range and "range" not in dict(color):
             color = (("range", source.range),) + color
     audio_from = src if info.audio else None
-    pix_fmt = output_pix_fmt(layout, out_size, codec)
     enc = dict(codec=codec, crf=crf, audio_from=audio_from, layout=layout, color=color,
                sar=info.sar, preset=preset)
-    notes = []
-    try:
-        check_encoder(dst, out_size, info.fps, pix_fmt=pix_fmt, **enc)
-    except VideoError:
-        # an odd output size (x3 of an odd-sized 4:2:0 source) that the encoder cannot code
-        # subsampled: give it 4:4:4, as the RGB path does for odd sizes
-        if layout.rgb or layout.fits(*out_size) or pix_fmt == "yuv444p":
-            raise
-        pix_fmt = "yuv444p"
-        check_encoder(dst, out_size, info.fps, pix_fmt=pix_fmt, **enc)
-        notes.append(f"{out_size[0]}x{out_size[1]} cannot be coded {layout.chroma} by {codec}")
-    if not layout.rgb and pix_fmt != layout.name:
-        notes.append(f"the encoder gets {pix_fmt or 'its own format'} (ffmpeg converts)")
     stats = VideoStats(info=info, output_size=out_size, backend=upscaler.backend,
                        planes=layout.name, planes_reason=source.reason,
-                       output_pix_fmt=pix_fmt, notes=notes,
                        stages={"decode": 0.0, "upload": 0.0, "kernels": 0.0, "download": 0.0,
                                "encode": 0.0})
+
+    def checked_pix_fmt() -> str | None:
+        """The format the encoder gets, tried first by a two-frame encode (``check_encoder``:
+        0.2-0.3 s, which runs while the first frames are decoded and upscaled); what
+        ffmpeg will convert goes into ``stats.notes``."""
+        pix_fmt = output_pix_fmt(layout, out_size, codec)
+        try:
+            check_encoder(dst, out_size, info.fps, pix_fmt=pix_fmt, **enc)
+        except VideoError:
+            # an odd output size (x3 of an odd-sized 4:2:0 source) that the encoder cannot
+            # code subsampled: give it 4:4:4, as the RGB path does for odd sizes
+            if layout.rgb or layout.fits(*out_size) or pix_fmt == "yuv444p":
+                raise
+            pix_fmt = "yuv444p"
+            check_encoder(dst, out_size, info.fps, pix_fmt=pix_fmt, **enc)
+            stats.notes.append(f"{out_size[0]}x{out_size[1]} cannot be coded {layout.chroma} "
+                               f"by {codec}")
+        if not layout.rgb and pix_fmt != layout.name:
+            stats.notes.append(f"the encoder gets {pix_fmt or 'its own format'} (ffmpeg converts)")
+        return pix_fmt
     shapes = layout.shapes(*out_size)  # the output frame's own planes (yuv.crop_planes)
     depth = max(1, queue_batches) * batch
     decoded: queue.Queue = queue.Queue(maxsize=depth)
@@ -943,6 +949,7 @@ def upscale_video(src, dst, scale: int = 4, *, model=None, backend: str = "auto"
             try:  # ffmpeg must be dead before atomic_path removes the temporary file
                 threads.append(_stage(decode, decoded, stop, "iqlut-decode"))
                 threads.append(_stage(upscale, upscaled, stop, "iqlut-upscale"))
+                pix_fmt = stats.output_pix_fmt = checked_pix_fmt()  # nothing written before
                 step = last = None
                 for out, pts, tb in _drain(upscaled, stop):
                     t0 = time.perf_counter()
