@@ -397,14 +397,12 @@ def _resolve_model(model, scale):
 
 
 def _check_options(options: UpscalerOptions) -> None:
-    from . import color as color_mod
-    from .backends import BACKENDS, MODES
+    """The choices ``Upscaler`` checks, checked here without resolving the backend (the
+    workers resolve theirs)."""
+    from .upscaler import check_choices
 
-    if options.backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {options.backend!r}")
-    if options.mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {options.mode!r}")
-    color_mod.check(options.color)
+    check_choices(backend=options.backend, mode=options.mode, color=options.color,
+                  tile=options.tile)
 
 
 def _plugin_name() -> str:

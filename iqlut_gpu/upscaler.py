@@ -75,6 +75,19 @@ def _check_tile(tile) -> int:
     return tile
 
 
+def check_choices(*, backend: str = "auto", mode: str = "auto", color: str = "rgb",
+                  tile: int | None = None) -> None:
+    """The ValueError that ``Upscaler`` raises for a backend name, table mode, colour mode
+    or tile size that is not one of the choices, without resolving anything (no probe, no
+    model): the cluster's driver checks a job with it before the workers build theirs."""
+    if backend not in backends.BACKENDS:
+        raise ValueError(f"backend must be one of {backends.BACKENDS}, got {backend!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    color_mod.check(color)
+    _check_tile(tile)
+
+
 class Upscaler:
     """Model, backend, table mode, ensemble and tiling, resolved once (see the module doc).
 
@@ -90,9 +103,8 @@ class Upscaler:
     def __init__(self, scale: int | None = None, *, model=None, backend: str = "auto",
                  mode: str = "auto", tile: int | None = None, ensemble: int | None = None,
                  color: str = "rgb"):
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        self.color = color_mod.check(color)
+        check_choices(backend=backend, mode=mode, color=color, tile=tile)
+        self.color = color
         self.model = resolve_model(model, scale).with_ensemble(ensemble)
         self.backend = backends.resolve(backend)
         self.mode = backends.concrete_mode(self.backend, mode)

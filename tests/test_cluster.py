@@ -220,6 +220,27 @@ def test_a_backend_the_workers_lack_is_one_line(client, tmp_path):
     assert list((tmp_path / "out").iterdir()) == []
 
 
+@pytest.mark.parametrize("bad", [dict(backend="gpu"), dict(mode="fast"), dict(color="yuv"),
+                                 dict(tile=0)])
+def test_bad_choices_fail_on_the_driver_as_the_upscaler_says(bad, tmp_path, monkeypatch):
+    """One check (upscaler.check_choices) for the Upscaler and the cluster's driver: the same
+    ValueError before any Dask call, and the driver never resolves (probes) the backend."""
+    from iqlut_gpu import backends
+    from iqlut_gpu.upscaler import Upscaler
+
+    make_photos(tmp_path / "in", 1)
+    with pytest.raises(ValueError) as want:
+        Upscaler(2, **bad)
+    monkeypatch.setattr(backends, "resolve", lambda *a: pytest.fail("the driver resolved"))
+    with pytest.raises(ValueError) as got:
+        cluster.upscale_files([tmp_path / "in"], tmp_path / "out", 2, client=None, **bad)
+    assert str(got.value) == str(want.value)
+    if "tile" not in bad:  # a video has no tile option
+        with pytest.raises(ValueError) as got:
+            cluster.upscale_video(tmp_path / "no.mp4", tmp_path / "o.mp4", 2, client=None, **bad)
+        assert str(got.value) == str(want.value)
+
+
 def test_our_workers_keep_glibc_adaptive_mmap(client):
     """The clusters started here leave out Dask's MALLOC_TRIM_THRESHOLD_ (it made every
     output image be mapped afresh: 15-20% slower per photo) and keep its thread limits."""
