@@ -580,7 +580,7 @@ def upscale_files(inputs, out, scale: int | None = None, *, client, model=None,
     todo = []
     for k, (src, dst) in enumerate(jobs):
         src, dst = src.absolute(), dst.absolute()
-        if dst.exists() and skip_existing and src.resolve() != dst.resolve():
+        if skip_existing and files.skips(src, dst):
             report.results[k] = FileResult(src, dst, skipped=True)
         elif why := files.target_error(src, dst, overwrite):
             report.results[k] = FileResult(src, dst, why)

@@ -82,6 +82,14 @@ def target_error(src: Path, dst: Path, overwrite: bool) -> str | None:
     return None
 
 
+def skips(src: Path, dst: Path) -> bool:
+    """``--skip-existing``'s rule, in-process and on a cluster: leave ``dst`` alone when it
+    exists, unless it is the input itself (never an earlier run's output: ``target_error``
+    then says so)."""
+    dst = Path(dst)
+    return dst.exists() and Path(src).resolve() != dst.resolve()
+
+
 def read_batch(jobs: Iterator, batch: int, check: Callable | None = None) -> list:
     """The next batch from the iterator ``jobs``: [(src, dst, image or ImageError)], at most
     ``batch`` files and, past the first, at most about BATCH_PIXELS input pixels. ``check``:

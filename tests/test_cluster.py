@@ -305,6 +305,36 @@ def test_skip_existing_in_process_too(tmp_path, capsys):
     assert "--overwrite and --skip-existing exclude each other" in capsys.readouterr().err
 
 
+def test_skip_existing_is_one_rule_in_process_and_on_the_cluster(client, tmp_path, capsys):
+    """An output that exists is skipped, but the input itself is no earlier run's output:
+    both paths refuse it with the same line (files.skips beside files.target_error)."""
+    from iqlut_gpu.cli import main
+
+    make_photos(tmp_path / "in", 2)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "01.png").write_bytes(b"kept")
+    seen = []
+    for inputs, out in (([tmp_path / "in"], tmp_path / "in"),  # the output is the input
+                        ([tmp_path / "in"], tmp_path / "out")):
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+        rc = main(["upscale", *map(str, inputs), "-o", str(out), "--scale", "2", "--backend",
+                   BACKEND, "--skip-existing", "--quiet"])
+        in_process = (rc, sorted(line for line in capsys.readouterr().err.splitlines()))
+        for p in out.iterdir():  # undo the in-process run's writes, then the cluster's turn
+            if p.name not in before:
+                p.unlink()
+        report = cluster.upscale_files(inputs, out, 2, client=client, backend=BACKEND,
+                                       skip_existing=True)
+        on_cluster = (1 if report.failed else 0,
+                      sorted(f"iqlut upscale: error: {r.error}" for r in report.failed))
+        assert on_cluster == in_process
+        seen.append(in_process)
+        assert {p.name: p.read_bytes() for p in out.iterdir() if p.name in before} == before
+    assert seen[0][0] == 1 and len(seen[0][1]) == 2
+    assert all("output is the input file itself" in line for line in seen[0][1])
+    assert seen[1] == (0, []) and report.skipped == 1 and report.written == 1
+
+
 def test_a_file_a_worker_cannot_see_fails_alone(tmp_path):
     """What a worker does with paths that are not on its filesystem (run here directly)."""
     from iqlut_gpu.upscaler import Upscaler

@@ -54,7 +54,7 @@ def check_options(args) -> None:
 
 
 def run(args) -> int:
-    from ..files import FileResult, image_jobs, process_files, target_error
+    from ..files import FileResult, image_jobs, process_files, skips, target_error
 
     check_options(args)
     if args.cluster:  # many workers, many machines: iqlut_gpu.cluster
@@ -75,7 +75,7 @@ def run(args) -> int:
     where = f"backend {upscaler.backend}"
     todo = []
     for src, dst in jobs:
-        if args.skip_existing and dst.exists():
+        if args.skip_existing and skips(src, dst):
             report(FileResult(src, dst, skipped=True), where)
         else:
             todo.append((src, dst))
