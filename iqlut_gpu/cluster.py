@@ -544,7 +544,7 @@ def upscale_files(inputs, out, scale: int | None = None, *, client, model=None,
                   backend: str = "auto", mode: str = "auto", ensemble: int | None = None,
                   color: str = "rgb", tile: int | None = None, batch: int = 8,
                   png_level: int | None = None, overwrite: bool = False,
-                  skip_existing: bool = False, on_file=None) -> FilesReport:
+                  skip_existing: bool = False, on_file=None, jobs=None) -> FilesReport:
     """Upscale image files and folders on the workers of ``client`` (a ``distributed.Client``).
 
     ``inputs`` and ``out`` as for ``iqlut upscale``: files or folders in, one output file
@@ -552,8 +552,9 @@ def upscale_files(inputs, out, scale: int | None = None, *, client, model=None,
     worker under the same name (a shared filesystem); they are made absolute here. A file
     that exists is an error unless ``overwrite`` (replace it) or ``skip_existing`` (leave
     it; a rerun after a crash goes on where it stopped). ``on_file(FileResult)`` is called
-    in this thread as each file is done. Files that fail are in the report, never raised;
-    ClusterError if the scheduler is lost or no worker can run the upscaler, ValueError for
+    in this thread as each file is done; ``jobs``: the pairs ``files.image_jobs(inputs, out)``
+    gives, if the caller has them (the folders are then not listed again). Files that fail
+    are in the report, never raised; ClusterError if the scheduler is lost or no worker can run the upscaler, ValueError for
     bad inputs or options.
     """
     from .io import remove_stale_parts
@@ -566,7 +567,7 @@ def upscale_files(inputs, out, scale: int | None = None, *, client, model=None,
     _check_options(options)
     model = _resolve_model(model, scale)
     model.with_ensemble(ensemble)  # checks the ensemble choice here, once
-    jobs = files.image_jobs(inputs, out)
+    jobs = files.image_jobs(inputs, out) if jobs is None else list(jobs)
     if not jobs:
         raise ValueError("no image files found in the inputs")
     single = len(jobs) == 1 and jobs[0][1] == Path(out)

@@ -335,6 +335,21 @@ def test_skip_existing_is_one_rule_in_process_and_on_the_cluster(client, tmp_pat
     assert seen[1] == (0, []) and report.skipped == 1 and report.written == 1
 
 
+def test_cli_on_a_cluster_lists_the_inputs_once(client, tmp_path, monkeypatch, capsys):
+    from iqlut_gpu import files
+    from iqlut_gpu.cli import main
+
+    images = make_photos(tmp_path / "in", 3)
+    calls = []
+    listing = files.image_jobs
+    monkeypatch.setattr(files, "image_jobs", lambda *a: calls.append(a) or listing(*a))
+    assert main(["upscale", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--scale", "2",
+                 "--backend", BACKEND, "--cluster", client.scheduler.address]) == 0
+    assert len(calls) == 1
+    assert "3 of 3 images written" in capsys.readouterr().err
+    assert_outputs(tmp_path / "out", expected(images))
+
+
 def test_a_file_a_worker_cannot_see_fails_alone(tmp_path):
     """What a worker does with paths that are not on its filesystem (run here directly)."""
     from iqlut_gpu.upscaler import Upscaler

@@ -46,24 +46,24 @@ def upscale(args) -> int:
     from .common import FileReport, model_from_args
 
     model = model_from_args(args)
-    try:  # bad inputs: before any cluster starts
-        total = len(image_jobs(args.inputs, args.output))
+    try:  # bad inputs: before any cluster starts; listed once, here
+        jobs = image_jobs(args.inputs, args.output)
     except ValueError as e:
         raise CLIError(str(e)) from None
-    if not total:
+    if not jobs:
         raise CLIError("no image files found in the inputs")
     connection = _connect(args)
     report = None
     where = "on the cluster"
     try:
         with connection as client:
-            report = FileReport(args, total, model.scale)
+            report = FileReport(args, len(jobs), model.scale)
             done = cluster.upscale_files(
                 args.inputs, args.output, client=client, model=model, backend=args.backend,
                 mode=args.mode, ensemble=args.ensemble, color=getattr(args, "color", "rgb"),
                 batch=args.batch, png_level=args.png_level, overwrite=args.overwrite,
                 skip_existing=getattr(args, "skip_existing", False),
-                on_file=lambda r: report(r, where))
+                on_file=lambda r: report(r, where), jobs=jobs)
     except BaseException as e:
         if report is not None:
             report.abandon()
