@@ -78,49 +78,31 @@ def video(args) -> int:
     """``iqlut video`` on a cluster."""
     from .. import cluster
     from ..video import check_output_path, probe
-    from .common import model_from_args
+    from .common import frame_progress, model_from_args, print_summary
 
     if args.batch < 1:
         raise CLIError(f"--batch must be at least 1, got {args.batch}")
     model = model_from_args(args)
     info = probe(args.input)
     check_output_path(Path(args.input), Path(args.output), args.overwrite)  # before any cluster
-    bar = None
-
-    def progress(n):
-        bar.update(n - bar.n)
-
     connection = _connect(args)
     try:
-        with connection as client:
-            if not args.quiet:
-                from tqdm import tqdm
-
-                bar = tqdm(total=info.frames_estimate, unit="frame", file=sys.stderr,
-                           dynamic_ncols=True, desc=f"x{model.scale} cluster")
+        with connection as client, \
+                frame_progress(args, info, f"x{model.scale} cluster") as progress:
             report = cluster.upscale_video(
                 args.input, args.output, client=client, model=model, backend=args.backend,
                 mode=args.mode, ensemble=args.ensemble, batch=args.batch, codec=args.codec,
                 crf=args.crf, overwrite=args.overwrite,
-                segment_seconds=getattr(args, "segment_seconds", None),
-                progress=progress if not args.quiet else None,
+                segment_seconds=getattr(args, "segment_seconds", None), progress=progress,
                 color=getattr(args, "color", "rgb"), planes=getattr(args, "planes", None),
                 preset=getattr(args, "preset", None), info=info)
-        if bar is not None:
-            bar.total = bar.n
-            bar.refresh()
     except cluster.ClusterError as e:
         raise _cluster_error(e) from None
-    finally:
-        if bar is not None:
-            bar.close()
     if not args.quiet:
         for note in report.notes:
             print(f"iqlut video: note: {args.input}: {note}", file=sys.stderr)
-        w, h = report.output_size
-        audio = f", audio copied ({', '.join(info.audio)})" if info.audio else ", no audio"
-        print(f"{args.output}: {report.frames} frames {info.width}x{info.height} -> {w}x{h} "
-              f"at {float(info.fps):g} fps{audio} (x{model.scale}, backend {report.backend}, "
-              f"{report.segments} segments on {report.workers} workers, "
-              f"{report.fps:.2f} frames/s)", file=sys.stderr)
+        workers = f"{report.workers} worker{'s' if report.workers != 1 else ''}"
+        print_summary(args, info, report.frames, report.output_size, model.scale,
+                      f"backend {report.backend}, {report.segments} segments on {workers}",
+                      report.fps)
     return 0

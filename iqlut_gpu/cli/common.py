@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 from ..backends import BACKENDS
@@ -102,3 +103,34 @@ class FileReport:
             print(f"{self.written} of {self.total} images written to {self.args.output}"
                   f"{skipped} ({where})", file=sys.stderr)
         return 1 if self.failed else 0
+
+
+@contextlib.contextmanager
+def frame_progress(args, info, desc: str):
+    """The progress bar of frames done (none with --quiet), in-process or on a cluster:
+    yields ``progress(frames_done)`` (or None); the bar ends at 100% when the body ends
+    (the total was estimated from the duration)."""
+    if args.quiet:
+        yield None
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(total=info.frames_estimate, unit="frame", file=sys.stderr, dynamic_ncols=True,
+               desc=desc)
+    try:
+        yield lambda n: bar.update(n - bar.n)
+        bar.total = bar.n
+        bar.refresh()
+    finally:
+        bar.close()
+
+
+def print_summary(args, info, frames: int, output_size, scale: int, details: str,
+                  fps: float, variable_rate: bool = False) -> None:
+    """The line ``iqlut video`` ends with (in-process or on a cluster)."""
+    w, h = output_size
+    audio = f", audio copied ({', '.join(info.audio)})" if info.audio else ", no audio"
+    rate = ("at a variable frame rate, frame times kept" if variable_rate
+            else f"at {float(info.fps):g} fps")
+    print(f"{args.output}: {frames} frames {info.width}x{info.height} -> {w}x{h} "
+          f"{rate}{audio} (x{scale}, {details}, {fps:.2f} frames/s)", file=sys.stderr)

@@ -6,7 +6,8 @@ import sys
 
 from ..yuv import PLANES_CHOICES
 from .cluster_run import add_cluster_arg
-from .common import add_backend_args, add_color_arg, add_model_args, upscaler_from_args
+from .common import (add_backend_args, add_color_arg, add_model_args, frame_progress,
+                     print_summary, upscaler_from_args)
 
 
 def add_parser(sub) -> None:
@@ -64,40 +65,16 @@ def run(args) -> int:
     scale, backend = upscaler.scale, upscaler.backend
     info = probe(args.input)
     plan_layout(info, args.planes, args.codec)  # a source that --planes refuses: say so now
-    bar = None
-    if not args.quiet:
-        from tqdm import tqdm
-
-        bar = tqdm(total=info.frames_estimate, unit="frame", file=sys.stderr, dynamic_ncols=True,
-                   desc=f"x{scale} {backend}")
-    done = 0
-
-    def progress(n):
-        nonlocal done
-        bar.update(n - done)
-        done = n
-
-    try:
+    with frame_progress(args, info, f"x{scale} {backend}") as progress:
         stats = upscale_video(args.input, args.output, upscaler=upscaler, batch=args.batch,
                               codec=args.codec, crf=args.crf, overwrite=args.overwrite,
-                              progress=progress if bar else None, planes=args.planes,
-                              preset=args.preset)
-        if bar is not None:
-            bar.total = bar.n  # the total was estimated from the duration; end at 100%
-            bar.refresh()
-    finally:
-        if bar is not None:
-            bar.close()
+                              progress=progress, planes=args.planes, preset=args.preset)
     if not args.quiet:
-        w, h = stats.output_size
-        audio = f", audio copied ({', '.join(info.audio)})" if info.audio else ", no audio"
-        rate = ("at a variable frame rate, frame times kept" if stats.variable_rate
-                else f"at {float(info.fps):g} fps")
         planes = "planes rgb" if stats.planes == "rgb24" else f"planes {stats.planes}"
         if stats.planes_reason:
             planes += f": {stats.planes_reason}"
         planes += "".join(f"; {n}" for n in stats.notes)
-        print(f"{args.output}: {stats.frames} frames {info.width}x{info.height} -> {w}x{h} "
-              f"{rate}{audio} (x{scale}, backend {backend}, {planes}, "
-              f"{stats.fps:.2f} frames/s)", file=sys.stderr)
+        print_summary(args, info, stats.frames, stats.output_size, scale,
+                      f"backend {backend}, {planes}", stats.fps, stats.variable_rate)
     return 0
+
