@@ -823,7 +823,7 @@ def upscale_video(src, dst, scale: int | None = None, *, client, model=None,
     ValueError) for a bad input or output, ClusterError for a lost cluster; on any failure
     ``dst`` is untouched and the segments are removed.
     """
-    from .io import atomic_path, remove_stale_parts
+    from .io import atomic_path, sweep_once
     from .video import (CRF_CODECS, DEFAULT_CRF, VideoError, check_encoder, check_output_path,
                         probe)
 
@@ -847,7 +847,7 @@ def upscale_video(src, dst, scale: int | None = None, *, client, model=None,
     check_encoder(dst, out_size, info.fps, codec=codec, crf=crf,
                   audio_from=src if info.audio else None)
     seg_suffix = _segment_container(dst, out_size, info.fps, codec, crf)
-    remove_stale_parts(dst.parent)
+    sweep_once(dst.parent)  # before the segments go there; atomic_path(dst) then does not
     report = VideoReport(info=info, output_size=out_size)
     t_start = time.perf_counter()
     work = _segments_folder(dst)

@@ -94,7 +94,7 @@ def remove_stale_parts(folder) -> list[Path]:
     return removed
 
 
-def _sweep_once(folder: Path) -> None:
+def sweep_once(folder: Path) -> None:
     """``remove_stale_parts(folder)`` the first time this process writes into it."""
     key = (os.getpid(), os.path.abspath(folder))
     with _swept_lock:
@@ -115,7 +115,7 @@ def atomic_path(path: Path):
     temporaries that dead processes of this host left there (``remove_stale_parts``).
     """
     path = Path(path)
-    _sweep_once(path.parent)
+    sweep_once(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.",
                                suffix=f"{part_marker()}.part{path.suffix}", dir=path.parent)
     os.close(fd)

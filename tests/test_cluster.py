@@ -605,9 +605,14 @@ def assert_same_video(a, b, frames=30):
         assert packets(a, "0:a:0") == packets(b, "0:a:0")  # the audio, copied once
 
 
-def test_segmented_video_equals_the_single_process_run(client, clip, tmp_path):
+def test_segmented_video_equals_the_single_process_run(client, clip, tmp_path, monkeypatch):
+    from iqlut_gpu import io
     from iqlut_gpu.video import probe
 
+    stale = tmp_path / f".out.mkv.x.iqlut-{this_host()}-{dead_pid()}.part.d"
+    stale.mkdir()  # the segments of a killed run: the driver removes them, once
+    swept, sweep = [], io.remove_stale_parts
+    monkeypatch.setattr(io, "remove_stale_parts", lambda f: swept.append(Path(f)) or sweep(f))
     done = []
     report = cluster.upscale_video(clip / "in.mp4", tmp_path / "out.mkv", 2, client=client,
                                    backend=BACKEND, codec="ffv1", segment_seconds=0.2,
@@ -617,6 +622,7 @@ def test_segmented_video_equals_the_single_process_run(client, clip, tmp_path):
     assert probe(clip / "in.mp4").fps == Fraction(30000, 1001)
     assert_same_video(clip / "single.mkv", tmp_path / "out.mkv")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mkv"]  # segments removed
+    assert swept == [tmp_path]
 
 
 def test_lossy_segments_keep_the_timestamps(client, clip, tmp_path):
