@@ -280,22 +280,50 @@ class UpscalerOptions:
     tile: int | None = None
 
 
+# On a worker: the upscalers of the last KEEP_UPSCALERS models and options it ran, kept
+# across jobs, so that a job that runs the model of the one before (the same bytes) finds its
+# tables prepared, as the in-process command keeps its model between calls.
+KEEP_UPSCALERS = 2
+_KEPT: dict = {}  # (model digest, UpscalerOptions) -> (Upscaler, warnings building it raised)
+_KEPT_LOCK = threading.Lock()
+
+
+def model_digest(model) -> str:
+    """A name of ``model``'s content (SHA-256 over its settings, layers and tables, the
+    ensemble included): equal for equal models. (Not ``model_to_bytes``: safetensors
+    writes its header's keys in no fixed order.)"""
+    import hashlib
+    import json
+
+    h = hashlib.sha256(json.dumps(
+        [model.scale, model.upsample, model.ensemble, model.trained, model.provenance,
+         [layer.spec() for layer in model.layers]], sort_keys=True, default=str).encode())
+    for layer in model.layers:
+        for a in (layer.knots, layer.table, layer.bias):
+            h.update(f"{a.dtype}{a.shape}".encode())
+            h.update(a.tobytes())
+    return h.hexdigest()
+
+
 class UpscalerPlugin(_WorkerPlugin):
     """A model and the upscaler options, sent once to every worker of the cluster (also to
     workers that join or restart later). The worker's ``Upscaler`` is built on first use in a
-    task thread (Numba compilation off the worker's event loop) and kept for the job."""
+    task thread (Numba compilation off the worker's event loop), or taken from the ones the
+    worker kept from earlier jobs with the same model and options (``_KEPT``)."""
 
-    def __init__(self, name: str, model, options: UpscalerOptions):
+    def __init__(self, name: str, model, options: UpscalerOptions, digest: str | None = None):
         self.name, self.model, self.options = name, model, options
+        self.digest = digest or model_digest(model)
         self._upscaler = None
         self._lock = threading.Lock()
         self.warnings: list = []  # (category, message) raised building the upscaler
 
     def __getstate__(self):
-        return {"name": self.name, "model": self.model, "options": self.options}
+        return {"name": self.name, "model": self.model, "options": self.options,
+                "digest": self.digest}
 
     def __setstate__(self, state):
-        self.__init__(state["name"], state["model"], state["options"])
+        self.__init__(state["name"], state["model"], state["options"], state["digest"])
 
     def setup(self, worker=None):  # nothing heavy on the event loop
         pass
@@ -303,17 +331,29 @@ class UpscalerPlugin(_WorkerPlugin):
     def upscaler(self):
         with self._lock:
             if self._upscaler is None:
-                import warnings
-
-                from .upscaler import Upscaler
-
-                o = self.options
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    self._upscaler = Upscaler(model=self.model, backend=o.backend, mode=o.mode,
-                                              ensemble=o.ensemble, color=o.color, tile=o.tile)
-                self.warnings = [(w.category, str(w.message)) for w in caught]
+                key = (self.digest, self.options)
+                with _KEPT_LOCK:
+                    kept = _KEPT.pop(key, None)
+                if kept is None:
+                    kept = self._build()
+                with _KEPT_LOCK:
+                    _KEPT[key] = kept  # the most recent last
+                    while len(_KEPT) > KEEP_UPSCALERS:
+                        _KEPT.pop(next(iter(_KEPT)))
+                self._upscaler, self.warnings = kept
             return self._upscaler
+
+    def _build(self):
+        import warnings
+
+        from .upscaler import Upscaler
+
+        o = self.options
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            up = Upscaler(model=self.model, backend=o.backend, mode=o.mode,
+                          ensemble=o.ensemble, color=o.color, tile=o.tile)
+        return up, [(w.category, str(w.message)) for w in caught]
 
 
 def _plugin(name: str) -> UpscalerPlugin:
@@ -343,11 +383,11 @@ def _not_shared(path, what: str) -> str:
 
 
 def process_files(upscaler, pairs: list[tuple[str, str]], png_level: int | None = None,
-                  batch: int = 8) -> list[FileResult]:
+                  batch: int = 8, on_upscaled=None) -> list[FileResult]:
     """``[(src, dst)]`` through ``iqlut_gpu.files.process_files`` on this worker; every file
     gets a ``FileResult``, in the order of ``pairs``. A path this worker cannot see fails
     alone, saying so; if the upscaler itself fails (backend, memory), the files not done
-    fail with its reason."""
+    fail with its reason. ``on_upscaled``: as for ``files.process_files``."""
     where = {Path(d): k for k, (_, d) in enumerate(pairs)}
     results: list[FileResult | None] = [None] * len(pairs)
 
@@ -360,7 +400,7 @@ def process_files(upscaler, pairs: list[tuple[str, str]], png_level: int | None 
 
     try:
         for r in files.process_files(upscaler, pairs, batch=batch, png_level=png_level,
-                                     check=visible):
+                                     check=visible, on_upscaled=on_upscaled):
             results[where[r.dst]] = r
     except Exception as e:  # noqa: BLE001 - the rest fail with the reason
         reason = _first_line(e)
@@ -375,9 +415,25 @@ def _files_task(name: str, pairs: list[tuple[str, str]], png_level, batch: int):
     """A folder task on a worker: its files through the worker's kept upscaler, in batches
     of at most a quarter of the task, so that reading the next batch and writing the last
     overlap the upscaling of this one inside the task (a task of 8 photos as one batch of
-    8 read, upscaled and wrote them in turn: one worker took 1.2x the in-process time)."""
+    8 read, upscaled and wrote them in turn: one worker took 1.2x the in-process time).
+    Once its last file is upscaled the task leaves the worker's thread (``_hand_over``), so
+    that the next task's reading and upscaling overlap this one's last writes, as in one
+    in-process pipeline; it still reports done only once its files are renamed into place."""
     inner = max(1, min(batch, math.ceil(len(pairs) / PIPELINE_STEPS)))
-    return process_files(_plugin(name).upscaler(), pairs, png_level, inner)
+    return process_files(_plugin(name).upscaler(), pairs, png_level, inner, _hand_over)
+
+
+def _hand_over() -> None:
+    """Leave this worker's task thread (``distributed.secede``) when only waiting is left
+    (an output being written, an encoder finishing): the worker starts its next task in
+    another thread; this one still returns when its work is done. Nothing outside a worker."""
+    from distributed import secede
+    from distributed.threadpoolexecutor import thread_state as pool_thread
+    from distributed.worker import thread_state as task_thread
+
+    # in a worker's task thread, still in its pool (not seceded yet)
+    if getattr(task_thread, "key", None) and getattr(pool_thread, "proceed", False):
+        secede()
 
 
 def _sweep_task(folders: list[str]) -> int:
@@ -746,12 +802,14 @@ def _stands_alone(segment: Path) -> bool:
 
 
 def _segment_container(dst: Path, size, fps, codec, crf) -> str:
-    """The suffix for upscaled segments: MP4/QuickTime (exact timestamps) when they hold
+    """The suffix for upscaled segments: the output's own if it is MP4/QuickTime (exact
+    timestamps; ``check_encoder`` has passed for ``dst``), else MP4/QuickTime when they hold
     ``codec``, else the output's own."""
     from .video import VideoError, check_encoder
 
-    first = [dst.suffix.lower()] if dst.suffix.lower() in EXACT_CONTAINERS + (".m4v",) else []
-    for suffix in dict.fromkeys([*first, *EXACT_CONTAINERS]):
+    if dst.suffix.lower() in EXACT_CONTAINERS + (".m4v",):
+        return dst.suffix  # the caller has checked that dst's container holds the codec
+    for suffix in EXACT_CONTAINERS:
         try:
             check_encoder(dst.with_suffix(suffix), size, fps, codec=codec, crf=crf)
             return suffix
@@ -764,15 +822,24 @@ def _segment_task(name: str, src: str, dst: str, batch: int, codec: str, crf,
                   extra: dict) -> tuple:
     """On a worker: upscale one segment file into ``dst`` (``extra``: more keyword arguments
     of ``video.upscale_video``, e.g. planes, preset); (frames decoded and upscaled, packets
-    in the segment, seconds, backend)."""
+    in the segment, seconds, backend). Once its last frame has gone to the encoder the task
+    leaves the worker's thread (``_hand_over``): the next segment is decoded and upscaled
+    while this one's encoder finishes (x264 encodes most of a short segment at its end); it
+    still reports done only once ``dst`` is complete."""
     from . import video
 
     if not os.path.exists(src):
         raise video.VideoError(_not_shared(src, "segment"))
     up = _plugin(name).upscaler()
+    packets = count_frames(src, 0, decode=False)
+
+    def progress(n):
+        if n == packets:
+            _hand_over()
+
     stats = video.upscale_video(src, dst, upscaler=up, batch=batch, codec=codec, crf=crf,
-                                overwrite=True, **extra)
-    return stats.frames, count_frames(src, 0, decode=False), stats.seconds, up.backend
+                                overwrite=True, progress=progress, **extra)
+    return stats.frames, packets, stats.seconds, up.backend
 
 
 def _segments_folder(dst: Path) -> Path:

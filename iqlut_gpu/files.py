@@ -131,12 +131,14 @@ def wait(future, poll: float = 0.005):
 
 
 def process_files(upscaler, jobs: Iterable[tuple[Path, Path]], *, batch: int = 8,
-                  png_level: int | None = None, check: Callable | None = None
-                  ) -> Iterator[FileResult]:
+                  png_level: int | None = None, check: Callable | None = None,
+                  on_upscaled: Callable | None = None) -> Iterator[FileResult]:
     """Upscale ``jobs`` ([(src, dst)]) with ``upscaler`` (see the module doc); yields each
     file's ``FileResult`` as it is done (failures as they are found, outputs once written).
-    ``check(src, dst)``: a reason not to do a file (e.g. ``target_error``), or None. An
-    error of the upscaler itself (backend, memory) propagates."""
+    ``check(src, dst)``: a reason not to do a file (e.g. ``target_error``), or None.
+    ``on_upscaled()``: called once when the upscaler has done every file and only writing
+    is left (a cluster task then lets its worker start the next task). An error of the
+    upscaler itself (backend, memory) propagates."""
     todo = iter([(Path(s), Path(d)) for s, d in jobs])  # read by the one reader thread only
     queued: deque = deque()  # (src, dst, input shape, when it was handed to the upscaler)
     failures: deque = deque()  # read failures, yielded between results
@@ -180,6 +182,8 @@ def process_files(upscaler, jobs: Iterable[tuple[Path, Path]], *, batch: int = 8
             while writing:
                 yield written(writing.popleft())
             raise
+        if on_upscaled is not None:
+            on_upscaled()
         while writing:
             yield written(writing.popleft())
         while failures:

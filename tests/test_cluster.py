@@ -262,11 +262,75 @@ def test_a_folder_task_runs_its_files_in_overlapping_batches(monkeypatch):
     and writing the last while one is upscaled), never as one batch of all of them."""
     seen = []
     monkeypatch.setattr(cluster, "_plugin", lambda name: type("P", (), {"upscaler": lambda self: "up"})())
-    monkeypatch.setattr(cluster, "process_files", lambda up, pairs, level, batch: seen.append(
+    monkeypatch.setattr(cluster, "process_files", lambda up, pairs, level, batch, then: seen.append(
         (len(pairs), batch)))
     for n in (1, 3, 8, 16, 40):
         cluster._files_task("job", [("a", "b")] * n, None, 8)
     assert seen == [(1, 1), (3, 1), (8, 2), (16, 4), (40, 8)]
+
+
+def test_process_files_says_when_only_writing_is_left(tmp_path):
+    """files.process_files calls on_upscaled once, after the upscaler's last image (a cluster
+    task then lets its worker start the next task while it writes)."""
+    from iqlut_gpu import files
+    from iqlut_gpu.upscaler import Upscaler
+
+    make_photos(tmp_path / "in", 5)
+    (tmp_path / "out").mkdir()
+    up, upscaled, calls = Upscaler(2, backend=BACKEND), [], []
+
+    class Counting:
+        def frames(self, images, **kw):
+            for result in up.frames(images, **kw):
+                upscaled.append(result)
+                yield result
+
+    pairs = [(p, tmp_path / "out" / p.name) for p in sorted((tmp_path / "in").iterdir())]
+    results = list(files.process_files(Counting(), pairs, batch=2,
+                                       on_upscaled=lambda: calls.append(len(upscaled))))
+    assert calls == [5] and [r.error for r in results] == [None] * 5
+
+
+def test_a_task_that_hands_over_lets_its_worker_start_the_next(client):
+    """cluster._hand_over (distributed.secede): a one-thread worker runs the next task while
+    the one that handed over is still finishing; outside a worker it does nothing."""
+    cluster._hand_over()  # not on a worker: nothing happens
+    worker = sorted(client.nthreads())[0]
+
+    def first():
+        cluster._hand_over()
+        time.sleep(1.0)
+        return time.time()
+
+    a = client.submit(first, workers=[worker], pure=False)
+    b = client.submit(time.time, workers=[worker], pure=False)
+    assert b.result() < a.result()
+
+
+def test_workers_keep_the_upscaler_between_jobs_of_one_model(client, tmp_path):
+    """A job with the model and options of an earlier one finds its worker's upscaler (and
+    its prepared tables) kept; another model gets its own, and a worker keeps at most
+    KEEP_UPSCALERS."""
+    make_photos(tmp_path / "in", 4)
+
+    def kept():
+        return sorted((k[0], str(k[1].ensemble), id(v[0])) for k, v in cluster._KEPT.items())
+
+    def job(**kw):
+        cluster.upscale_files([tmp_path / "in"], tmp_path / "out", 2, client=client,
+                              backend=BACKEND, overwrite=True, **kw)
+        return client.run(kept)
+
+    from iqlut_gpu.model import default_model, default_model_path, load_model
+
+    assert cluster.model_digest(load_model(default_model_path(2))) == cluster.model_digest(
+        default_model(2)) != cluster.model_digest(default_model(2).with_ensemble(2))
+    first = job()
+    assert job() == first and all(len(v) <= cluster.KEEP_UPSCALERS for v in first.values())
+    other = job(ensemble=2)
+    for w, entries in other.items():
+        assert len(entries) <= cluster.KEEP_UPSCALERS
+        assert any(e[1] == "2" for e in entries) and set(first[w]) <= set(entries)
 
 
 def test_skip_existing_resumes_and_existing_outputs_are_kept(client, tmp_path):
