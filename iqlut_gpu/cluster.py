@@ -674,8 +674,10 @@ def upscale_files(inputs, out, scale: int | None = None, *, client, model=None,
             except BaseException:
                 _cancel(client, futures)
                 raise
-            with contextlib.suppress(Exception):  # what dead workers left, on every host
-                client.run(_sweep_task, folders)
+            with contextlib.suppress(Exception):  # what dead workers left, on every host;
+                # not waited for (a round trip less per job): this host's is swept below,
+                # and every worker process sweeps a folder before its first write there
+                client.run(_sweep_task, folders, wait=False)
     for folder in folders:
         remove_stale_parts(folder)
     report.seconds = time.perf_counter() - t0
