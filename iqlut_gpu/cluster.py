@@ -416,24 +416,43 @@ def _files_task(name: str, pairs: list[tuple[str, str]], png_level, batch: int):
     of at most a quarter of the task, so that reading the next batch and writing the last
     overlap the upscaling of this one inside the task (a task of 8 photos as one batch of
     8 read, upscaled and wrote them in turn: one worker took 1.2x the in-process time).
-    Once its last file is upscaled the task leaves the worker's thread (``_hand_over``), so
+    Once its last file is upscaled the task leaves the worker's thread (``_handing_over``), so
     that the next task's reading and upscaling overlap this one's last writes, as in one
     in-process pipeline; it still reports done only once its files are renamed into place."""
     inner = max(1, min(batch, math.ceil(len(pairs) / PIPELINE_STEPS)))
-    return process_files(_plugin(name).upscaler(), pairs, png_level, inner, _hand_over)
+    with _handing_over() as hand_over:
+        return process_files(_plugin(name).upscaler(), pairs, png_level, inner, hand_over)
 
 
-def _hand_over() -> None:
-    """Leave this worker's task thread (``distributed.secede``) when only waiting is left
-    (an output being written, an encoder finishing): the worker starts its next task in
-    another thread; this one still returns when its work is done. Nothing outside a worker."""
-    from distributed import secede
-    from distributed.threadpoolexecutor import thread_state as pool_thread
-    from distributed.worker import thread_state as task_thread
+# At most one task per worker process waits outside its thread (``_handing_over``), so that a
+# slow disk cannot pile up handed-over tasks and their results in memory.
+_HANDED = threading.BoundedSemaphore(1)
 
-    # in a worker's task thread, still in its pool (not seceded yet)
-    if getattr(task_thread, "key", None) and getattr(pool_thread, "proceed", False):
-        secede()
+
+@contextlib.contextmanager
+def _handing_over():
+    """Yields ``hand_over()``: called when only waiting is left (an output being written, an
+    encoder finishing), it leaves this worker's task thread (``distributed.secede``) so that
+    the worker starts its next task in another thread, while this one still returns when
+    its work is done. Nothing outside a worker's task thread, nor while another task of this
+    worker process is handed over."""
+    handed = []
+
+    def hand_over() -> None:
+        from distributed import secede
+        from distributed.threadpoolexecutor import thread_state as pool_thread
+        from distributed.worker import thread_state as task_thread
+
+        if (not handed and getattr(task_thread, "key", None)
+                and getattr(pool_thread, "proceed", False) and _HANDED.acquire(blocking=False)):
+            handed.append(True)
+            secede()
+
+    try:
+        yield hand_over
+    finally:
+        if handed:
+            _HANDED.release()
 
 
 def _sweep_task(folders: list[str]) -> int:
@@ -825,7 +844,7 @@ def _segment_task(name: str, src: str, dst: str, batch: int, codec: str, crf,
     """On a worker: upscale one segment file into ``dst`` (``extra``: more keyword arguments
     of ``video.upscale_video``, e.g. planes, preset); (frames decoded and upscaled, packets
     in the segment, seconds, backend). Once its last frame has gone to the encoder the task
-    leaves the worker's thread (``_hand_over``): the next segment is decoded and upscaled
+    leaves the worker's thread (``_handing_over``): the next segment is decoded and upscaled
     while this one's encoder finishes (x264 encodes most of a short segment at its end); it
     still reports done only once ``dst`` is complete."""
     from . import video
@@ -835,12 +854,10 @@ def _segment_task(name: str, src: str, dst: str, batch: int, codec: str, crf,
     up = _plugin(name).upscaler()
     packets = count_frames(src, 0, decode=False)
 
-    def progress(n):
-        if n == packets:
-            _hand_over()
-
-    stats = video.upscale_video(src, dst, upscaler=up, batch=batch, codec=codec, crf=crf,
-                                overwrite=True, progress=progress, **extra)
+    with _handing_over() as hand_over:
+        stats = video.upscale_video(src, dst, upscaler=up, batch=batch, codec=codec, crf=crf,
+                                    overwrite=True, progress=lambda n: n == packets and hand_over(),
+                                    **extra)
     return stats.frames, packets, stats.seconds, up.backend
 
 

@@ -292,19 +292,24 @@ def test_process_files_says_when_only_writing_is_left(tmp_path):
 
 
 def test_a_task_that_hands_over_lets_its_worker_start_the_next(client):
-    """cluster._hand_over (distributed.secede): a one-thread worker runs the next task while
-    the one that handed over is still finishing; outside a worker it does nothing."""
-    cluster._hand_over()  # not on a worker: nothing happens
+    """cluster._handing_over (distributed.secede): a one-thread worker runs the next task
+    while the one that handed over is still finishing; at most one task of a worker is
+    handed over at a time; outside a worker nothing happens."""
+    with cluster._handing_over() as hand_over:
+        hand_over()  # not on a worker: nothing happens
     worker = sorted(client.nthreads())[0]
 
-    def first():
-        cluster._hand_over()
-        time.sleep(1.0)
-        return time.time()
+    def task(seconds):
+        start = time.time()
+        with cluster._handing_over() as hand_over:
+            hand_over()
+            time.sleep(seconds)
+        return start, time.time()
 
-    a = client.submit(first, workers=[worker], pure=False)
-    b = client.submit(time.time, workers=[worker], pure=False)
-    assert b.result() < a.result()
+    a, b, c = (client.submit(task, s, workers=[worker], pure=False) for s in (1.5, 0.5, 0))
+    (a0, a1), (b0, b1), (c0, c1) = a.result(), b.result(), c.result()
+    assert b0 < a1  # b ran while a was handed over
+    assert b1 <= c0 < a1  # b could not hand over (a was): c waited for b, not for a
 
 
 def test_workers_keep_the_upscaler_between_jobs_of_one_model(client, tmp_path):
