@@ -11,7 +11,8 @@ The refit uses training patches only (a fixed, seeded sample, flips and rotation
 training) and the quantised torch forward, which the integer runtime reproduces exactly,
 so the export check still compares like with like. A few rounds (the output's rounding and
 clamping make one step inexact); a round that does not lower the largest mean error, or
-that raises the sample's MSE by more than the mean squared error it removes, is undone.
+that raises the sample's MSE by more than the mean squared error it removes plus 0.1% (its
+rounding noise), is undone.
 """
 
 from __future__ import annotations
@@ -57,6 +58,11 @@ def phase_errors(net, lo: np.ndarray, hi: np.ndarray, device, chunk: int = 256):
     return (total / (count / (r * r))).numpy(), sq / count
 
 
+# The share of the MSE a bias round may cost beyond mean(e^2): the rounding noise of the
+# sample's MSE (below; 0.1% is 0.004 dB).
+MSE_NOISE = 1e-3
+
+
 @torch.no_grad()
 def calibrate_bias(net, source, patch: int, device, seed: int, patches: int = 4096,
                    rounds: int = 3) -> dict:
@@ -79,10 +85,13 @@ def calibrate_bias(net, source, patch: int, device, seed: int, patches: int = 40
         last.beta -= torch.from_numpy(step @ err / THETA_UNIT).to(last.beta.dtype).to(last.beta.device)
         new_err, new_mse = phase_errors(net, lo, hi, device)
         # Without rounding, removing a mean error e lowers the MSE by mean(e^2); with the
-        # output rounded to codes the sample's MSE moves by about as much either way (a
-        # tiny run: -e^2 = -0.012 expected, +0.005 seen). So a round is kept when it lowers
-        # the largest mean error and costs at most mean(e^2) of MSE, and undone otherwise.
-        if np.abs(new_err).max() >= np.abs(err).max() or new_mse > mse + float(np.mean(err ** 2)):
+        # output rounded to codes, moving a bias re-rounds a share of the pixels, and the
+        # sample's MSE moves by that noise either way, which grows with the errors
+        # themselves (tiny runs: -e^2 = -0.012 expected, +0.005 seen at MSE 10; +0.026 at
+        # MSE 73). So a round is kept when it lowers the largest mean error and costs at
+        # most mean(e^2) + 0.1% of the MSE (0.004 dB), and undone otherwise.
+        if (np.abs(new_err).max() >= np.abs(err).max()
+                or new_mse > mse * (1 + MSE_NOISE) + float(np.mean(err ** 2))):
             last.beta.copy_(keep)
             break
         err, mse = new_err, new_mse
