@@ -539,6 +539,14 @@ def _phase(vf, i, up_w, b, T):
     return s
 
 
+@njit(inline="always")
+def _phase_out(Vf, vi, up_off, up_w, b, T, half, ds, tmp, o, bias, shift, sh):
+    """Output phase ``b`` of output channel ``o`` at 8 pixels: the rounded upsample sum at
+    ``Vf[vi + up_off[b]:]`` plus the requantised delta ``tmp[o*8:o*8+8]``, clamped."""
+    return _vlast(_vround(_phase(Vf, vi + up_off[b], up_w, b, T), half, ds),
+                  _vget(tmp, _U(o * 8)), np.int32(_bias_round(bias, o, shift)), sh)
+
+
 @njit(**JIT_BODY)
 def _row_store_last(p, y, acc, Cs, tmp, bias, shift, up_off, up_w, up_den, den_shift, U, ylo,
                     pad_l, V, W, out, r, T):
@@ -575,21 +583,17 @@ def _row_store_last(p, y, acc, Cs, tmp, bias, shift, up_off, up_w, up_den, den_s
             oi = _U(row0 + a * Wr + q * r)
             vi = a * Wu + q + pad_l
             o = a * r
-            f0 = _vlast(_vround(_phase(Vf, vi + up_off[0], up_w, 0, T), half, ds),
-                        _vget(tmp, _U(o * 8)), np.int32(_bias_round(bias, o, shift)), sh)
-            f1 = _vlast(_vround(_phase(Vf, vi + up_off[1], up_w, 1, T), half, ds),
-                        _vget(tmp, _U(o * 8 + 8)), np.int32(_bias_round(bias, o + 1, shift)), sh)
+            f0 = _phase_out(Vf, vi, up_off, up_w, 0, T, half, ds, tmp, o, bias, shift, sh)
+            f1 = _phase_out(Vf, vi, up_off, up_w, 1, T, half, ds, tmp, o + 1, bias, shift, sh)
             if r == 2:
                 _vshuffle2(of, oi, f0, f1)
             else:
-                f2 = _vlast(_vround(_phase(Vf, vi + up_off[2], up_w, 2, T), half, ds),
-                            _vget(tmp, _U(o * 8 + 16)), np.int32(_bias_round(bias, o + 2, shift)), sh)
+                f2 = _phase_out(Vf, vi, up_off, up_w, 2, T, half, ds, tmp, o + 2, bias, shift, sh)
                 if r == 3:
                     _vshuffle3(of, oi, f0, f1, f2)
                 else:
-                    f3 = _vlast(_vround(_phase(Vf, vi + up_off[3], up_w, 3, T), half, ds),
-                                _vget(tmp, _U(o * 8 + 24)), np.int32(_bias_round(bias, o + 3, shift)),
-                                sh)
+                    f3 = _phase_out(Vf, vi, up_off, up_w, 3, T, half, ds, tmp, o + 3, bias, shift,
+                                    sh)
                     _vshuffle4(of, oi, f0, f1, f2, f3)
     for a in range(r):
         for b in range(r):
