@@ -274,10 +274,10 @@ def _vhidden(typingctx, out, oi, v, bo, shift, base, bi, residual):
 @intrinsic
 def _vlast(typingctx, s, v, bo, shift):
     """``clamp(clamp(s, 0, 255) + ((v + bo) >> shift), 0, 255)``: upsample base plus
-    delta, in int32 lanes (bounds as in ``_vhidden``)."""
+    delta, in int32 lanes (``bo`` lanes too; bounds as in ``_vhidden``)."""
 
     def codegen(context, builder, sig, args):
-        t = builder.ashr(builder.add(args[1], _splat(builder, args[2])), _splat(builder, args[3]))
+        t = builder.ashr(builder.add(args[1], args[2]), _splat(builder, args[3]))
         return _clamp_lanes(builder, builder.add(_clamp_lanes(builder, args[0], 0, 255), t), 0, 255)
 
     return LANES(s, v, bo, shift), codegen
@@ -462,6 +462,8 @@ def _row_sums(tab, offs, wts, interp, c_in, k, Cp, bb, nsrc, Wq, W, acc):
         _sums_pairs(tab, offs, wts, interp, c_in, 3, 8, bb, nsrc, Wq, W, acc)
     elif k == 5 and Cp == 8:
         _sums_pairs(tab, offs, wts, interp, c_in, 5, 8, bb, nsrc, Wq, W, acc)
+    elif k == 1 and Cp == 16 and c_in == 8:  # x4's last layer
+        _sums_k1_16(tab, offs, wts, interp, 8, bb, nsrc, Wq, W, acc)
     elif k == 1 and Cp == 16:
         _sums_k1_16(tab, offs, wts, interp, c_in, bb, nsrc, Wq, W, acc)
     else:
@@ -540,29 +542,40 @@ def _phase(vf, i, up_w, b, T):
 
 
 @njit(inline="always")
-def _phase_out(Vf, vi, up_off, up_w, b, T, half, ds, tmp, o, bias, shift, sh):
+def _tap0(up_off, b, lo, dd):
+    """Phase b's first tap, ``up_off[b]``: ``lo + (dd >> b & 1)`` when the literal ``dd``
+    says so (``_offset_pattern``), so that the phases' reads are the same addresses to
+    LLVM and each row of ``V`` is loaded once per tap position, not once per phase."""
+    return lo + ((dd >> b) & 1) if dd >= 0 else np.int64(up_off[b])
+
+
+@njit(inline="always")
+def _phase_out(Vf, vi, up_off, lo, dd, up_w, b, T, half, ds, tmp, o, bol, sh):
     """Output phase ``b`` of output channel ``o`` at 8 pixels: the rounded upsample sum at
-    ``Vf[vi + up_off[b]:]`` plus the requantised delta ``tmp[o*8:o*8+8]``, clamped."""
-    return _vlast(_vround(_phase(Vf, vi + up_off[b], up_w, b, T), half, ds),
-                  _vget(tmp, _U(o * 8)), np.int32(_bias_round(bias, o, shift)), sh)
+    ``Vf[vi + up_off[b]:]`` plus the requantised delta ``tmp[o*8:o*8+8]`` (``bol[o*8:]``:
+    ``_bias_round`` of channel o in 8 lanes), clamped."""
+    return _vlast(_vround(_phase(Vf, vi + _tap0(up_off, b, lo, dd), up_w, b, T), half, ds),
+                  _vget(tmp, _U(o * 8)), _vget(bol, _U(o * 8)), sh)
 
 
 @njit(**JIT_BODY)
-def _row_store_last(p, y, acc, Cs, tmp, bias, shift, up_off, up_w, up_den, den_shift, U, ylo,
-                    pad_l, V, W, out, r, T):
+def _row_store_last(p, y, acc, Cs, tmp, bias, shift, bol, up_off, up_w, up_den, den_shift, Uf, Wu,
+                    ylo, pad_l, Vf, W, of, Ho, r, T, dd):
     """Rows y*r .. y*r + r-1 of the output: fixed upsample (reference.fixed_upsample) plus the
     pixel-shuffled deltas. The separable upsample sum is computed vertical-first, 8 lanes
-    at a time, from the band's padded source rows ``U`` into ``V`` (int32 [r, Wu]), then
-    horizontally per phase in registers; integer sums are exact (|sums| <= 255 * (sum
-    |w|)**2 < 2**31 for every upsample; bicubic: sum |w| < 320), so the result equals the
-    reference's double sum. 8 pixels at a time: the deltas transposed to channel vectors,
-    added to the base, and each output row's r phases interleaved into 8*r bytes. A
-    divisor that is not a power of two (bilinear x3) and the last W % 8 pixels take the
-    scalar path. ``r, T``: ``up_w.shape``, passed as literals for bicubic x2 and x4 so that
-    the phase loops are unrolled with the weights hoisted. (Flat arrays and offsets in the
-    loops: a row view made there costs a reference-count call pair per iteration.)"""
-    Wu = U.shape[1]
-    Uf, Vf, of = U.reshape(-1), V.reshape(-1), out.reshape(-1)
+    at a time, from the band's padded source rows ``Uf`` (int32 [*, Wu], flat) into ``Vf``
+    (int32 [r, Wu], flat), then horizontally per phase in registers; integer sums are exact
+    (|sums| <= 255 * (sum |w|)**2 < 2**31 for every upsample; bicubic: sum |w| < 320), so
+    the result equals the reference's double sum. 8 pixels at a time: the deltas
+    transposed to channel vectors, added to the base, and each output row's r phases
+    interleaved into 8*r bytes. A divisor that is not a power of two (bilinear x3) and the
+    last W % 8 pixels take the scalar path. ``r, T``: ``up_w.shape``, and ``dd``: the
+    phases' offset pattern (``_offset_pattern``, -1 for none), passed as literals for
+    bicubic x2 and x4 so that the phase loops are unrolled with the weights hoisted and
+    the phases share their loads. ``of``: the output, flat, ``Ho`` rows of ``W*r``.
+    (Flat arrays and offsets throughout: a view made per row costs a reshape and a
+    reference-count call pair.)"""
+    lo = np.int64(up_off.min())
     for a in range(r):
         base = (y - ylo + up_off[a]) * Wu
         for j in range(0, Wu, VEC):
@@ -576,23 +589,24 @@ def _row_store_last(p, y, acc, Cs, tmp, bias, shift, up_off, up_w, up_den, den_s
     W8 = W - W % 8 if den_shift >= 0 else 0
     sh = np.int32(shift)
     Wr = W * r
-    row0 = (p * out.shape[1] + y * r) * Wr
+    row0 = (p * Ho + y * r) * Wr
     for q in range(0, W8, 8):
         _transpose_block(acc, q, Cs, r * r, tmp)
         for a in range(r):
             oi = _U(row0 + a * Wr + q * r)
             vi = a * Wu + q + pad_l
             o = a * r
-            f0 = _phase_out(Vf, vi, up_off, up_w, 0, T, half, ds, tmp, o, bias, shift, sh)
-            f1 = _phase_out(Vf, vi, up_off, up_w, 1, T, half, ds, tmp, o + 1, bias, shift, sh)
+            f0 = _phase_out(Vf, vi, up_off, lo, dd, up_w, 0, T, half, ds, tmp, o, bol, sh)
+            f1 = _phase_out(Vf, vi, up_off, lo, dd, up_w, 1, T, half, ds, tmp, o + 1, bol, sh)
             if r == 2:
                 _vshuffle2(of, oi, f0, f1)
             else:
-                f2 = _phase_out(Vf, vi, up_off, up_w, 2, T, half, ds, tmp, o + 2, bias, shift, sh)
+                f2 = _phase_out(Vf, vi, up_off, lo, dd, up_w, 2, T, half, ds, tmp, o + 2, bol,
+                                sh)
                 if r == 3:
                     _vshuffle3(of, oi, f0, f1, f2)
                 else:
-                    f3 = _phase_out(Vf, vi, up_off, up_w, 3, T, half, ds, tmp, o + 3, bias, shift,
+                    f3 = _phase_out(Vf, vi, up_off, lo, dd, up_w, 3, T, half, ds, tmp, o + 3, bol,
                                     sh)
                     _vshuffle4(of, oi, f0, f1, f2, f3)
     for a in range(r):
@@ -610,6 +624,21 @@ def _row_store_last(p, y, acc, Cs, tmp, bias, shift, up_off, up_w, up_den, den_s
                     sq = (sq + half) // d2  # // floors, as in the reference
                 delta = (np.int64(acc[q * Cs + o]) + bo) >> shift
                 of[row0 + a * Wr + q * r + b] = _clamp(_clamp(sq, 0, 255) + delta, 0, 255)
+
+
+@njit(inline="always")
+def _offset_pattern(up_off):
+    """The phases' first taps relative to the lowest as a bit mask (bit b: phase b starts
+    one later), or -1 when some phase starts two or more later. Bicubic x2: 0b10, x4:
+    0b1100 (``reference.upsample_filter``)."""
+    lo = up_off.min()
+    m = np.int64(0)
+    for b in range(up_off.shape[0]):
+        d = np.int64(up_off[b] - lo)
+        if d > 1:
+            return np.int64(-1)
+        m |= d << b
+    return m
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -688,17 +717,25 @@ def _last_band(x, tab, interp, idx, wt, bias, shift, plane, up_off, up_w, up_den
     _base_rows(plane, p, y0 + lo, pad_l, U)
     _band_sources(x, p, y0, nsrc, R, rowlen, interp, idx, wt, offs, wts)
     offs_f, wts_f, tab_f = offs.reshape(-1), wts.reshape(-1), tab.reshape(-1)
+    Uf, Vf, of = U.reshape(-1), V.reshape(-1), out.reshape(-1)
+    Ho, ylo = out.shape[1], y0 + lo
+    pat = _offset_pattern(up_off)
+    bol = np.empty(bias.shape[0] * VEC, np.int32)
+    for o in range(bias.shape[0]):
+        bol[o * VEC:(o + 1) * VEC] = _bias_round(bias, o, shift)
     for bb in range(nrows):
         _row_sums(tab_f, offs_f, wts_f, interp, c_in, k, Cp, bb, nsrc, Wq, W, acc)
-        if r == 4 and T == 4:  # bicubic x4: constants, so that LLVM unrolls the phases
-            _row_store_last(p, y0 + bb, acc, Cp, tmp, bias, shift, up_off, up_w, up_den, den_shift,
-                            U, y0 + lo, pad_l, V, W, out, 4, 4)
-        elif r == 2 and T == 4:
-            _row_store_last(p, y0 + bb, acc, Cp, tmp, bias, shift, up_off, up_w, up_den, den_shift,
-                            U, y0 + lo, pad_l, V, W, out, 2, 4)
+        # bicubic x4 and x2: shapes and offset pattern as constants, so that LLVM unrolls
+        # the phases and shares their loads
+        if r == 4 and T == 4 and pat == 0b1100:
+            _row_store_last(p, y0 + bb, acc, Cp, tmp, bias, shift, bol, up_off, up_w, up_den, den_shift,
+                            Uf, Wu, ylo, pad_l, Vf, W, of, Ho, 4, 4, 0b1100)
+        elif r == 2 and T == 4 and pat == 0b10:
+            _row_store_last(p, y0 + bb, acc, Cp, tmp, bias, shift, bol, up_off, up_w, up_den, den_shift,
+                            Uf, Wu, ylo, pad_l, Vf, W, of, Ho, 2, 4, 0b10)
         else:
-            _row_store_last(p, y0 + bb, acc, Cp, tmp, bias, shift, up_off, up_w, up_den, den_shift,
-                            U, y0 + lo, pad_l, V, W, out, r, T)
+            _row_store_last(p, y0 + bb, acc, Cp, tmp, bias, shift, bol, up_off, up_w, up_den, den_shift,
+                            Uf, Wu, ylo, pad_l, Vf, W, of, Ho, r, T, -1)
 
 
 # The band bodies are compiled as plain functions, called once per band from the kernels'
