@@ -118,6 +118,14 @@ def _shuffle(builder, a, b, mask):
     return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), len(mask)), mask))
 
 
+def _add_shift(builder, v, add, shift):
+    """``(v + add) >> shift`` (arithmetic) in int32 lanes, a scalar ``add`` or ``shift``
+    splatted: requantisation and the upsample's rounding division."""
+    if not isinstance(add.type, ir.VectorType):
+        add = _splat(builder, add)
+    return builder.ashr(builder.add(v, add), _splat(builder, shift))
+
+
 def _clamp_lanes(builder, v, lo, hi):
     n = v.type.count
     lo_v = ir.Constant(ir.VectorType(ir.IntType(32), n), [lo] * n)
@@ -206,7 +214,7 @@ def _vround(typingctx, v, half, shift):
     of two."""
 
     def codegen(context, builder, sig, args):
-        return builder.ashr(builder.add(args[0], _splat(builder, args[1])), _splat(builder, args[2]))
+        return _add_shift(builder, args[0], args[1], args[2])
 
     return LANES(v, half, shift), codegen
 
@@ -260,7 +268,7 @@ def _vhidden(typingctx, out, oi, v, bo, shift, base, bi, residual):
     and ``|bo| <= 2**24 + 2**23`` (model.MAX_ABS_BIAS, MAX_SHIFT)."""
 
     def codegen(context, builder, sig, args):
-        t = builder.ashr(builder.add(args[2], _splat(builder, args[3])), _splat(builder, args[4]))
+        t = _add_shift(builder, args[2], args[3], args[4])
         b8 = builder.load(_arg_at(context, builder, sig, args, 5, 6, VEC, 8), align=1)
         b = builder.select(args[7], builder.zext(b8, _LANES_IR), ir.Constant(_LANES_IR, [128] * VEC))
         r = _clamp_lanes(builder, builder.add(b, t), 0, 255)
@@ -277,7 +285,7 @@ def _vlast(typingctx, s, v, bo, shift):
     delta, in int32 lanes (``bo`` lanes too; bounds as in ``_vhidden``)."""
 
     def codegen(context, builder, sig, args):
-        t = builder.ashr(builder.add(args[1], args[2]), _splat(builder, args[3]))
+        t = _add_shift(builder, args[1], args[2], args[3])
         return _clamp_lanes(builder, builder.add(_clamp_lanes(builder, args[0], 0, 255), t), 0, 255)
 
     return LANES(s, v, bo, shift), codegen
