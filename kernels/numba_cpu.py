@@ -691,40 +691,50 @@ def _scratch(c_in, nrows, R, W, Cp):
 
 
 @njit(inline="always")
-def _hidden_band(x, tab, interp, idx, wt, bias, shift, residual, out, it, nb):
-    P, c_in, H, W = x.shape
+def _band_setup(x, tab, interp, idx, wt, Cp, it, nb):
+    """What every band body starts with: work item ``it`` -> (plane, first row, rows), the
+    row-sum accumulators and transpose scratch, and the arguments of ``_band_row_sums``
+    (the band's source row starts, and weights in interp mode, made here)."""
+    c_in, H, W = x.shape[1], x.shape[2], x.shape[3]
     k, rowlen = tab.shape[1], tab.shape[3]
     R = k // 2
-    Cp = _cpad(bias.shape[0])
     p, y0, nrows = _band(it, nb, H)
     nsrc, Wq, offs, acc, tmp = _scratch(c_in, nrows, R, W, Cp)
     wts = np.empty((c_in, nsrc, Wq) if interp else (1, 1, 1), np.int32)
     _band_sources(x, p, y0, nsrc, R, rowlen, interp, idx, wt, offs, wts)
-    offs_f, wts_f, tab_f = offs.reshape(-1), wts.reshape(-1), tab.reshape(-1)
+    sums = (tab.reshape(-1), offs.reshape(-1), wts.reshape(-1), c_in, k, Cp, nsrc, Wq, W)
+    return p, y0, nrows, acc, tmp, sums
+
+
+@njit(inline="always")
+def _band_row_sums(sums, interp, bb, acc):
+    """The sums of the band's output row ``bb`` into ``acc`` (``sums``: ``_band_setup``'s)."""
+    tab_f, offs_f, wts_f, c_in, k, Cp, nsrc, Wq, W = sums
+    _row_sums(tab_f, offs_f, wts_f, interp, c_in, k, Cp, bb, nsrc, Wq, W, acc)
+
+
+@njit(inline="always")
+def _hidden_band(x, tab, interp, idx, wt, bias, shift, residual, out, it, nb):
+    Cp = _cpad(bias.shape[0])
+    p, y0, nrows, acc, tmp, sums = _band_setup(x, tab, interp, idx, wt, Cp, it, nb)
     for bb in range(nrows):
-        _row_sums(tab_f, offs_f, wts_f, interp, c_in, k, Cp, bb, nsrc, Wq, W, acc)
+        _band_row_sums(sums, interp, bb, acc)
         _row_store_hidden(x, p, y0 + bb, acc, Cp, tmp, bias, shift, residual, out)
 
 
 @njit(inline="always")
 def _last_band(x, tab, interp, idx, wt, bias, shift, plane, up_off, up_w, up_den, den_shift,
                v_width, out, it, nb):
-    P, c_in, H, W = x.shape
-    k, rowlen = tab.shape[1], tab.shape[3]
-    R = k // 2
     Cp = _cpad(bias.shape[0])
+    p, y0, nrows, acc, tmp, sums = _band_setup(x, tab, interp, idx, wt, Cp, it, nb)
+    W = x.shape[3]
     r, T = up_w.shape[0], up_w.shape[1]
-    p, y0, nrows = _band(it, nb, H)
-    nsrc, Wq, offs, acc, tmp = _scratch(c_in, nrows, R, W, Cp)
-    wts = np.empty((c_in, nsrc, Wq) if interp else (1, 1, 1), np.int32)
     lo, hi = up_off.min(), up_off.max()
     pad_l = max(0, -lo)
     Wu = (v_width + 2 * VEC - 1) // VEC * VEC  # room for the 8-lane reads past v_width
     U = np.empty((nrows + hi - lo + T - 1, Wu), np.int32)
     V = np.empty((r, Wu), np.int32)
     _base_rows(plane, p, y0 + lo, pad_l, U)
-    _band_sources(x, p, y0, nsrc, R, rowlen, interp, idx, wt, offs, wts)
-    offs_f, wts_f, tab_f = offs.reshape(-1), wts.reshape(-1), tab.reshape(-1)
     Uf, Vf, of = U.reshape(-1), V.reshape(-1), out.reshape(-1)
     Ho, ylo = out.shape[1], y0 + lo
     pat = _offset_pattern(up_off)
@@ -732,7 +742,7 @@ def _last_band(x, tab, interp, idx, wt, bias, shift, plane, up_off, up_w, up_den
     for o in range(bias.shape[0]):
         bol[o * VEC:(o + 1) * VEC] = _bias_round(bias, o, shift)
     for bb in range(nrows):
-        _row_sums(tab_f, offs_f, wts_f, interp, c_in, k, Cp, bb, nsrc, Wq, W, acc)
+        _band_row_sums(sums, interp, bb, acc)
         # bicubic x4 and x2: shapes and offset pattern as constants, so that LLVM unrolls
         # the phases and shares their loads
         if r == 4 and T == 4 and pat == 0b1100:
