@@ -326,3 +326,23 @@ def test_end_to_end_measures_the_cli_beside_the_kernels():
     assert set(res["over_kernels"]) == {"single", "folder"}
     assert isinstance(res["work_over_kernels"], float)
     assert isinstance(res["goal_single_at_most_1.5x_kernels"], bool)
+
+
+def test_layer_inputs_are_the_hidden_layers_outputs():
+    """bench.registry.layer_inputs (shared by the layer cases and kernel_floor) chains the
+    hidden layers as the reference does; ``upto`` stops early."""
+    from iqlut_gpu import default_model, reference
+    from iqlut_gpu.backends import prepare
+
+    model = default_model(4).with_ensemble(1)
+    planes = np.random.default_rng(1).integers(0, 256, (2, 9, 13), dtype=np.uint8)
+    xs = registry.layer_inputs(prepare(model), planes, "expanded")
+    assert len(xs) == len(model.layers)
+    want = planes[:, None]
+    for n, x in enumerate(xs):
+        assert np.array_equal(x, want), n
+        if n < len(model.layers) - 1:
+            want = np.stack([reference.hidden_layer(model.layers[n], w) for w in want])
+    assert np.array_equal(registry._layer_inputs(model, 2, planes), xs[2])
+    assert len(registry.layer_inputs(prepare(model), planes, upto=2)) == 3
+
