@@ -346,3 +346,16 @@ def test_layer_inputs_are_the_hidden_layers_outputs():
     assert np.array_equal(registry._layer_inputs(model, 2, planes), xs[2])
     assert len(registry.layer_inputs(prepare(model), planes, upto=2)) == 3
 
+
+def test_accounting_counts_the_lanes_the_kernels_add():
+    """cpu_lane_adds is 8 lanes per row read: c_out <= 4 packs two pixels per read."""
+    from bench.accounting import layer_work
+    from iqlut_gpu.model import Layer
+
+    def layer(c_out, k):
+        return Layer(knots=np.zeros((8, 2), np.uint8), table=np.zeros((8, 2, k, k, c_out), np.int8),
+                     bias=np.zeros(c_out, np.int32))
+
+    assert layer_work(layer(4, 3), "expanded")["cpu_lane_adds"] == 4 * 8 * 3 * 4  # was 8 * 72
+    assert layer_work(layer(8, 3), "expanded")["cpu_lane_adds"] == 8 * 72
+    assert layer_work(layer(9, 3), "interp")["cpu_lane_adds"] == 16 * 72
