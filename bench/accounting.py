@@ -11,9 +11,12 @@ output position.
   ``r*r * T*T`` multiply-adds in the reference's double-sum form.
 - ``dram_bytes``: plane traffic if each layer streams its input and output once: hidden
   ``c_in + c_out`` bytes, last ``c_in + 1`` (the base plane) ``+ r*r`` bytes.
-- ``cpu_lane_adds``: what the Numba kernels actually execute in their inner loop: one int32
-  lane add per output channel, ``taps * Cp`` per pixel, where Cp is ``c_out`` padded to the
-  kernels' vector width (interp: each also has one multiply and one more add).
+- ``cpu_lane_adds``: what the Numba kernels actually execute in their inner loop: the int32
+  lanes of their row reads, ``VEC * row_reads`` per pixel: ``taps * Cp`` where Cp is
+  ``c_out`` padded to the kernels' vector width; for c_out <= 4, where the kernels pack
+  two pixels' 4 lanes in one 8-lane read (with a zero column at either end of the window
+  row), ``4 * c_in * k * (k + 1)`` (interp: each lane add also has one multiply and one
+  more add).
 - ``row_reads``: 8-lane table-row reads (vector steps of the inner loop) the Numba kernels
   do (``numba_cpu.row_reads``); ``useful_row_reads``: the same counting only the real
   channels, ``taps * c_out / 8``. ``bench.kernel_floor`` measures cycles per row read.
@@ -28,14 +31,14 @@ from iqlut_gpu.reference import upsample_filter
 def layer_work(layer, mode: str, scale: int | None = None, upsample: str | None = None) -> dict:
     taps = layer.c_in * layer.k * layer.k
     c_out = layer.c_out
-    lanes = -(-c_out // VEC) * VEC  # int32 lanes per column, padded to VEC
     if mode == "interp":
         entries, macs, entry_bytes = 2 * taps * c_out, 2 * taps * c_out, 1
     else:
         entries, macs, entry_bytes = taps * c_out, taps * c_out, 2
     w = {"taps": taps, "table_entries": entries, "table_bytes": entries * entry_bytes,
-         "macs": macs, "cpu_lane_adds": taps * lanes,
-         "row_reads": row_reads(layer.c_in, layer.k, c_out), "useful_row_reads": taps * c_out / VEC}
+         "macs": macs, "row_reads": row_reads(layer.c_in, layer.k, c_out),
+         "useful_row_reads": taps * c_out / VEC}
+    w["cpu_lane_adds"] = int(VEC * w["row_reads"])
     if scale is None:
         w["dram_bytes"] = layer.c_in + c_out
     else:

@@ -46,6 +46,7 @@ import time
 import numpy as np
 
 from .model_ab import parse_size
+from .registry import layer_inputs
 
 GOAL_OUT = (1280, 720)
 
@@ -139,23 +140,6 @@ class Floor:
 
 
 # ----------------------------------------------------------------------------- layers
-
-
-def layer_inputs(prepared, planes: np.ndarray, mode: str) -> list:
-    """The input of every layer on ``planes`` (the model run once through the launchers)."""
-    from iqlut_gpu.kernels import numba_cpu
-
-    P, H, W = planes.shape
-    x = planes[:, None]
-    xs = []
-    for n, layer in enumerate(prepared.layers[:-1]):
-        xs.append(x)
-        out = np.empty((P, layer.c_out, H, W), np.uint8)
-        numba_cpu.launch_hidden(x, prepared.lut(n, mode), layer.bias, layer.shift,
-                                layer.residual, out, mode)
-        x = out
-    xs.append(x)
-    return xs
 
 
 def layer_calls(prepared, planes: np.ndarray, mode: str, kernels=None, xs=None) -> list:

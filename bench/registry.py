@@ -213,19 +213,29 @@ def _model_crop_check(model, planes: np.ndarray, out_of, r: int):
     return check
 
 
+def layer_inputs(prepared, planes: np.ndarray, mode: str = "interp", upto: int | None = None) -> list:
+    """The codes entering each layer of ``prepared``'s model (layers 0..``upto``, default
+    all) on ``planes``: the model run once through the Numba launchers (``mode``'s)."""
+    from iqlut_gpu.kernels import numba_cpu
+
+    P, H, W = planes.shape
+    x = np.ascontiguousarray(planes[:, None])
+    xs = [x]
+    layers = prepared.layers[:-1] if upto is None else prepared.layers[:upto]
+    for i, layer in enumerate(layers):
+        out = np.empty((P, layer.c_out, H, W), np.uint8)
+        numba_cpu.launch_hidden(x, prepared.lut(i, mode), layer.bias, layer.shift, layer.residual,
+                                out, mode)
+        x = out
+        xs.append(x)
+    return xs
+
+
 def _layer_inputs(model, n: int, planes: np.ndarray) -> np.ndarray:
     """Codes entering layer ``n`` (computed with the Numba kernels, interp mode)."""
     from iqlut_gpu import backends
-    from iqlut_gpu.kernels import numba_cpu
 
-    prep = backends.prepare(model)
-    P, H, W = planes.shape
-    x = np.ascontiguousarray(planes[:, None])
-    for i, layer in enumerate(model.layers[:n]):
-        out = np.empty((P, layer.c_out, H, W), np.uint8)
-        numba_cpu.launch_hidden(x, prep.lut(i, "interp"), layer.bias, layer.shift, layer.residual, out)
-        x = out
-    return x
+    return layer_inputs(backends.prepare(model), planes, upto=n)[n]
 
 
 def _layer_check(model, n, x, planes, out_of):

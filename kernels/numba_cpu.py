@@ -118,6 +118,14 @@ def _shuffle(builder, a, b, mask):
     return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), len(mask)), mask))
 
 
+def _add_shift(builder, v, add, shift):
+    """``(v + add) >> shift`` (arithmetic) in int32 lanes, a scalar ``add`` or ``shift``
+    splatted: requantisation and the upsample's rounding division."""
+    if not isinstance(add.type, ir.VectorType):
+        add = _splat(builder, add)
+    return builder.ashr(builder.add(v, add), _splat(builder, shift))
+
+
 def _clamp_lanes(builder, v, lo, hi):
     n = v.type.count
     lo_v = ir.Constant(ir.VectorType(ir.IntType(32), n), [lo] * n)
@@ -206,7 +214,7 @@ def _vround(typingctx, v, half, shift):
     of two."""
 
     def codegen(context, builder, sig, args):
-        return builder.ashr(builder.add(args[0], _splat(builder, args[1])), _splat(builder, args[2]))
+        return _add_shift(builder, args[0], args[1], args[2])
 
     return LANES(v, half, shift), codegen
 
@@ -260,7 +268,7 @@ def _vhidden(typingctx, out, oi, v, bo, shift, base, bi, residual):
     and ``|bo| <= 2**24 + 2**23`` (model.MAX_ABS_BIAS, MAX_SHIFT)."""
 
     def codegen(context, builder, sig, args):
-        t = builder.ashr(builder.add(args[2], _splat(builder, args[3])), _splat(builder, args[4]))
+        t = _add_shift(builder, args[2], args[3], args[4])
         b8 = builder.load(_arg_at(context, builder, sig, args, 5, 6, VEC, 8), align=1)
         b = builder.select(args[7], builder.zext(b8, _LANES_IR), ir.Constant(_LANES_IR, [128] * VEC))
         r = _clamp_lanes(builder, builder.add(b, t), 0, 255)
@@ -274,10 +282,10 @@ def _vhidden(typingctx, out, oi, v, bo, shift, base, bi, residual):
 @intrinsic
 def _vlast(typingctx, s, v, bo, shift):
     """``clamp(clamp(s, 0, 255) + ((v + bo) >> shift), 0, 255)``: upsample base plus
-    delta, in int32 lanes (bounds as in ``_vhidden``)."""
+    delta, in int32 lanes (``bo`` lanes too; bounds as in ``_vhidden``)."""
 
     def codegen(context, builder, sig, args):
-        t = builder.ashr(builder.add(args[1], _splat(builder, args[2])), _splat(builder, args[3]))
+        t = _add_shift(builder, args[1], args[2], args[3])
         return _clamp_lanes(builder, builder.add(_clamp_lanes(builder, args[0], 0, 255), t), 0, 255)
 
     return LANES(s, v, bo, shift), codegen
@@ -462,6 +470,8 @@ def _row_sums(tab, offs, wts, interp, c_in, k, Cp, bb, nsrc, Wq, W, acc):
         _sums_pairs(tab, offs, wts, interp, c_in, 3, 8, bb, nsrc, Wq, W, acc)
     elif k == 5 and Cp == 8:
         _sums_pairs(tab, offs, wts, interp, c_in, 5, 8, bb, nsrc, Wq, W, acc)
+    elif k == 1 and Cp == 16 and c_in == 8:  # x4's last layer
+        _sums_k1_16(tab, offs, wts, interp, 8, bb, nsrc, Wq, W, acc)
     elif k == 1 and Cp == 16:
         _sums_k1_16(tab, offs, wts, interp, c_in, bb, nsrc, Wq, W, acc)
     else:
@@ -539,22 +549,41 @@ def _phase(vf, i, up_w, b, T):
     return s
 
 
+@njit(inline="always")
+def _tap0(up_off, b, lo, dd):
+    """Phase b's first tap, ``up_off[b]``: ``lo + (dd >> b & 1)`` when the literal ``dd``
+    says so (``_offset_pattern``), so that the phases' reads are the same addresses to
+    LLVM and each row of ``V`` is loaded once per tap position, not once per phase."""
+    return lo + ((dd >> b) & 1) if dd >= 0 else np.int64(up_off[b])
+
+
+@njit(inline="always")
+def _phase_out(Vf, vi, up_off, lo, dd, up_w, b, T, half, ds, tmp, o, bol, sh):
+    """Output phase ``b`` of output channel ``o`` at 8 pixels: the rounded upsample sum at
+    ``Vf[vi + up_off[b]:]`` plus the requantised delta ``tmp[o*8:o*8+8]`` (``bol[o*8:]``:
+    ``_bias_round`` of channel o in 8 lanes), clamped."""
+    return _vlast(_vround(_phase(Vf, vi + _tap0(up_off, b, lo, dd), up_w, b, T), half, ds),
+                  _vget(tmp, _U(o * 8)), _vget(bol, _U(o * 8)), sh)
+
+
 @njit(**JIT_BODY)
-def _row_store_last(p, y, acc, Cs, tmp, bias, shift, up_off, up_w, up_den, den_shift, U, ylo,
-                    pad_l, V, W, out, r, T):
+def _row_store_last(p, y, acc, Cs, tmp, bias, shift, bol, up_off, up_w, up_den, den_shift, Uf, Wu,
+                    ylo, pad_l, Vf, W, of, Ho, r, T, dd):
     """Rows y*r .. y*r + r-1 of the output: fixed upsample (reference.fixed_upsample) plus the
     pixel-shuffled deltas. The separable upsample sum is computed vertical-first, 8 lanes
-    at a time, from the band's padded source rows ``U`` into ``V`` (int32 [r, Wu]), then
-    horizontally per phase in registers; integer sums are exact (|sums| <= 255 * (sum
-    |w|)**2 < 2**31 for every upsample; bicubic: sum |w| < 320), so the result equals the
-    reference's double sum. 8 pixels at a time: the deltas transposed to channel vectors,
-    added to the base, and each output row's r phases interleaved into 8*r bytes. A
-    divisor that is not a power of two (bilinear x3) and the last W % 8 pixels take the
-    scalar path. ``r, T``: ``up_w.shape``, passed as literals for bicubic x2 and x4 so that
-    the phase loops are unrolled with the weights hoisted. (Flat arrays and offsets in the
-    loops: a row view made there costs a reference-count call pair per iteration.)"""
-    Wu = U.shape[1]
-    Uf, Vf, of = U.reshape(-1), V.reshape(-1), out.reshape(-1)
+    at a time, from the band's padded source rows ``Uf`` (int32 [*, Wu], flat) into ``Vf``
+    (int32 [r, Wu], flat), then horizontally per phase in registers; integer sums are exact
+    (|sums| <= 255 * (sum |w|)**2 < 2**31 for every upsample; bicubic: sum |w| < 320), so
+    the result equals the reference's double sum. 8 pixels at a time: the deltas
+    transposed to channel vectors, added to the base, and each output row's r phases
+    interleaved into 8*r bytes. A divisor that is not a power of two (bilinear x3) and the
+    last W % 8 pixels take the scalar path. ``r, T``: ``up_w.shape``, and ``dd``: the
+    phases' offset pattern (``_offset_pattern``, -1 for none), passed as literals for
+    bicubic x2 and x4 so that the phase loops are unrolled with the weights hoisted and
+    the phases share their loads. ``of``: the output, flat, ``Ho`` rows of ``W*r``.
+    (Flat arrays and offsets throughout: a view made per row costs a reshape and a
+    reference-count call pair.)"""
+    lo = np.int64(up_off.min())
     for a in range(r):
         base = (y - ylo + up_off[a]) * Wu
         for j in range(0, Wu, VEC):
@@ -568,28 +597,25 @@ def _row_store_last(p, y, acc, Cs, tmp, bias, shift, up_off, up_w, up_den, den_s
     W8 = W - W % 8 if den_shift >= 0 else 0
     sh = np.int32(shift)
     Wr = W * r
-    row0 = (p * out.shape[1] + y * r) * Wr
+    row0 = (p * Ho + y * r) * Wr
     for q in range(0, W8, 8):
         _transpose_block(acc, q, Cs, r * r, tmp)
         for a in range(r):
             oi = _U(row0 + a * Wr + q * r)
             vi = a * Wu + q + pad_l
             o = a * r
-            f0 = _vlast(_vround(_phase(Vf, vi + up_off[0], up_w, 0, T), half, ds),
-                        _vget(tmp, _U(o * 8)), np.int32(_bias_round(bias, o, shift)), sh)
-            f1 = _vlast(_vround(_phase(Vf, vi + up_off[1], up_w, 1, T), half, ds),
-                        _vget(tmp, _U(o * 8 + 8)), np.int32(_bias_round(bias, o + 1, shift)), sh)
+            f0 = _phase_out(Vf, vi, up_off, lo, dd, up_w, 0, T, half, ds, tmp, o, bol, sh)
+            f1 = _phase_out(Vf, vi, up_off, lo, dd, up_w, 1, T, half, ds, tmp, o + 1, bol, sh)
             if r == 2:
                 _vshuffle2(of, oi, f0, f1)
             else:
-                f2 = _vlast(_vround(_phase(Vf, vi + up_off[2], up_w, 2, T), half, ds),
-                            _vget(tmp, _U(o * 8 + 16)), np.int32(_bias_round(bias, o + 2, shift)), sh)
+                f2 = _phase_out(Vf, vi, up_off, lo, dd, up_w, 2, T, half, ds, tmp, o + 2, bol,
+                                sh)
                 if r == 3:
                     _vshuffle3(of, oi, f0, f1, f2)
                 else:
-                    f3 = _vlast(_vround(_phase(Vf, vi + up_off[3], up_w, 3, T), half, ds),
-                                _vget(tmp, _U(o * 8 + 24)), np.int32(_bias_round(bias, o + 3, shift)),
-                                sh)
+                    f3 = _phase_out(Vf, vi, up_off, lo, dd, up_w, 3, T, half, ds, tmp, o + 3, bol,
+                                    sh)
                     _vshuffle4(of, oi, f0, f1, f2, f3)
     for a in range(r):
         for b in range(r):
@@ -606,6 +632,21 @@ def _row_store_last(p, y, acc, Cs, tmp, bias, shift, up_off, up_w, up_den, den_s
                     sq = (sq + half) // d2  # // floors, as in the reference
                 delta = (np.int64(acc[q * Cs + o]) + bo) >> shift
                 of[row0 + a * Wr + q * r + b] = _clamp(_clamp(sq, 0, 255) + delta, 0, 255)
+
+
+@njit(inline="always")
+def _offset_pattern(up_off):
+    """The phases' first taps relative to the lowest as a bit mask (bit b: phase b starts
+    one later), or -1 when some phase starts two or more later. Bicubic x2: 0b10, x4:
+    0b1100 (``reference.upsample_filter``)."""
+    lo = up_off.min()
+    m = np.int64(0)
+    for b in range(up_off.shape[0]):
+        d = np.int64(up_off[b] - lo)
+        if d > 1:
+            return np.int64(-1)
+        m |= d << b
+    return m
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -650,51 +691,69 @@ def _scratch(c_in, nrows, R, W, Cp):
 
 
 @njit(inline="always")
-def _hidden_band(x, tab, interp, idx, wt, bias, shift, residual, out, it, nb):
-    P, c_in, H, W = x.shape
+def _band_setup(x, tab, interp, idx, wt, Cp, it, nb):
+    """What every band body starts with: work item ``it`` -> (plane, first row, rows), the
+    row-sum accumulators and transpose scratch, and the arguments of ``_band_row_sums``
+    (the band's source row starts, and weights in interp mode, made here)."""
+    c_in, H, W = x.shape[1], x.shape[2], x.shape[3]
     k, rowlen = tab.shape[1], tab.shape[3]
     R = k // 2
-    Cp = _cpad(bias.shape[0])
     p, y0, nrows = _band(it, nb, H)
     nsrc, Wq, offs, acc, tmp = _scratch(c_in, nrows, R, W, Cp)
     wts = np.empty((c_in, nsrc, Wq) if interp else (1, 1, 1), np.int32)
     _band_sources(x, p, y0, nsrc, R, rowlen, interp, idx, wt, offs, wts)
-    offs_f, wts_f, tab_f = offs.reshape(-1), wts.reshape(-1), tab.reshape(-1)
+    sums = (tab.reshape(-1), offs.reshape(-1), wts.reshape(-1), c_in, k, Cp, nsrc, Wq, W)
+    return p, y0, nrows, acc, tmp, sums
+
+
+@njit(inline="always")
+def _band_row_sums(sums, interp, bb, acc):
+    """The sums of the band's output row ``bb`` into ``acc`` (``sums``: ``_band_setup``'s)."""
+    tab_f, offs_f, wts_f, c_in, k, Cp, nsrc, Wq, W = sums
+    _row_sums(tab_f, offs_f, wts_f, interp, c_in, k, Cp, bb, nsrc, Wq, W, acc)
+
+
+@njit(inline="always")
+def _hidden_band(x, tab, interp, idx, wt, bias, shift, residual, out, it, nb):
+    Cp = _cpad(bias.shape[0])
+    p, y0, nrows, acc, tmp, sums = _band_setup(x, tab, interp, idx, wt, Cp, it, nb)
     for bb in range(nrows):
-        _row_sums(tab_f, offs_f, wts_f, interp, c_in, k, Cp, bb, nsrc, Wq, W, acc)
+        _band_row_sums(sums, interp, bb, acc)
         _row_store_hidden(x, p, y0 + bb, acc, Cp, tmp, bias, shift, residual, out)
 
 
 @njit(inline="always")
 def _last_band(x, tab, interp, idx, wt, bias, shift, plane, up_off, up_w, up_den, den_shift,
                v_width, out, it, nb):
-    P, c_in, H, W = x.shape
-    k, rowlen = tab.shape[1], tab.shape[3]
-    R = k // 2
     Cp = _cpad(bias.shape[0])
+    p, y0, nrows, acc, tmp, sums = _band_setup(x, tab, interp, idx, wt, Cp, it, nb)
+    W = x.shape[3]
     r, T = up_w.shape[0], up_w.shape[1]
-    p, y0, nrows = _band(it, nb, H)
-    nsrc, Wq, offs, acc, tmp = _scratch(c_in, nrows, R, W, Cp)
-    wts = np.empty((c_in, nsrc, Wq) if interp else (1, 1, 1), np.int32)
     lo, hi = up_off.min(), up_off.max()
     pad_l = max(0, -lo)
     Wu = (v_width + 2 * VEC - 1) // VEC * VEC  # room for the 8-lane reads past v_width
     U = np.empty((nrows + hi - lo + T - 1, Wu), np.int32)
     V = np.empty((r, Wu), np.int32)
     _base_rows(plane, p, y0 + lo, pad_l, U)
-    _band_sources(x, p, y0, nsrc, R, rowlen, interp, idx, wt, offs, wts)
-    offs_f, wts_f, tab_f = offs.reshape(-1), wts.reshape(-1), tab.reshape(-1)
+    Uf, Vf, of = U.reshape(-1), V.reshape(-1), out.reshape(-1)
+    Ho, ylo = out.shape[1], y0 + lo
+    pat = _offset_pattern(up_off)
+    bol = np.empty(bias.shape[0] * VEC, np.int32)
+    for o in range(bias.shape[0]):
+        bol[o * VEC:(o + 1) * VEC] = _bias_round(bias, o, shift)
     for bb in range(nrows):
-        _row_sums(tab_f, offs_f, wts_f, interp, c_in, k, Cp, bb, nsrc, Wq, W, acc)
-        if r == 4 and T == 4:  # bicubic x4: constants, so that LLVM unrolls the phases
-            _row_store_last(p, y0 + bb, acc, Cp, tmp, bias, shift, up_off, up_w, up_den, den_shift,
-                            U, y0 + lo, pad_l, V, W, out, 4, 4)
-        elif r == 2 and T == 4:
-            _row_store_last(p, y0 + bb, acc, Cp, tmp, bias, shift, up_off, up_w, up_den, den_shift,
-                            U, y0 + lo, pad_l, V, W, out, 2, 4)
+        _band_row_sums(sums, interp, bb, acc)
+        # bicubic x4 and x2: shapes and offset pattern as constants, so that LLVM unrolls
+        # the phases and shares their loads
+        if r == 4 and T == 4 and pat == 0b1100:
+            _row_store_last(p, y0 + bb, acc, Cp, tmp, bias, shift, bol, up_off, up_w, up_den, den_shift,
+                            Uf, Wu, ylo, pad_l, Vf, W, of, Ho, 4, 4, 0b1100)
+        elif r == 2 and T == 4 and pat == 0b10:
+            _row_store_last(p, y0 + bb, acc, Cp, tmp, bias, shift, bol, up_off, up_w, up_den, den_shift,
+                            Uf, Wu, ylo, pad_l, Vf, W, of, Ho, 2, 4, 0b10)
         else:
-            _row_store_last(p, y0 + bb, acc, Cp, tmp, bias, shift, up_off, up_w, up_den, den_shift,
-                            U, y0 + lo, pad_l, V, W, out, r, T)
+            _row_store_last(p, y0 + bb, acc, Cp, tmp, bias, shift, bol, up_off, up_w, up_den, den_shift,
+                            Uf, Wu, ylo, pad_l, Vf, W, of, Ho, r, T, -1)
 
 
 # The band bodies are compiled as plain functions, called once per band from the kernels'

@@ -326,3 +326,36 @@ def test_end_to_end_measures_the_cli_beside_the_kernels():
     assert set(res["over_kernels"]) == {"single", "folder"}
     assert isinstance(res["work_over_kernels"], float)
     assert isinstance(res["goal_single_at_most_1.5x_kernels"], bool)
+
+
+def test_layer_inputs_are_the_hidden_layers_outputs():
+    """bench.registry.layer_inputs (shared by the layer cases and kernel_floor) chains the
+    hidden layers as the reference does; ``upto`` stops early."""
+    from iqlut_gpu import default_model, reference
+    from iqlut_gpu.backends import prepare
+
+    model = default_model(4).with_ensemble(1)
+    planes = np.random.default_rng(1).integers(0, 256, (2, 9, 13), dtype=np.uint8)
+    xs = registry.layer_inputs(prepare(model), planes, "expanded")
+    assert len(xs) == len(model.layers)
+    want = planes[:, None]
+    for n, x in enumerate(xs):
+        assert np.array_equal(x, want), n
+        if n < len(model.layers) - 1:
+            want = np.stack([reference.hidden_layer(model.layers[n], w) for w in want])
+    assert np.array_equal(registry._layer_inputs(model, 2, planes), xs[2])
+    assert len(registry.layer_inputs(prepare(model), planes, upto=2)) == 3
+
+
+def test_accounting_counts_the_lanes_the_kernels_add():
+    """cpu_lane_adds is 8 lanes per row read: c_out <= 4 packs two pixels per read."""
+    from bench.accounting import layer_work
+    from iqlut_gpu.model import Layer
+
+    def layer(c_out, k):
+        return Layer(knots=np.zeros((8, 2), np.uint8), table=np.zeros((8, 2, k, k, c_out), np.int8),
+                     bias=np.zeros(c_out, np.int32))
+
+    assert layer_work(layer(4, 3), "expanded")["cpu_lane_adds"] == 4 * 8 * 3 * 4  # was 8 * 72
+    assert layer_work(layer(8, 3), "expanded")["cpu_lane_adds"] == 8 * 72
+    assert layer_work(layer(9, 3), "interp")["cpu_lane_adds"] == 16 * 72

@@ -66,3 +66,31 @@ def test_row_starts_fit_in_uint16_at_the_loader_limits():
         rows = numba_cpu._kernel_rows(np.zeros(shape, np.int16))  # asserts the bound
         unit = 8 if pair else 4
         assert rows.shape[3] % unit == 0 and (n - 1) * rows.shape[3] // unit < 65536
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+@pytest.mark.parametrize("upsample", ["bicubic", "bilinear", "nearest"])
+def test_last_layer_upsample_paths_match_reference(upsample, scale):
+    """Every upsample of every scale through the last layer's store (bicubic x2 and x4 take
+    the path specialised on their phases' offset pattern, the others the general one),
+    with x4's k = 1, 8 -> 16 last layer (its row sums specialised on c_in = 8)."""
+    for seed, rng in case_rngs(1, salt=scale * 10 + len(upsample)):
+        first = _layer(rng, 1, 8, 3, int(rng.integers(2, 18)), False, False)
+        last = _layer(rng, 8, scale * scale, 1 if scale == 4 else 3, int(rng.integers(2, 18)),
+                      False, False)
+        model = Model(scale=scale, upsample=upsample, layers=(first, last))
+        planes = rng.integers(0, 256, size=(2, 11, 21)).astype(np.uint8)
+        want = reference.upscale_planes(model, planes)
+        for mode in ("expanded", "interp"):
+            got = numba_cpu.run_planes(prepare(model), planes, mode)
+            assert np.array_equal(got, want), f"seed {seed}, {mode}"
+
+
+def test_offset_pattern_of_the_upsamples():
+    """``_offset_pattern``: bit b set where phase b starts one tap after the lowest; -1 when
+    some phase starts further on (then the store reads ``up_off`` as it is)."""
+    for scale, want in ((2, 0b10), (3, 0b110), (4, 0b1100)):
+        up_off, _, _ = reference.upsample_filter(scale, "bicubic")
+        assert numba_cpu._offset_pattern(up_off) == want
+    assert numba_cpu._offset_pattern(np.array([0, 0, 0], np.int32)) == 0
+    assert numba_cpu._offset_pattern(np.array([-1, 1], np.int32)) == -1
