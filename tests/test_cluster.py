@@ -299,17 +299,22 @@ def test_a_task_that_hands_over_lets_its_worker_start_the_next(client):
         hand_over()  # not on a worker: nothing happens
     worker = sorted(client.nthreads())[0]
 
-    def task(seconds):
+    def task(seconds, flag=None):
         start = time.time()
         with cluster._handing_over() as hand_over:
             hand_over()
+            if flag:
+                distributed.Event(flag).set()
             time.sleep(seconds)
         return start, time.time()
 
-    a, b, c = (client.submit(task, s, workers=[worker], pure=False) for s in (1.5, 0.5, 0))
-    (a0, a1), (b0, b1), (c0, c1) = a.result(), b.result(), c.result()
-    assert b0 < a1  # b ran while a was handed over
-    assert b1 <= c0 < a1  # b could not hand over (a was): c waited for b, not for a
+    # a first (Dask need not start tasks in the order they were submitted), then b and c
+    a = client.submit(task, 1.5, "a-handed-over", workers=[worker], pure=False)
+    assert distributed.Event("a-handed-over", client=client).wait(timeout=120)
+    b, c = (client.submit(task, 0.5, workers=[worker], pure=False) for _ in range(2))
+    (_, a1), (b0, b1), (c0, c1) = a.result(), b.result(), c.result()
+    assert b0 < a1 and c0 < a1  # each ran while a was handed over
+    assert b1 <= c0 or c1 <= b0  # neither could hand over (a was): one waited for the other
 
 
 def test_workers_keep_the_upscaler_between_jobs_of_one_model(client, tmp_path):

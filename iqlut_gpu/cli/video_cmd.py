@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 from ..yuv import PLANES_CHOICES
 from .cluster_run import add_cluster_arg
 from .common import (add_backend_args, add_color_arg, add_model_args, frame_progress,
