@@ -148,11 +148,16 @@ def reset() -> None:
     _warned_fallback = False
 
 
+def check_backend(backend: str) -> None:
+    """ValueError unless ``backend`` is one of BACKENDS (nothing probed)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
 def resolve(backend: str = "auto") -> str:
     """The concrete backend to use for ``backend`` (honours IQLUT_BACKEND for "auto")."""
     global _warned_fallback
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_backend(backend)
     if backend == "auto":
         env = os.environ.get(ENV_VAR, "").strip().lower()
         if env and env != "auto":
@@ -177,6 +182,12 @@ def resolve(backend: str = "auto") -> str:
 MODES = ("auto", "interp", "expanded")
 
 
+def check_mode(mode: str) -> None:
+    """ValueError unless ``mode`` is one of MODES."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+
+
 def concrete_mode(name: str, mode: str) -> str:
     """The table mode for ``mode`` on backend ``name``: "auto" picks the measured winner.
 
@@ -184,8 +195,7 @@ def concrete_mode(name: str, mode: str) -> str:
     model group measures both, bench/README.md); on the GPU the interpolating tables fit in
     shared memory (the point of IQ-LUT). Both modes give bit-identical results.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    check_mode(mode)
     if mode == "auto":
         return "expanded" if name == "cpu" else "interp"
     return mode

@@ -38,7 +38,6 @@ from .model import SCALES, Model, default_model, load_model
 from .planes import Layout, from_planes, to_planes
 from .tiling import run_tiled
 
-MODES = backends.MODES
 DEFAULT_TILE = 1024  # input pixels per tile side; larger images are processed in tiles
 MIN_TILE = 32
 DEFAULT_SCALE = 4
@@ -80,10 +79,8 @@ def check_choices(*, backend: str = "auto", mode: str = "auto", color: str = "rg
     """The ValueError that ``Upscaler`` raises for a backend name, table mode, colour mode
     or tile size that is not one of the choices, without resolving anything (no probe, no
     model): the cluster's driver checks a job with it before the workers build theirs."""
-    if backend not in backends.BACKENDS:
-        raise ValueError(f"backend must be one of {backends.BACKENDS}, got {backend!r}")
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    backends.check_backend(backend)
+    backends.check_mode(mode)
     color_mod.check(color)
     _check_tile(tile)
 
