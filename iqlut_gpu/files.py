@@ -71,9 +71,15 @@ def image_jobs(inputs: Iterable, output) -> list[tuple[Path, Path]]:
     return jobs
 
 
+def _is_input(src: Path, dst: Path) -> bool:
+    """Whether ``dst`` exists and is the input file ``src`` itself."""
+    dst = Path(dst)
+    return dst.exists() and Path(src).resolve() == dst.resolve()
+
+
 def target_error(src: Path, dst: Path, overwrite: bool) -> str | None:
     """Why ``dst`` may not be written for ``src`` (one line), or None."""
-    if dst.exists() and Path(src).resolve() == dst.resolve():
+    if _is_input(src, dst):
         return f"{dst}: output is the input file itself; choose another output"
     if dst.exists() and not overwrite:
         return f"{dst}: exists (use --overwrite to replace it)"
@@ -86,8 +92,7 @@ def skips(src: Path, dst: Path) -> bool:
     """``--skip-existing``'s rule, in-process and on a cluster: leave ``dst`` alone when it
     exists, unless it is the input itself (never an earlier run's output: ``target_error``
     then says so)."""
-    dst = Path(dst)
-    return dst.exists() and Path(src).resolve() != dst.resolve()
+    return Path(dst).exists() and not _is_input(src, dst)
 
 
 def read_batch(jobs: Iterator, batch: int, check: Callable | None = None) -> list:
