@@ -911,6 +911,7 @@ def upscale_video(src, dst, scale: int = 4, *, model=None, backend: str = "auto"
         if not layout.rgb and pix_fmt != layout.name:
             stats.notes.append(f"the encoder gets {pix_fmt or 'its own format'} (ffmpeg converts)")
         return pix_fmt
+
     shapes = layout.shapes(*out_size)  # the output frame's own planes (yuv.crop_planes)
     depth = max(1, queue_batches) * batch
     decoded: queue.Queue = queue.Queue(maxsize=depth)

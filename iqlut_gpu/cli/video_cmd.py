@@ -75,4 +75,3 @@ def run(args) -> int:
         print_summary(args, info, stats.frames, stats.output_size, scale,
                       f"backend {backend}, {planes}", stats.fps, stats.variable_rate)
     return 0
-
