@@ -10,13 +10,13 @@ export check and the bench. Construction resolves, once:
   are cached) and the concrete table mode ("auto": expanded on the CPU, interp on a GPU);
 - the tile size that bounds memory (``iqlut_gpu.tiling``);
 - the colour mode: "rgb" runs every channel through the model, "luma" only the luma of
-  RGB(A) images (``iqlut_gpu.color``: Cb, Cr and alpha get the fixed bicubic base).
+  RGB(A) images (``iqlut_gpu.color``: its detail is added to each channel's bicubic base).
 
 Then an image takes one straight path::
 
     Upscaler.__call__(images)
       -> planes.to_planes            uint8 images -> planes [P, H, W]
-      -> Upscaler.run_layout         luma mode: Y through the model, Cb/Cr bicubic
+      -> Upscaler.run_layout         luma mode: Y's detail on each channel's bicubic
       -> Upscaler.run_planes         tiles with halos; a device out of memory: smaller tiles
       -> backends.run_planes         the backend's whole-model run (kernels/...)
       -> planes.from_planes          planes -> the caller's layout
@@ -106,9 +106,9 @@ class Upscaler:
         self.backend = backends.resolve(backend)
         self.mode = backends.concrete_mode(self.backend, mode)
         self.tile = _check_tile(tile)
-        self.chroma = None  # luma mode: the Upscaler of the chroma (and alpha) planes
-        if self.color == "luma":  # Cb, Cr and alpha: the fixed bicubic base, same backend
-            self.chroma = Upscaler(model=color_mod.bicubic_model(self.scale),
+        self.bicubic = None  # luma mode: the fixed bicubic base (iqlut_gpu.color), same backend
+        if self.color == "luma":
+            self.bicubic = Upscaler(model=color_mod.bicubic_model(self.scale),
                                     backend=self.backend, mode=self.mode, tile=self.tile)
 
     @property
@@ -160,13 +160,14 @@ class Upscaler:
 
     def run_layout(self, planes: np.ndarray, layout: Layout) -> np.ndarray:
         """``run_planes`` for the planes of images in ``layout`` (``planes.to_planes``): in
-        luma mode the planes of RGB(A) frames are converted to YCbCr, Y goes through the
-        model and the rest through the bicubic base, and the result converted back."""
-        if self.chroma is None or layout.channels not in (3, 4):
+        luma mode the luma Y of RGB(A) frames goes through the model, Y and every channel
+        through the bicubic base, and the luma's detail is added to each colour channel's
+        base (``iqlut_gpu.color``)."""
+        if self.bicubic is None or layout.channels not in (3, 4):
             return self.run_planes(planes)
         conv = _color_kernels()
-        y, rest = conv.split_planes(planes, layout.channels)
-        return conv.join_planes(self.run_planes(y), self.chroma.run_planes(rest),
+        y, base = conv.split_planes(planes, layout.channels)
+        return conv.join_planes(self.run_planes(y), self.bicubic.run_planes(base),
                                 layout.channels)
 
     def frames(self, frames: Iterable[np.ndarray], batch: int | None = None,

@@ -213,14 +213,14 @@ def upscale_plane_stream(upscaler, frames: Iterable, batch: int | None = None,
     ``upscaler(plane)`` bit for bit. ``rgb``: the planes are each frame's R, G, B, so an
     Upscaler in luma mode converts them (``Upscaler.run_layout``); otherwise (Y, U, V or
     gray) every plane goes through the model as it is, except that in luma mode the
-    chroma planes (all but the first) get the bicubic base (``Upscaler.chroma``), as
+    chroma planes (all but the first) get the bicubic base (``Upscaler.bicubic``), as
     ``iqlut_gpu.color`` does for converted RGB. Lazy, with at most one batch read
     ahead (two on a runner that keeps batches in flight, ``iqlut_gpu.frames``). ``stats``:
     seconds spent in "upload" (stacking planes, and host to device on a GPU), "kernels"
     and "download" are added to it. Output planes may be views into a batch's result.
     """
     batch = check_batch(batch)
-    chroma = upscaler.chroma if upscaler.chroma is not None and not rgb else None
+    chroma = upscaler.bicubic if upscaler.bicubic is not None and not rgb else None
     return generate_planes(lambda: make_runner(upscaler), iter(frames), batch, stats, rgb,
                            chroma)
 

@@ -1,4 +1,4 @@
-"""Luma mode: the integer RGB <-> YCbCr conversion and the luma-only upscaling path."""
+"""Luma mode: the integer luma, the detail added to each channel's bicubic base, the path."""
 
 import numpy as np
 import pytest
@@ -9,37 +9,40 @@ from iqlut_gpu import color
 from iqlut_gpu.kernels import numba_color
 
 
-@pytest.fixture(scope="module")
-def every_colour():
-    """All 2**24 RGB colours, their YCbCr and the round trip back."""
+def test_luma_is_bt601_full_range_rounded_and_grays_keep_their_value():
     v = np.arange(1 << 24, dtype=np.uint32)
-    rgb = (v >> 16).astype(np.uint8), ((v >> 8) & 255).astype(np.uint8), (v & 255).astype(np.uint8)
-    ycc = color.rgb_to_ycbcr(*rgb)
-    return rgb, ycc, color.ycbcr_to_rgb(*ycc)
-
-
-def test_round_trip_of_every_colour_is_within_one_code_and_grays_are_exact(every_colour):
-    (r, g, b), (y, cb, cr), back = every_colour
-    for name, a, c in zip("RGB", (r, g, b), back):
-        err = np.abs(a.astype(np.int16) - c.astype(np.int16))
-        assert err.max() <= 1, name
-        assert err.mean() < 0.5, name
+    r, g, b = (v >> 16).astype(np.uint8), ((v >> 8) & 255).astype(np.uint8), (v & 255).astype(np.uint8)
+    y = color.luma(r, g, b)
+    assert y.dtype == np.uint8
+    exact = 0.299 * r.astype(np.float64) + 0.587 * g + 0.114 * b
+    # rounding (0.5) plus the 16-bit coefficients' own rounding (< 0.01 over 3 * 255)
+    assert np.abs(y - exact).max() <= 0.51
     gray = (r == g) & (g == b)
     assert np.array_equal(y[gray], r[gray])
-    assert (cb[gray] == 128).all() and (cr[gray] == 128).all()
-    for c in back:
-        assert np.array_equal(c[gray], r[gray])
 
 
-def test_conversion_is_bt601_full_range_rounded(every_colour):
-    rgb, ycc, _ = every_colour
-    r, g, b = (a.astype(np.float64) for a in rgb)
-    exact_y = 0.299 * r + 0.587 * g + 0.114 * b
-    exact_cb = 128 + (b - exact_y) / 1.772
-    exact_cr = 128 + (r - exact_y) / 1.402
-    for got, want in zip(ycc, (exact_y, exact_cb, exact_cr)):
-        # rounding (0.5) plus the 16-bit coefficients' own rounding (< 0.01 over 3 * 255)
-        assert np.abs(got.astype(np.float64) - np.clip(want, 0, 255)).max() <= 0.51
+def test_join_adds_the_luma_detail_to_each_channel_base_and_keeps_alpha():
+    for seed, rng in cases.case_rngs(3, salt=870):
+        n, h, w = int(rng.integers(1, 3)), int(rng.integers(1, 9)), int(rng.integers(1, 9))
+        y = rng.integers(0, 256, size=(n, h, w), dtype=np.int64).astype(np.uint8)
+        base = rng.integers(0, 256, size=(n * 5, h, w), dtype=np.int64).astype(np.uint8)
+        out = color.join_planes(y, base, 4).reshape(n, 4, h, w).astype(np.int64)
+        bb = base.reshape(n, 5, h, w).astype(np.int64)
+        for c in range(3):
+            want = np.clip(bb[:, c + 1] + y.astype(np.int64) - bb[:, 0], 0, 255)
+            assert np.array_equal(out[:, c], want), f"seed {seed} channel {c}"
+        assert np.array_equal(out[:, 3], bb[:, 4]), f"seed {seed} alpha"
+
+
+def test_gray_rgb_pixels_get_what_the_model_gives_the_gray_plane():
+    rng = np.random.default_rng(cases.SESSION_SEED)
+    model = cases.random_model(rng)
+    gray = rng.integers(0, 256, size=(9, 8), dtype=np.int64).astype(np.uint8)
+    rgb = np.repeat(gray[..., None], 3, axis=-1)
+    want = upscale(gray, model.scale, model=model, backend="reference")
+    got = upscale(rgb, model.scale, model=model, backend="reference", color="luma")
+    for c in range(3):
+        assert np.array_equal(got[..., c], want), f"seed {cases.SESSION_SEED} channel {c}"
 
 
 @pytest.mark.parametrize("channels", [3, 4])
@@ -51,9 +54,11 @@ def test_numba_kernels_equal_the_numpy_reference(channels):
         got = numba_color.split_planes(planes, channels)
         for a, b in zip(want, got):
             assert np.array_equal(a, b), f"seed {seed}"
-        y, rest = want
-        assert np.array_equal(numba_color.join_planes(y, rest, channels),
-                              color.join_planes(y, rest, channels)), f"seed {seed}"
+        y = rng.integers(0, 256, size=(n, 3 * h, 2 * w), dtype=np.int64).astype(np.uint8)
+        base = rng.integers(0, 256, size=(n * (channels + 1), 3 * h, 2 * w),
+                            dtype=np.int64).astype(np.uint8)
+        assert np.array_equal(numba_color.join_planes(y, base, channels),
+                              color.join_planes(y, base, channels)), f"seed {seed}"
 
 
 @pytest.mark.parametrize("channels", [3, 4])
@@ -99,13 +104,17 @@ def test_bicubic_model_is_the_fixed_upsample():
 
 
 def luma_by_hand(img, model):
-    """Y through the model, Cb/Cr/alpha through the bicubic base, with the reference."""
-    planes = np.ascontiguousarray(np.moveaxis(img, -1, 0))
-    C = planes.shape[0]
-    y, rest = color.split_planes(planes, C)
-    out = color.join_planes(reference.upscale_planes(model, y),
-                            reference.upscale_planes(color.bicubic_model(model.scale), rest), C)
-    return np.moveaxis(out, 0, -1)
+    """Y through the model, its detail on each channel's bicubic base (alpha: its base),
+    written out with the reference and the formulas of docs/design.md "Luma mode"."""
+    r, g, b = (img[..., c].astype(np.int64) for c in range(3))
+    y = ((19595 * r + 38470 * g + 7471 * b + 32768) >> 16).astype(np.uint8)
+    bicubic = color.bicubic_model(model.scale)
+    detail = (reference.upscale_planes(model, y[None])[0].astype(np.int64)
+              - reference.upscale_planes(bicubic, y[None])[0])
+    out = [np.clip(reference.upscale_planes(bicubic, img[None, ..., c])[0] + detail, 0, 255)
+           for c in range(3)]
+    out += [reference.upscale_planes(bicubic, img[None, ..., c])[0] for c in range(3, img.shape[-1])]
+    return np.stack(out, axis=-1).astype(np.uint8)
 
 
 @pytest.mark.parametrize("channels", [3, 4])
