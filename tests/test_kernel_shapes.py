@@ -94,3 +94,20 @@ def test_offset_pattern_of_the_upsamples():
         assert numba_cpu._offset_pattern(up_off) == want
     assert numba_cpu._offset_pattern(np.array([0, 0, 0], np.int32)) == 0
     assert numba_cpu._offset_pattern(np.array([-1, 1], np.int32)) == -1
+
+
+@pytest.mark.parametrize("c_in", [8, 6, 7])
+def test_k1_16_lane_row_sums_match_reference(c_in):
+    """The k = 1, 16-lane row sums (x4's last layer): in expanded mode an even c_in reads
+    two channels per step (``_vpair16``), an odd one a channel at a time; at the
+    accumulator bounds (extreme tables, bias, shift) too, in both modes."""
+    for seed, rng in case_rngs(2, salt=50 + c_in):
+        extreme = bool(seed % 2)
+        first = _layer(rng, 1, c_in, 3, int(rng.integers(2, 18)), False, extreme)
+        last = _layer(rng, c_in, 16, 1, int(rng.integers(2, 18)), False, extreme)
+        model = Model(scale=4, upsample="bicubic", layers=(first, last))
+        planes = rng.integers(0, 256, size=(2, 7, 19)).astype(np.uint8)
+        want = reference.upscale_planes(model, planes)
+        for mode in ("expanded", "interp"):
+            got = numba_cpu.run_planes(prepare(model), planes, mode)
+            assert np.array_equal(got, want), f"seed {seed}, {mode}"
