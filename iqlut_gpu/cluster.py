@@ -471,6 +471,12 @@ def _resolve_model(model, scale):
     return resolve_model(model, scale)
 
 
+def _check_batch(batch) -> int:
+    from .frames import check_batch
+
+    return check_batch(batch)
+
+
 def _check_options(options: UpscalerOptions) -> None:
     """The choices ``Upscaler`` checks, checked here without resolving the backend (the
     workers resolve theirs)."""
@@ -634,8 +640,7 @@ def upscale_files(inputs, out, scale: int | None = None, *, client, model=None,
     """
     from .io import remove_stale_parts
 
-    if batch < 1:
-        raise ValueError(f"batch must be at least 1, got {batch}")
+    batch = _check_batch(batch)
     if overwrite and skip_existing:
         raise ValueError("overwrite and skip_existing exclude each other")
     options = UpscalerOptions(backend, mode, ensemble, color, tile)
@@ -913,8 +918,7 @@ def upscale_video(src, dst, scale: int | None = None, *, client, model=None,
     from .video import (CRF_CODECS, DEFAULT_CRF, VideoError, check_encoder, check_output_path,
                         probe)
 
-    if batch < 1:
-        raise ValueError(f"batch must be >= 1, got {batch}")
+    batch = _check_batch(batch)
     if segment_seconds is not None and not segment_seconds > 0:
         raise ValueError(f"segment_seconds must be positive, got {segment_seconds}")
     options = UpscalerOptions(backend, mode, ensemble, color)

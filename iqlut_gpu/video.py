@@ -859,13 +859,13 @@ def upscale_video(src, dst, scale: int = 4, *, model=None, backend: str = "auto"
     or a failed encode; on any exception (KeyboardInterrupt included) ``dst`` is left
     untouched and no temporary file remains.
     """
+    from .frames import check_batch
     from .io import atomic_path
     from .upscaler import Upscaler
     from .yuv import crop_planes, upscale_plane_stream
 
     src, dst = Path(src), Path(dst)
-    if batch < 1:
-        raise ValueError(f"batch must be >= 1, got {batch}")
+    batch = check_batch(batch)
     if upscaler is None:
         upscaler = Upscaler(scale, model=model, backend=backend, mode=mode, ensemble=ensemble)
     elif model is not None or backend != "auto" or mode != "auto" or ensemble is not None:
