@@ -434,19 +434,29 @@ def _handing_over():
     """Yields ``hand_over()``: called when only waiting is left (an output being written, an
     encoder finishing), it leaves this worker's task thread (``distributed.secede``) so that
     the worker starts its next task in another thread, while this one still returns when
-    its work is done. Nothing outside a worker's task thread, nor while another task of this
-    worker process is handed over."""
+    its work is done. Only Dask's public API: a task thread is the thread that entered this
+    context where ``distributed.get_worker()`` finds a worker; nothing happens in any other
+    thread, outside a worker, while another task of this worker process is handed over, or
+    if Dask refuses (a version whose ``secede`` fails here degrades to no hand-over)."""
     handed = []
+    try:
+        from distributed import get_worker, secede
+
+        get_worker()  # ValueError outside a worker's task
+        owner = threading.current_thread()
+    except Exception:  # noqa: BLE001 - not on a worker (or no Dask): nothing to hand over
+        owner = secede = None
 
     def hand_over() -> None:
-        from distributed import secede
-        from distributed.threadpoolexecutor import thread_state as pool_thread
-        from distributed.worker import thread_state as task_thread
-
-        if (not handed and getattr(task_thread, "key", None)
-                and getattr(pool_thread, "proceed", False) and _HANDED.acquire(blocking=False)):
-            handed.append(True)
+        if (handed or owner is not threading.current_thread()
+                or not _HANDED.acquire(blocking=False)):
+            return
+        try:
             secede()
+        except Exception:  # noqa: BLE001 - Dask would not: the task keeps its thread
+            _HANDED.release()
+            return
+        handed.append(True)
 
     try:
         yield hand_over

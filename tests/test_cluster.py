@@ -317,6 +317,50 @@ def test_a_task_that_hands_over_lets_its_worker_start_the_next(client):
     assert b1 <= c0 or c1 <= b0  # neither could hand over (a was): one waited for the other
 
 
+def test_hand_over_uses_dask_public_api_and_degrades_to_nothing(monkeypatch):
+    """cluster._handing_over needs only distributed.get_worker and distributed.secede: it
+    secedes once, from the thread that entered it, one task per process at a time; where
+    Dask fails (a version that moved what secede uses) the task keeps its thread, no error."""
+    import threading
+
+    seceded = []
+    monkeypatch.setattr(distributed, "get_worker", lambda: object())
+    monkeypatch.setattr(distributed, "secede", lambda: seceded.append(threading.current_thread()))
+    with cluster._handing_over() as hand_over:
+        other = threading.Thread(target=hand_over)
+        other.start()
+        other.join()
+        assert seceded == []  # another thread than the task's: nothing
+        hand_over()
+        hand_over()
+        assert seceded == [threading.current_thread()]  # once
+        with cluster._handing_over() as second:
+            second()  # another task of this process while one is handed over: nothing
+        assert len(seceded) == 1
+    with cluster._handing_over() as hand_over:  # the first one's slot is free again
+        hand_over()
+    assert len(seceded) == 2
+
+    def moved():
+        raise AttributeError("module 'distributed.threadpoolexecutor' has no attribute 'x'")
+
+    monkeypatch.setattr(distributed, "secede", moved)
+    with cluster._handing_over() as hand_over:
+        hand_over()  # Dask fails: no hand-over, no error
+    monkeypatch.setattr(distributed, "secede", lambda: seceded.append(1))
+    with cluster._handing_over() as hand_over:  # and the slot was not kept
+        hand_over()
+    assert len(seceded) == 3
+
+    def no_worker():
+        raise ValueError("No worker found")
+
+    monkeypatch.setattr(distributed, "get_worker", no_worker)
+    with cluster._handing_over() as hand_over:
+        hand_over()  # not in a worker's task: nothing
+    assert len(seceded) == 3
+
+
 def test_workers_keep_the_upscaler_between_jobs_of_one_model(client, tmp_path):
     """A job with the model and options of an earlier one finds its worker's upscaler (and
     its prepared tables) kept; another model gets its own, and a worker keeps at most
