@@ -743,6 +743,53 @@ def test_segmented_video_equals_the_single_process_run(client, clip, tmp_path, m
     assert swept == [tmp_path]
 
 
+def _spy_ffmpeg():
+    """On a worker: record the command of every process started (subprocess.Popen)."""
+    import subprocess
+
+    import iqlut_gpu.cluster as c
+
+    c._started = []
+    real = subprocess.Popen
+
+    class Spy(real):
+        def __init__(self, args, *a, **kw):
+            c._started.append([str(x) for x in args])
+            super().__init__(args, *a, **kw)
+
+    Spy.real = real
+    subprocess.Popen = Spy
+
+
+def _unspy_ffmpeg():
+    import subprocess
+
+    import iqlut_gpu.cluster as c
+
+    subprocess.Popen = getattr(subprocess.Popen, "real", subprocess.Popen)
+    return getattr(c, "_started", [])
+
+
+def test_segments_start_only_their_decoder_and_encoder(client, clip, tmp_path):
+    """The driver probes the source, picks the layout and makes the test encode once
+    (video.Prechecked), and counts the packets once: a segment task starts ffmpeg only as
+    its decoder and its encoder (no probe, no test encode, no packet count), and the
+    frames still equal the single-process run's."""
+    client.run(_spy_ffmpeg)
+    try:
+        report = cluster.upscale_video(clip / "in.mp4", tmp_path / "out.mkv", 2, client=client,
+                                       backend=BACKEND, codec="ffv1", segment_seconds=0.2)
+    finally:
+        started = [cmd for cmds in client.run(_unspy_ffmpeg).values() for cmd in cmds
+                   if cmd[1:] != ["-version"]]  # imageio-ffmpeg's, once in a process
+    assert report.segments >= 4
+    decoders = [c for c in started if c[-1] == "-" and "rawvideo" in c]
+    encoders = [c for c in started if "pipe:0" in c and Path(c[-1]).name.startswith(".up_")]
+    assert len(decoders) == len(encoders) == report.segments, started
+    assert len(started) == 2 * report.segments, started
+    assert_same_video(clip / "single.mkv", tmp_path / "out.mkv")
+
+
 def test_lossy_segments_keep_the_timestamps(client, clip, tmp_path):
     """x264 in MP4, segment by segment: other pictures than one encode (a keyframe at each
     seam), the same frames at the same times, and the same audio."""
