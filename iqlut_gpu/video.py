@@ -476,9 +476,7 @@ def read_frames(path, info: VideoInfo | None = None, stop: threading.Event | Non
 
 
 @functools.lru_cache(maxsize=None)
-@functools.lru_cache(maxsize=None)
 def _encoder_help(codec: str) -> str:
-    """``ffmpeg -h encoder=CODEC`` (asked once a process: 20-40 ms each time)."""
     try:
         return subprocess.run([ffmpeg_exe(), "-hide_banner", "-h", f"encoder={codec}"],
                               capture_output=True, text=True, timeout=30).stdout
