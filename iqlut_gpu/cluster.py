@@ -434,19 +434,29 @@ def _handing_over():
     """Yields ``hand_over()``: called when only waiting is left (an output being written, an
     encoder finishing), it leaves this worker's task thread (``distributed.secede``) so that
     the worker starts its next task in another thread, while this one still returns when
-    its work is done. Nothing outside a worker's task thread, nor while another task of this
-    worker process is handed over."""
+    its work is done. Only Dask's public API: a task thread is the thread that entered this
+    context where ``distributed.get_worker()`` finds a worker; nothing happens in any other
+    thread, outside a worker, while another task of this worker process is handed over, or
+    if Dask refuses (a version whose ``secede`` fails here degrades to no hand-over)."""
     handed = []
+    try:
+        from distributed import get_worker, secede
+
+        get_worker()  # ValueError outside a worker's task
+        owner = threading.current_thread()
+    except Exception:  # noqa: BLE001 - not on a worker (or no Dask): nothing to hand over
+        owner = secede = None
 
     def hand_over() -> None:
-        from distributed import secede
-        from distributed.threadpoolexecutor import thread_state as pool_thread
-        from distributed.worker import thread_state as task_thread
-
-        if (not handed and getattr(task_thread, "key", None)
-                and getattr(pool_thread, "proceed", False) and _HANDED.acquire(blocking=False)):
-            handed.append(True)
+        if (handed or owner is not threading.current_thread()
+                or not _HANDED.acquire(blocking=False)):
+            return
+        try:
             secede()
+        except Exception:  # noqa: BLE001 - Dask would not: the task keeps its thread
+            _HANDED.release()
+            return
+        handed.append(True)
 
     try:
         yield hand_over
@@ -469,6 +479,12 @@ def _resolve_model(model, scale):
     from .upscaler import resolve_model
 
     return resolve_model(model, scale)
+
+
+def _check_batch(batch) -> int:
+    from .frames import check_batch
+
+    return check_batch(batch)
 
 
 def _check_options(options: UpscalerOptions) -> None:
@@ -634,8 +650,7 @@ def upscale_files(inputs, out, scale: int | None = None, *, client, model=None,
     """
     from .io import remove_stale_parts
 
-    if batch < 1:
-        raise ValueError(f"batch must be at least 1, got {batch}")
+    batch = _check_batch(batch)
     if overwrite and skip_existing:
         raise ValueError("overwrite and skip_existing exclude each other")
     options = UpscalerOptions(backend, mode, ensemble, color, tile)
@@ -822,43 +837,54 @@ def _stands_alone(segment: Path) -> bool:
     return count_frames(segment) == count_frames(segment, decode=False)
 
 
-def _segment_container(dst: Path, size, fps, codec, crf) -> str:
-    """The suffix for upscaled segments: the output's own if it is MP4/QuickTime (exact
-    timestamps; ``check_encoder`` has passed for ``dst``), else MP4/QuickTime when they hold
-    ``codec``, else the output's own."""
-    from .video import VideoError, check_encoder
+def _segment_plan(src: Path, dst: Path, info, source, out_size, codec, crf, preset):
+    """The driver's checks for the output and the upscaled segments, made once: (the
+    segments' suffix, the pixel format the encoder gets, notes). The segments take the
+    output's container if it is MP4/QuickTime (exact timestamps; one test encode, with the
+    source's audio, checks both), else MP4/QuickTime where they hold ``codec``, else the
+    output's own (a test encode for the output, one for the segments' container)."""
+    from .video import VideoError, check_output
 
+    def check(path, audio_from=None):
+        return check_output(path, info, source, out_size, codec=codec, crf=crf, preset=preset,
+                            audio_from=audio_from)
+
+    audio_from = src if info.audio else None
     if dst.suffix.lower() in EXACT_CONTAINERS + (".m4v",):
-        return dst.suffix  # the caller has checked that dst's container holds the codec
+        return (dst.suffix, *check(dst, audio_from))
+    checked = check(dst, audio_from)
     for suffix in EXACT_CONTAINERS:
         try:
-            check_encoder(dst.with_suffix(suffix), size, fps, codec=codec, crf=crf)
-            return suffix
+            return (suffix, *check(dst.with_suffix(suffix)))
         except VideoError:
             continue
-    return dst.suffix
+    return (dst.suffix, *checked)
 
 
 def _segment_task(name: str, src: str, dst: str, batch: int, codec: str, crf,
-                  extra: dict) -> tuple:
+                  extra: dict, prechecked) -> tuple:
     """On a worker: upscale one segment file into ``dst`` (``extra``: more keyword arguments
-    of ``video.upscale_video``, e.g. planes, preset); (frames decoded and upscaled, packets
-    in the segment, seconds, backend). Once its last frame has gone to the encoder the task
-    leaves the worker's thread (``_handing_over``): the next segment is decoded and upscaled
-    while this one's encoder finishes (x264 encodes most of a short segment at its end); it
-    still reports done only once ``dst`` is complete."""
+    of ``video.upscale_video``, e.g. planes, preset; ``prechecked``: the driver's probe,
+    layout and encoder check, ``video.Prechecked`` without the path, so that the segment
+    runs no ffmpeg but its decoder and its encoder); (frames decoded and upscaled, seconds,
+    backend). Once its last frame has gone to the encoder the task leaves the worker's thread
+    (``_handing_over``): the next segment is decoded and upscaled while this one's encoder
+    finishes (x264 encodes most of a short segment at its end); it still reports done only
+    once ``dst`` is complete."""
+    import dataclasses
+
     from . import video
 
     if not os.path.exists(src):
         raise video.VideoError(_not_shared(src, "segment"))
     up = _plugin(name).upscaler()
-    packets = count_frames(src, 0, decode=False)
-
+    prechecked = dataclasses.replace(
+        prechecked, info=dataclasses.replace(prechecked.info, path=Path(src)))
     with _handing_over() as hand_over:
         stats = video.upscale_video(src, dst, upscaler=up, batch=batch, codec=codec, crf=crf,
-                                    overwrite=True, progress=lambda n: n == packets and hand_over(),
+                                    overwrite=True, prechecked=prechecked, flushing=hand_over,
                                     **extra)
-    return stats.frames, packets, stats.seconds, up.backend
+    return stats.frames, stats.seconds, up.backend
 
 
 def _segments_folder(dst: Path) -> Path:
@@ -910,11 +936,12 @@ def upscale_video(src, dst, scale: int | None = None, *, client, model=None,
     ``dst`` is untouched and the segments are removed.
     """
     from .io import atomic_path, sweep_once
-    from .video import (CRF_CODECS, DEFAULT_CRF, VideoError, check_encoder, check_output_path,
-                        probe)
+    import dataclasses
 
-    if batch < 1:
-        raise ValueError(f"batch must be >= 1, got {batch}")
+    from .video import (CRF_CODECS, DEFAULT_CRF, Prechecked, VideoError, check_output_path,
+                        plan_layout, probe)
+
+    batch = _check_batch(batch)
     if segment_seconds is not None and not segment_seconds > 0:
         raise ValueError(f"segment_seconds must be positive, got {segment_seconds}")
     options = UpscalerOptions(backend, mode, ensemble, color)
@@ -930,11 +957,15 @@ def upscale_video(src, dst, scale: int | None = None, *, client, model=None,
         crf = DEFAULT_CRF
     r = model.scale
     out_size = (info.width * r, info.height * r)
-    check_encoder(dst, out_size, info.fps, codec=codec, crf=crf,
-                  audio_from=src if info.audio else None)
-    seg_suffix = _segment_container(dst, out_size, info.fps, codec, crf)
+    source = plan_layout(info, planes or "auto", codec)
+    seg_suffix, pix_fmt, notes = _segment_plan(src, dst, info, source, out_size, codec, crf,
+                                               preset)
+    # each segment is described as the source is (a stream copy of its video: the same
+    # size, rate, pixel format, colour and aspect tags), as the single-process run sees it
+    prechecked = Prechecked(dataclasses.replace(info, stream=0, audio=(), duration=None),
+                            source, pix_fmt, tuple(notes))
     sweep_once(dst.parent)  # before the segments go there; atomic_path(dst) then does not
-    report = VideoReport(info=info, output_size=out_size)
+    report = VideoReport(info=info, output_size=out_size, notes=list(notes))
     t_start = time.perf_counter()
     work = _segments_folder(dst)
     try:
@@ -955,14 +986,14 @@ def upscale_video(src, dst, scale: int | None = None, *, client, model=None,
             t0 = time.perf_counter()
             outs = [work / f"up_{k:06d}{seg_suffix}" for k in range(len(segments))]
             futures = {client.submit(_segment_task, job.name, str(s), str(o), batch, codec, crf,
-                                     extra, key=f"{job.name}-segment-{k:06d}"): k
+                                     extra, prechecked, key=f"{job.name}-segment-{k:06d}"): k
                        for k, (s, o) in enumerate(zip(segments, outs))}
-            frames, packets = [0] * len(segments), [0] * len(segments)
+            frames = [0] * len(segments)
             try:
                 for future in _completed(list(futures)):
                     k = futures[future]
                     try:
-                        frames[k], packets[k] = future.result()[:2]
+                        frames[k] = future.result()[0]
                     except (ClusterError, VideoError):
                         raise
                     except Exception as e:  # noqa: BLE001 - KilledWorker and the like
@@ -978,7 +1009,12 @@ def upscale_video(src, dst, scale: int | None = None, *, client, model=None,
             report.stages["upscale"] = time.perf_counter() - t0
         t0 = time.perf_counter()
 
-        if frames != packets:  # a segment decoded to more or fewer frames than it holds
+        # A segment decodes to at most as many frames as it holds packets (fewer where frames
+        # refer to the segment before it), so the segments' frames adding up to the source's
+        # packets means that every segment gave all of its own, and the packets' times say
+        # where each segment starts.
+        times = packet_times(src, info.stream)
+        if report.frames != len(times):
             whole = count_frames(src, info.stream)  # what the single-process run decodes
             if whole != report.frames:
                 raise VideoError(f"{src}: cut at its keyframes it gives {report.frames} "
@@ -990,7 +1026,7 @@ def upscale_video(src, dst, scale: int | None = None, *, client, model=None,
         # phone's clip), as the single-process run keeps it, so picture and sound stay
         # together.
         offset = _first_frame_time(src, info)
-        starts = segment_starts(packet_times(src, info.stream), packets) if len(outs) > 1 else None
+        starts = segment_starts(times, frames) if len(outs) > 1 else None
         (work / "concat.txt").write_text(concat_list(outs, starts))
         args = ["-y", *(["-itsoffset", f"{offset:.6f}"] if offset else []),
                 "-f", "concat", "-safe", "0", "-i", work / "concat.txt"]

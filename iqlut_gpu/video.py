@@ -834,12 +834,66 @@ def plan_layout(info: VideoInfo, planes: str, codec: str):
     return source
 
 
+def _encoder_options(info: VideoInfo, source, codec: str, crf, preset, audio_from) -> dict:
+    """``VideoWriter``'s options for the upscaled frames of ``info``'s video decoded as
+    ``source`` (a ``yuv.SourceFormat``): YUV planes keep the source's range and colour tags."""
+    layout = source.layout
+    color = ()
+    if not layout.rgb:
+        color = info.color
+        if source.range and "range" not in dict(color):
+            color = (("range", source.range),) + color
+    return dict(codec=codec, crf=crf, audio_from=audio_from, layout=layout, color=color,
+                sar=info.sar, preset=preset)
+
+
+def check_output(dst, info: VideoInfo, source, out_size, *, codec: str, crf=None,
+                 preset: str | None = None, audio_from=None) -> tuple[str | None, list[str]]:
+    """The pixel format the encoder gets for ``info``'s video decoded as ``source`` and
+    upscaled to ``out_size``, tried first by a two-frame encode into a file of ``dst``'s
+    kind (``check_encoder``: 0.1-0.3 s); and what ffmpeg will convert, as notes. Raises
+    VideoError if the encoder or the container cannot."""
+    layout = source.layout
+    enc = _encoder_options(info, source, codec, crf, preset, audio_from)
+    pix_fmt, notes = output_pix_fmt(layout, out_size, codec), []
+    try:
+        check_encoder(dst, out_size, info.fps, pix_fmt=pix_fmt, **enc)
+    except VideoError:
+        # an odd output size (x3 of an odd-sized 4:2:0 source) that the encoder cannot
+        # code subsampled: give it 4:4:4, as the RGB path does for odd sizes
+        if layout.rgb or layout.fits(*out_size) or pix_fmt == "yuv444p":
+            raise
+        pix_fmt = "yuv444p"
+        check_encoder(dst, out_size, info.fps, pix_fmt=pix_fmt, **enc)
+        notes.append(f"{out_size[0]}x{out_size[1]} cannot be coded {layout.chroma} "
+                     f"by {codec}")
+    if not layout.rgb and pix_fmt != layout.name:
+        notes.append(f"the encoder gets {pix_fmt or 'its own format'} (ffmpeg converts)")
+    return pix_fmt, notes
+
+
+@dataclass(frozen=True)
+class Prechecked:
+    """What ``upscale_video`` finds out before its work, found out once by a caller that
+    runs it on parts of one video (the cluster's segments, cut by stream copy) and passed
+    on (``upscale_video(..., prechecked=)``), so that each part skips the probe, the
+    layout choice and the test encode: ``info``, the source's ``VideoInfo`` for this part
+    (its path, stream 0, no audio); ``source``, ``plan_layout``'s ``yuv.SourceFormat``;
+    ``pix_fmt`` and ``notes``, what ``check_output`` gave for the part's container."""
+
+    info: VideoInfo
+    source: object
+    pix_fmt: str | None
+    notes: tuple[str, ...] = ()
+
+
 def upscale_video(src, dst, scale: int = 4, *, model=None, backend: str = "auto",
                   mode: str = "auto", ensemble: int | None = None, upscaler=None,
                   batch: int = 4, codec: str | None = None, crf: int | None = None,
                   overwrite: bool = False, progress=None, queue_batches: int = 2,
                   planes: str = "auto", copyts: bool = False,
-                  preset: str | None = None) -> VideoStats:
+                  preset: str | None = None, prechecked: Prechecked | None = None,
+                  flushing=None) -> VideoStats:
     """Upscale the video ``src`` into ``dst``: every frame at its own time, audio copied.
 
     The output has the source's frame count and frame times (so its rate, NTSC fractions
@@ -855,61 +909,51 @@ def upscale_video(src, dst, scale: int = 4, *, model=None, backend: str = "auto"
     and ``ensemble`` (as for ``iqlut_gpu.upscale``). ``progress``: None, or a callable
     ``progress(n_frames_done)`` called from the calling thread after each encoded frame.
     ``batch`` frames go to the backend in one call per plane shape; ``queue_batches``
-    batches may wait between stages. Raises VideoError (a ValueError) for unreadable input
+    batches may wait between stages. ``prechecked``: a ``Prechecked`` for ``src`` (with
+    ``codec``, ``crf``, ``planes`` and ``dst``'s kind as given here): no probe, no test
+    encode. ``flushing``: None, or a callable called once from the calling thread when the
+    last frame has gone to the encoder, before waiting for the encoder to finish.
+    Raises VideoError (a ValueError) for unreadable input
     or a failed encode; on any exception (KeyboardInterrupt included) ``dst`` is left
     untouched and no temporary file remains.
     """
+    from .frames import check_batch
     from .io import atomic_path
     from .upscaler import Upscaler
     from .yuv import crop_planes, upscale_plane_stream
 
     src, dst = Path(src), Path(dst)
-    if batch < 1:
-        raise ValueError(f"batch must be >= 1, got {batch}")
+    batch = check_batch(batch)
     if upscaler is None:
         upscaler = Upscaler(scale, model=model, backend=backend, mode=mode, ensemble=ensemble)
     elif model is not None or backend != "auto" or mode != "auto" or ensemble is not None:
         raise TypeError("give model, backend, mode and ensemble to the Upscaler, not here")
-    info = probe(src)
+    info = prechecked.info if prechecked else probe(src)
     check_output_path(src, dst, overwrite)
     codec = codec or "libx264"
     if crf is None and codec in CRF_CODECS:
         crf = DEFAULT_CRF
-    source = plan_layout(info, planes, codec)
+    source = prechecked.source if prechecked else plan_layout(info, planes, codec)
     layout = source.layout
     r = upscaler.scale
     out_size = (info.width * r, info.height * r)
-    color = ()
-    if not layout.rgb:
-        color = info.color
-        if source.range and "range" not in dict(color):
-            color = (("range", source.range),) + color
     audio_from = src if info.audio else None
-    enc = dict(codec=codec, crf=crf, audio_from=audio_from, layout=layout, color=color,
-               sar=info.sar, preset=preset)
+    enc = _encoder_options(info, source, codec, crf, preset, audio_from)
     stats = VideoStats(info=info, output_size=out_size, backend=upscaler.backend,
                        planes=layout.name, planes_reason=source.reason,
                        stages={"decode": 0.0, "upload": 0.0, "kernels": 0.0, "download": 0.0,
                                "encode": 0.0})
 
     def checked_pix_fmt() -> str | None:
-        """The format the encoder gets, tried first by a two-frame encode (``check_encoder``:
-        0.2-0.3 s, which runs while the first frames are decoded and upscaled); what
-        ffmpeg will convert goes into ``stats.notes``."""
-        pix_fmt = output_pix_fmt(layout, out_size, codec)
-        try:
-            check_encoder(dst, out_size, info.fps, pix_fmt=pix_fmt, **enc)
-        except VideoError:
-            # an odd output size (x3 of an odd-sized 4:2:0 source) that the encoder cannot
-            # code subsampled: give it 4:4:4, as the RGB path does for odd sizes
-            if layout.rgb or layout.fits(*out_size) or pix_fmt == "yuv444p":
-                raise
-            pix_fmt = "yuv444p"
-            check_encoder(dst, out_size, info.fps, pix_fmt=pix_fmt, **enc)
-            stats.notes.append(f"{out_size[0]}x{out_size[1]} cannot be coded {layout.chroma} "
-                               f"by {codec}")
-        if not layout.rgb and pix_fmt != layout.name:
-            stats.notes.append(f"the encoder gets {pix_fmt or 'its own format'} (ffmpeg converts)")
+        """The format the encoder gets (``check_output``'s test encode runs while the first
+        frames are decoded and upscaled); what ffmpeg will convert goes into
+        ``stats.notes``."""
+        if prechecked:
+            pix_fmt, notes = prechecked.pix_fmt, prechecked.notes
+        else:
+            pix_fmt, notes = check_output(dst, info, source, out_size, codec=codec, crf=crf,
+                                          preset=preset, audio_from=audio_from)
+        stats.notes.extend(notes)
         return pix_fmt
 
     shapes = layout.shapes(*out_size)  # the output frame's own planes (yuv.crop_planes)
@@ -971,6 +1015,8 @@ def upscale_video(src, dst, scale: int = 4, *, model=None, backend: str = "auto"
                 t0 = time.perf_counter()
                 if writer is None:
                     raise VideoError(f"{src}: no frames could be decoded")
+                if flushing is not None:
+                    flushing()
                 writer.close()
                 stats.encode_tail = time.perf_counter() - t0
                 stats.stages["encode"] += stats.encode_tail

@@ -317,6 +317,50 @@ def test_a_task_that_hands_over_lets_its_worker_start_the_next(client):
     assert b1 <= c0 or c1 <= b0  # neither could hand over (a was): one waited for the other
 
 
+def test_hand_over_uses_dask_public_api_and_degrades_to_nothing(monkeypatch):
+    """cluster._handing_over needs only distributed.get_worker and distributed.secede: it
+    secedes once, from the thread that entered it, one task per process at a time; where
+    Dask fails (a version that moved what secede uses) the task keeps its thread, no error."""
+    import threading
+
+    seceded = []
+    monkeypatch.setattr(distributed, "get_worker", lambda: object())
+    monkeypatch.setattr(distributed, "secede", lambda: seceded.append(threading.current_thread()))
+    with cluster._handing_over() as hand_over:
+        other = threading.Thread(target=hand_over)
+        other.start()
+        other.join()
+        assert seceded == []  # another thread than the task's: nothing
+        hand_over()
+        hand_over()
+        assert seceded == [threading.current_thread()]  # once
+        with cluster._handing_over() as second:
+            second()  # another task of this process while one is handed over: nothing
+        assert len(seceded) == 1
+    with cluster._handing_over() as hand_over:  # the first one's slot is free again
+        hand_over()
+    assert len(seceded) == 2
+
+    def moved():
+        raise AttributeError("module 'distributed.threadpoolexecutor' has no attribute 'x'")
+
+    monkeypatch.setattr(distributed, "secede", moved)
+    with cluster._handing_over() as hand_over:
+        hand_over()  # Dask fails: no hand-over, no error
+    monkeypatch.setattr(distributed, "secede", lambda: seceded.append(1))
+    with cluster._handing_over() as hand_over:  # and the slot was not kept
+        hand_over()
+    assert len(seceded) == 3
+
+    def no_worker():
+        raise ValueError("No worker found")
+
+    monkeypatch.setattr(distributed, "get_worker", no_worker)
+    with cluster._handing_over() as hand_over:
+        hand_over()  # not in a worker's task: nothing
+    assert len(seceded) == 3
+
+
 def test_workers_keep_the_upscaler_between_jobs_of_one_model(client, tmp_path):
     """A job with the model and options of an earlier one finds its worker's upscaler (and
     its prepared tables) kept; another model gets its own, and a worker keeps at most
@@ -697,6 +741,53 @@ def test_segmented_video_equals_the_single_process_run(client, clip, tmp_path, m
     assert_same_video(clip / "single.mkv", tmp_path / "out.mkv")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mkv"]  # segments removed
     assert swept == [tmp_path]
+
+
+def _spy_ffmpeg():
+    """On a worker: record the command of every process started (subprocess.Popen)."""
+    import subprocess
+
+    import iqlut_gpu.cluster as c
+
+    c._started = []
+    real = subprocess.Popen
+
+    class Spy(real):
+        def __init__(self, args, *a, **kw):
+            c._started.append([str(x) for x in args])
+            super().__init__(args, *a, **kw)
+
+    Spy.real = real
+    subprocess.Popen = Spy
+
+
+def _unspy_ffmpeg():
+    import subprocess
+
+    import iqlut_gpu.cluster as c
+
+    subprocess.Popen = getattr(subprocess.Popen, "real", subprocess.Popen)
+    return getattr(c, "_started", [])
+
+
+def test_segments_start_only_their_decoder_and_encoder(client, clip, tmp_path):
+    """The driver probes the source, picks the layout and makes the test encode once
+    (video.Prechecked), and counts the packets once: a segment task starts ffmpeg only as
+    its decoder and its encoder (no probe, no test encode, no packet count), and the
+    frames still equal the single-process run's."""
+    client.run(_spy_ffmpeg)
+    try:
+        report = cluster.upscale_video(clip / "in.mp4", tmp_path / "out.mkv", 2, client=client,
+                                       backend=BACKEND, codec="ffv1", segment_seconds=0.2)
+    finally:
+        started = [cmd for cmds in client.run(_unspy_ffmpeg).values() for cmd in cmds
+                   if cmd[1:] != ["-version"]]  # imageio-ffmpeg's, once in a process
+    assert report.segments >= 4
+    decoders = [c for c in started if c[-1] == "-" and "rawvideo" in c]
+    encoders = [c for c in started if "pipe:0" in c and Path(c[-1]).name.startswith(".up_")]
+    assert len(decoders) == len(encoders) == report.segments, started
+    assert len(started) == 2 * report.segments, started
+    assert_same_video(clip / "single.mkv", tmp_path / "out.mkv")
 
 
 def test_lossy_segments_keep_the_timestamps(client, clip, tmp_path):

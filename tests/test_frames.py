@@ -1,5 +1,7 @@
 """upscale_frames: batching is invisible (each frame equals upscale(frame)), lazy, validated."""
 
+import argparse
+
 import numpy as np
 import pytest
 
@@ -179,3 +181,28 @@ def test_the_cuda_streamer_times_the_stages_the_runners_report():
     from iqlut_gpu.kernels import cuda_stream
 
     assert cuda_stream.STAGES == frames.STAGES
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+def test_every_batch_option_is_one_check_with_one_message(bad, tmp_path):
+    """frames.check_batch serves the frame stream, the video pipeline and both cluster
+    APIs (checked before anything else: no file, no cluster needed) and the CLI."""
+    from iqlut_gpu import cluster, video
+    from iqlut_gpu.cli import CLIError
+    from iqlut_gpu.cli.common import check_batch_arg
+    from iqlut_gpu.frames import check_batch
+
+    message = f"batch must be a positive integer, got {bad!r}"
+    calls = [lambda: check_batch(bad),
+             lambda: video.upscale_video(tmp_path / "in.mp4", tmp_path / "out.mp4", batch=bad),
+             lambda: cluster.upscale_video(tmp_path / "in.mp4", tmp_path / "out.mp4", client=None,
+                                           batch=bad),
+             lambda: cluster.upscale_files([tmp_path], tmp_path / "out", client=None, batch=bad)]
+    for call in calls:
+        with pytest.raises(ValueError) as e:
+            call()
+        assert str(e.value) == message
+    with pytest.raises(CLIError) as e:
+        check_batch_arg(argparse.Namespace(batch=bad))
+    assert str(e.value) == "--" + message
+    assert not any(tmp_path.iterdir())

@@ -78,10 +78,9 @@ def video(args) -> int:
     """``iqlut video`` on a cluster."""
     from .. import cluster
     from ..video import check_output_path, probe
-    from .common import frame_progress, model_from_args, print_summary
+    from .common import check_batch_arg, frame_progress, model_from_args, print_summary
 
-    if args.batch < 1:
-        raise CLIError(f"--batch must be at least 1, got {args.batch}")
+    check_batch_arg(args)
     model = model_from_args(args)
     info = probe(args.input)
     check_output_path(Path(args.input), Path(args.output), args.overwrite)  # before any cluster

@@ -36,6 +36,17 @@ def add_backend_args(p) -> None:
                    "(expanded on the CPU, interp on the GPU); the result is the same")
 
 
+def check_batch_arg(args) -> None:
+    """--batch checked by the library's one check (``frames.check_batch``), as a CLI error."""
+    from ..frames import check_batch
+    from . import CLIError
+
+    try:
+        check_batch(args.batch)
+    except ValueError as e:
+        raise CLIError(f"--{e}") from None
+
+
 def model_from_args(args):
     """The model named by --model/--scale (as the file has it; --ensemble is applied by the
     Upscaler); a --scale that contradicts the file is an error."""

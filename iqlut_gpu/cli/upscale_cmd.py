@@ -16,7 +16,7 @@ from ..png import DEFAULT_LEVEL as DEFAULT_PNG_LEVEL
 from . import CLIError
 from .cluster_run import add_cluster_arg
 from .common import (FileReport, add_backend_args, add_color_arg, add_model_args,
-                     upscaler_from_args)
+                     check_batch_arg, upscaler_from_args)
 
 DEFAULT_BATCH = 8
 
@@ -47,8 +47,7 @@ def add_parser(sub) -> None:
 
 
 def check_options(args) -> None:
-    if args.batch < 1:
-        raise CLIError(f"--batch must be at least 1, got {args.batch}")
+    check_batch_arg(args)
     if args.overwrite and args.skip_existing:
         raise CLIError("--overwrite and --skip-existing exclude each other")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from ..yuv import PLANES_CHOICES
 from .cluster_run import add_cluster_arg
-from .common import (add_backend_args, add_color_arg, add_model_args, frame_progress,
-                     print_summary, upscaler_from_args)
+from .common import (add_backend_args, add_color_arg, add_model_args, check_batch_arg,
+                     frame_progress, print_summary, upscaler_from_args)
 
 
 def add_parser(sub) -> None:
@@ -57,8 +57,7 @@ def run(args) -> int:
         return cluster_run.video(args)
     if args.segment_seconds is not None:
         raise CLIError("--segment-seconds is for --cluster runs")
-    if args.batch < 1:
-        raise CLIError(f"--batch must be at least 1, got {args.batch}")
+    check_batch_arg(args)
     upscaler = upscaler_from_args(args)
     scale, backend = upscaler.scale, upscaler.backend
     info = probe(args.input)
