@@ -935,9 +935,9 @@ def upscale_video(src, dst, scale: int | None = None, *, client, model=None,
     ValueError) for a bad input or output, ClusterError for a lost cluster; on any failure
     ``dst`` is untouched and the segments are removed.
     """
-    from .io import atomic_path, sweep_once
     import dataclasses
 
+    from .io import atomic_path, sweep_once
     from .video import (CRF_CODECS, DEFAULT_CRF, Prechecked, VideoError, check_output_path,
                         plan_layout, probe)
 
