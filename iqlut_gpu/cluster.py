@@ -59,6 +59,7 @@ from pathlib import Path
 
 from . import files
 from .files import FileResult
+from .frames import check_batch
 
 try:  # the plugin class must exist at import time to be pickled by reference
     from distributed.diagnostics.plugin import WorkerPlugin as _WorkerPlugin
@@ -481,12 +482,6 @@ def _resolve_model(model, scale):
     return resolve_model(model, scale)
 
 
-def _check_batch(batch) -> int:
-    from .frames import check_batch
-
-    return check_batch(batch)
-
-
 def _check_options(options: UpscalerOptions) -> None:
     """The choices ``Upscaler`` checks, checked here without resolving the backend (the
     workers resolve theirs)."""
@@ -645,12 +640,12 @@ def upscale_files(inputs, out, scale: int | None = None, *, client, model=None,
     it; a rerun after a crash goes on where it stopped). ``on_file(FileResult)`` is called
     in this thread as each file is done; ``jobs``: the pairs ``files.image_jobs(inputs, out)``
     gives, if the caller has them (the folders are then not listed again). Files that fail
-    are in the report, never raised; ClusterError if the scheduler is lost or no worker can run the upscaler, ValueError for
-    bad inputs or options.
+    are in the report, never raised; ClusterError if the scheduler is lost or no worker can
+    run the upscaler, ValueError for bad inputs or options.
     """
     from .io import remove_stale_parts
 
-    batch = _check_batch(batch)
+    batch = check_batch(batch)
     if overwrite and skip_existing:
         raise ValueError("overwrite and skip_existing exclude each other")
     options = UpscalerOptions(backend, mode, ensemble, color, tile)
@@ -941,7 +936,7 @@ def upscale_video(src, dst, scale: int | None = None, *, client, model=None,
     from .video import (CRF_CODECS, DEFAULT_CRF, Prechecked, VideoError, check_output_path,
                         plan_layout, probe)
 
-    batch = _check_batch(batch)
+    batch = check_batch(batch)
     if segment_seconds is not None and not segment_seconds > 0:
         raise ValueError(f"segment_seconds must be positive, got {segment_seconds}")
     options = UpscalerOptions(backend, mode, ensemble, color)
