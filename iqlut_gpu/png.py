@@ -13,11 +13,14 @@ RGBA; no interlace) in a way that is fast on any number of cores:
   full flush, which byte-aligns the stream and resets the dictionary, so the bands
   concatenate into one valid deflate stream (the trick pigz uses); the zlib header and the
   Adler-32 of all the data (combined from the bands', ``adler32_concat``) wrap it;
-- deflate comes from zlib-ng (the ``zlib-ng`` package, 2-3x faster than zlib at the low
-  levels) when it is installed, else from Python's zlib: the bytes differ, the image not.
+- deflate at levels 1 and 2 comes from Intel's ISA-L (the ``isal`` package, its levels 0
+  and 1: 2.5-4x faster than zlib-ng's level 2 and no larger), at levels 3-9 from zlib-ng
+  (the ``zlib-ng`` package, 2-3x faster than zlib); where a package is missing, the next
+  one down (zlib-ng, then Python's zlib) at the same level: the bytes differ, the image
+  not. Level 0 stores the data uncompressed.
 
-``level`` is zlib's 0-9. ``DEFAULT_LEVEL`` was chosen by measurement (docs: bench/README.md,
-"Writing PNG").
+``level`` is 0-9 as in zlib, smallest files at 9. ``DEFAULT_LEVEL`` was chosen by
+measurement (docs: bench/README.md, "Writing PNG").
 """
 
 from __future__ import annotations
@@ -33,6 +36,11 @@ try:  # zlib-ng: same API, faster at the low levels
     from zlib_ng import zlib_ng as _deflate
 except ImportError:  # pragma: no cover - exercised where zlib-ng is missing
     _deflate = zlib
+try:  # ISA-L: same API, levels 0-3, far faster than both at its low levels
+    from isal import isal_zlib as _isal
+except ImportError:  # pragma: no cover - exercised where isal is missing
+    _isal = None
+ISAL_LEVEL = {1: 0, 2: 1}  # our level -> ISA-L's, where ISA-L is used
 
 DEFAULT_LEVEL = 2
 BAND_BYTES = 4 << 20  # filtered bytes per deflate band (a few per core for a large image)
@@ -77,6 +85,15 @@ def adler32_concat(first: int, second: int, second_len: int) -> int:
     return (b << 16) | a
 
 
+def _compressor(level: int):
+    """A raw-deflate compress object for ``level`` (module docstring: which library)."""
+    if level in ISAL_LEVEL and _isal is not None:
+        return _isal.compressobj(ISAL_LEVEL[level], zlib.DEFLATED, -15)
+    if level == 0:
+        return zlib.compressobj(0, zlib.DEFLATED, -15)  # stored blocks
+    return _deflate.compressobj(level, zlib.DEFLATED, -15)
+
+
 def encode(image: np.ndarray, level: int = DEFAULT_LEVEL, threads: int | None = None) -> bytes:
     """The PNG file of uint8 ``image`` (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)."""
     if image.dtype != np.uint8 or image.ndim not in (2, 3):
@@ -92,9 +109,10 @@ def encode(image: np.ndarray, level: int = DEFAULT_LEVEL, threads: int | None = 
     starts = list(range(0, H, rows_per_band))
 
     def band(i):
-        """Filter, deflate and checksum band i (NumPy, zlib and zlib-ng release the GIL)."""
+        """Filter, deflate and checksum band i (NumPy, zlib, zlib-ng and ISA-L release the
+        GIL)."""
         data = filtered_rows(image, starts[i], min(H, starts[i] + rows_per_band))
-        c = _deflate.compressobj(int(level), zlib.DEFLATED, -15)  # raw deflate
+        c = _compressor(int(level))
         last = i == len(starts) - 1
         packed = c.compress(data) + c.flush(zlib.Z_FINISH if last else zlib.Z_FULL_FLUSH)
         return packed, zlib.adler32(data), data.nbytes

@@ -40,6 +40,27 @@ def test_many_bands_in_parallel_and_with_plain_zlib(monkeypatch):
         assert np.array_equal(decode(png.encode(img, 2, threads=threads)), img)
     monkeypatch.setattr(png, "_deflate", zlib)  # where zlib-ng is not installed
     assert np.array_equal(decode(png.encode(img, 6)), img)
+    monkeypatch.setattr(png, "_isal", None)  # where isal is not installed either
+    for level in (1, 2):
+        assert np.array_equal(decode(png.encode(img, level, threads=3)), img)
+
+
+def test_low_levels_use_isal_and_the_others_zlib_ng():
+    isal_zlib = pytest.importorskip("isal.isal_zlib")
+    zlib_ng = pytest.importorskip("zlib_ng.zlib_ng")
+    assert set(png.ISAL_LEVEL) == {1, 2} and png.DEFAULT_LEVEL in png.ISAL_LEVEL
+    data = np.random.default_rng(cases.SESSION_SEED).integers(0, 4, 1 << 16).astype(np.uint8)
+    for level in range(10):
+        c = png._compressor(level)
+        raw = c.compress(data.tobytes()) + c.flush(zlib.Z_FINISH)
+        assert zlib.decompress(raw, -15) == data.tobytes(), f"level {level}"
+        if level in png.ISAL_LEVEL:
+            d = isal_zlib.compressobj(png.ISAL_LEVEL[level], zlib.DEFLATED, -15)
+        elif level == 0:
+            d = zlib.compressobj(0, zlib.DEFLATED, -15)
+        else:
+            d = zlib_ng.compressobj(level, zlib.DEFLATED, -15)
+        assert raw == d.compress(data.tobytes()) + d.flush(zlib.Z_FINISH), f"level {level}"
 
 
 def idat_stream(data: bytes) -> bytes:
