@@ -12,7 +12,7 @@ The bundled photo resized to ``--size`` (default 1920x1080) is upscaled once (x4
   ISA-L, and what they are where it is not installed);
 - ``pillow L``: Pillow's ``save`` at its default (6, adaptive filter) and at level 1.
 
-Reported: each one's median wall time and its size, and each time over the default
+Reported: each one's median wall time and its size (MB and bytes), and each time over the default
 level's within a round (ratios: the machine may be shared). Level 9 is left out unless
 ``--with-9`` (tens of seconds).
 """
@@ -79,7 +79,7 @@ def measure(size=(1920, 1080), scale: int = 4, rounds: int = 3, with_9: bool = F
     return {"image": "{}x{} RGB".format(*result.shape[1::-1]), "scale": scale, "rounds": rounds,
             "default_level": png.DEFAULT_LEVEL, "isal": png._isal is not None,
             "median_s": {k: round(med(t[k] for t in per_round), 3) for k in keys},
-            "mb": {k: round(v / 1e6, 2) for k, v in sizes.items()},
+            "mb": {k: round(v / 1e6, 2) for k, v in sizes.items()}, "bytes": sizes,
             "over_default": {k: round(med(t[k] / t[default] for t in per_round), 2)
                              for k in keys}}
 

@@ -332,6 +332,22 @@ def test_end_to_end_measures_the_cli_beside_the_kernels():
     assert isinstance(res["goal_single_at_most_1.5x_kernels"], bool)
 
 
+def test_png_levels_times_every_level_and_pillow():
+    from bench import png_levels
+    from iqlut_gpu import png
+
+    res = png_levels.measure(size=(96, 64), scale=2, rounds=1)
+    keys = {f"ours {lv}" for lv in range(9)} | {"pillow 6", "pillow 1"}
+    if png._isal is not None:
+        keys |= {f"zlib-ng {lv}" for lv in png.ISAL_LEVEL}
+    assert set(res["median_s"]) == keys == set(res["mb"]) == set(res["bytes"]) == set(res["over_default"])
+    assert res["over_default"][f"ours {png.DEFAULT_LEVEL}"] == 1.0
+    assert res["image"] == "192x128 RGB" and res["default_level"] == png.DEFAULT_LEVEL
+    # stored is the largest file; every compressing level is smaller
+    assert all(res["bytes"]["ours 0"] > v for k, v in res["bytes"].items() if k != "ours 0")
+    assert res["bytes"]["ours 8"] < res["bytes"]["ours 1"]
+
+
 def test_layer_inputs_are_the_hidden_layers_outputs():
     """bench.registry.layer_inputs (shared by the layer cases and kernel_floor) chains the
     hidden layers as the reference does; ``upto`` stops early."""
