@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import cases
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -315,6 +316,18 @@ def test_peers_skip_with_a_reason_and_run_beside_iqlut(tmp_path):
         "iqlut-luma <= 0.35x ESPCN", "iqlut-rgb <= 0.8x ESPCN"}
     out = peers.contenders(4, shared)["ESPCN"](np.zeros((6, 7, 3), np.uint8))
     assert out.shape == (24, 28, 3)
+
+
+def test_peers_take_luma_mode_as_an_ensemble_too():
+    from bench import peers
+    from iqlut_gpu import upscale
+
+    fns = peers.contenders(2, None, luma_ensembles=(2,))
+    assert {"iqlut-rgb", "iqlut-luma", "iqlut-luma-e2", "opencv-bicubic"} == set(fns)
+    assert fns["iqlut-luma-e2"].model.ensemble == 2 and fns["iqlut-luma"].model.ensemble == 1
+    img = np.random.default_rng(cases.SESSION_SEED).integers(0, 256, (9, 11, 3), dtype=np.uint8)
+    assert np.array_equal(fns["iqlut-luma-e2"](img),
+                          upscale(img, 2, ensemble=2, color="luma", backend="cpu")), cases.SESSION_SEED
 
 
 def test_end_to_end_measures_the_cli_beside_the_kernels():
