@@ -14,7 +14,7 @@ RGBA; no interlace) in a way that is fast on any number of cores:
   concatenate into one valid deflate stream (the trick pigz uses); the zlib header and the
   Adler-32 of all the data (combined from the bands', ``adler32_concat``) wrap it;
 - deflate at levels 1 and 2 comes from Intel's ISA-L (the ``isal`` package, its levels 0
-  and 1: 2.5-4x faster than zlib-ng's level 2 and no larger), at levels 3-9 from zlib-ng
+  and 1: 2-4x faster than zlib-ng's level 2 and no larger), at levels 3-9 from zlib-ng
   (the ``zlib-ng`` package, 2-3x faster than zlib); where a package is missing, the next
   one down (zlib-ng, then Python's zlib) at the same level: the bytes differ, the image
   not. Level 0 stores the data uncompressed.

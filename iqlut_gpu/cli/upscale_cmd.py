@@ -35,7 +35,7 @@ def add_parser(sub) -> None:
                    help=f"files per batch (default {DEFAULT_BATCH}); same-size images of a batch "
                    "go to the backend in one call")
     p.add_argument("--png-level", type=int, default=None, choices=range(10), metavar="0-9",
-                   help="PNG compression: 0 fastest and largest, 9 smallest and slowest "
+                   help="PNG compression: 0 none (largest), 1-2 fast, 9 smallest and slowest "
                    f"(default {DEFAULT_PNG_LEVEL}, chosen by measurement: bench/README.md)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--skip-existing", action="store_true",
