@@ -56,20 +56,27 @@ def check(n) -> int:
     return int(n)
 
 
-def run(run_once: Callable, planes, n: int, xp=np):
+def add(acc, out):
+    """The uint16 sum so far (None before the first pass) plus ``out`` (uint8)."""
+    if acc is None:
+        return out.astype(np.uint16)  # 8 * 255 fits
+    acc += out
+    return acc
+
+
+def run(run_once: Callable, planes, n: int, xp=np, add: Callable = add,
+        mean: Callable | None = None):
     """``run_once`` (uint8 [P, H, W] -> uint8 [P, H*r, W*r], contiguous in, any array out)
-    under an n-transform ensemble; ``xp`` is the array module of ``planes``."""
+    under an n-transform ensemble; ``xp`` is the array module of ``planes``. ``add`` and
+    ``mean`` (default ``integer_mean``) may be a backend's fused forms of the sum and the
+    mean, with the same results (the Numba ones: ``kernels/numba_ensemble.py``)."""
     n = check(n)
     if n == 1:
         return run_once(planes)
     acc = None
     for k, flip in TRANSFORMS[:n]:
-        out = inverse(run_once(xp.ascontiguousarray(forward(planes, k, flip))), k, flip)
-        if acc is None:
-            acc = out.astype(np.uint16)  # 8 * 255 fits
-        else:
-            acc += out
-    return integer_mean(acc, n)
+        acc = add(acc, inverse(run_once(xp.ascontiguousarray(forward(planes, k, flip))), k, flip))
+    return (mean or integer_mean)(acc, n)
 
 
 def integer_mean(total, n: int):

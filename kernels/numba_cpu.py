@@ -57,6 +57,7 @@ from numba.extending import intrinsic, models, register_model
 
 from iqlut_gpu import ensemble
 from iqlut_gpu.memo import IdentityMemo
+from . import numba_ensemble
 
 # Compile flags in one place: parallel prange, on-disk cache, no Python objects. The band
 # bodies the kernels' prange loops call are compiled with the same flags, less parallel.
@@ -1052,7 +1053,8 @@ def run_planes(prepared, planes: np.ndarray, mode: str = "interp") -> np.ndarray
     A model with a self-ensemble runs once per transform (``iqlut_gpu.ensemble``).
     """
     planes = np.ascontiguousarray(planes, dtype=np.uint8)
-    return ensemble.run(lambda q: _one_pass(prepared, q, mode), planes, prepared.ensemble)
+    return ensemble.run(lambda q: _one_pass(prepared, q, mode), planes, prepared.ensemble,
+                        add=numba_ensemble.add, mean=numba_ensemble.mean)
 
 
 def _one_pass(prepared, planes: np.ndarray, mode: str) -> np.ndarray:

@@ -50,6 +50,28 @@ def test_the_mean_rounds_half_to_even_in_integers():
     assert np.all(ensemble.run(lambda q: next(outs), np.zeros((1, 1, 1), np.uint8), 8) == 255)
 
 
+def test_numba_sum_and_mean_equal_the_array_operations():
+    """kernels/numba_ensemble (the CPU backend's fused sum and mean) against ensemble.add /
+    integer_mean: every transform's view (transposed, reversed), every n, shapes around the
+    64-pixel tile, sums at the rounding ties."""
+    from iqlut_gpu.kernels import numba_ensemble
+
+    for seed, rng in cases.case_rngs(6, salt=515):
+        P, H, W = int(rng.integers(1, 4)), int(rng.integers(1, 140)), int(rng.integers(1, 140))
+        for n in ensemble.ENSEMBLES:
+            outs = [rng.integers(0, 256, (P, W, H) if k % 2 else (P, H, W), dtype=np.uint8)
+                    for k, _ in ensemble.TRANSFORMS[:n]]
+            if seed % 2:  # near-constant outputs: many sums at exactly half
+                outs = [(o & 1) + 127 for o in outs]
+            want = got = None
+            for (k, flip), o in zip(ensemble.TRANSFORMS[:n], outs):
+                want = ensemble.add(want, ensemble.inverse(o, k, flip))
+                got = numba_ensemble.add(got, ensemble.inverse(o, k, flip))
+                assert got.dtype == np.uint16 and np.array_equal(got, want), f"seed {seed}"
+            assert np.array_equal(numba_ensemble.mean(got, n), ensemble.integer_mean(want, n)), \
+                f"seed {seed} n {n} shape {(P, H, W)}"
+
+
 @pytest.mark.parametrize("n", [4, 8])
 def test_an_ensemble_is_equivariant_under_its_transforms(n):
     """Averaging over a group makes the model commute with the group's transforms exactly:
