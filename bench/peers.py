@@ -7,7 +7,7 @@ bring their own: ``--peers DIR`` with files named ``ESPCN_x4.pb``, ``FSRCNN_x2.p
 resizes the chroma bicubically, so iqlut is timed in both of its colour modes.
 
 ``python -m bench.peers [--peers DIR] [--scale N ...] [--rounds R] [--quality]
-[--luma-ensemble N ...] [--json PATH]``
+[--ensemble N ...] [--json PATH]``
 
 - speed: for each scale, a frame of the bundled photo whose output is 1280x720 (x3:
   1278x720), RGB; iqlut RGB, iqlut luma (the CPU backend, one pass), each peer and OpenCV's
@@ -16,8 +16,8 @@ resizes the chroma bicubically, so iqlut is timed in both of its colour modes.
   median over rounds is reported, with the issue's goals checked;
 - ``--quality``: Y-PSNR / SSIM on the validation split (``iqlut_gpu.train.data``, the
   protocol of ``iqlut_gpu.evaluate``) for the same contenders and bicubic;
-- ``--luma-ensemble N ...``: luma mode as an N-pass self-ensemble joins the contenders
-  (``iqlut-luma-eN``): what it costs and gains against RGB mode's one pass.
+- ``--ensemble N ...``: iqlut as an N-pass self-ensemble joins the contenders, in both
+  colour modes (``iqlut-rgb-eN``, ``iqlut-luma-eN``): what the passes cost and gain.
 
 OpenCV and Numba both use every core (``cv2.getNumThreads()``, Numba's default), so the
 two sides are timed with the same thread count. Needs ``opencv-contrib-python-headless``
@@ -86,17 +86,18 @@ def _run_peer(sr, img: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(sr.upsample(img[..., ::-1])[..., ::-1])
 
 
-def contenders(scale: int, peers_dir, log=lambda m: None, luma_ensembles=()) -> dict:
+def contenders(scale: int, peers_dir, log=lambda m: None, ensembles=()) -> dict:
     """name -> callable(rgb uint8 image) -> upscaled image, for every contender that runs;
-    ``luma_ensembles``: also luma mode as an N-pass self-ensemble (``iqlut-luma-eN``)."""
+    ``ensembles``: also iqlut as an N-pass self-ensemble (``iqlut-rgb-eN``, ``iqlut-luma-eN``)."""
     import cv2
 
     from iqlut_gpu import Upscaler
 
     out = {"iqlut-rgb": Upscaler(scale, backend="cpu", ensemble=1),
            "iqlut-luma": Upscaler(scale, backend="cpu", ensemble=1, color="luma")}
-    for n in luma_ensembles:
-        out[f"iqlut-luma-e{n}"] = Upscaler(scale, backend="cpu", ensemble=n, color="luma")
+    for n in ensembles:
+        for color in ("rgb", "luma"):
+            out[f"iqlut-{color}-e{n}"] = Upscaler(scale, backend="cpu", ensemble=n, color=color)
     for name in PEERS:
         try:
             sr = load(peers_dir, name, scale)
@@ -113,12 +114,12 @@ def contenders(scale: int, peers_dir, log=lambda m: None, luma_ensembles=()) -> 
     return out
 
 
-def speed(scale: int, peers_dir, rounds: int = 7, log=lambda m: None, luma_ensembles=()) -> dict:
+def speed(scale: int, peers_dir, rounds: int = 7, log=lambda m: None, ensembles=()) -> dict:
     """Interleaved timing of every contender on the goal frame at ``scale``."""
     from . import registry, timing
 
     frame = registry.bench_frames(input_size(scale), 1)[0]
-    fns = contenders(scale, peers_dir, log, luma_ensembles)
+    fns = contenders(scale, peers_dir, log, ensembles)
     runs = {name: registry.Run(lambda fn=fn: fn(frame)) for name, fn in fns.items()}
     calls = {name: 5 if name == "opencv-bicubic" else 1 for name in runs}
     per_round = timing.interleaved_rounds(runs, rounds, calls)
@@ -133,13 +134,13 @@ def speed(scale: int, peers_dir, rounds: int = 7, log=lambda m: None, luma_ensem
     return res
 
 
-def quality(scale: int, peers_dir, crop: int = 384, log=lambda m: None, luma_ensembles=()) -> dict:
+def quality(scale: int, peers_dir, crop: int = 384, log=lambda m: None, ensembles=()) -> dict:
     """Mean Y-PSNR / SSIM of every contender (and MATLAB bicubic) on the validation split."""
     from iqlut_gpu.evaluate import bicubic_upscale, degrade, y_metrics
     from iqlut_gpu.train import data
 
     images = data.validation_images(crop)
-    fns = dict(contenders(scale, peers_dir, log, luma_ensembles))
+    fns = dict(contenders(scale, peers_dir, log, ensembles))
     fns.pop("opencv-bicubic")
     fns["bicubic"] = lambda lr: bicubic_upscale(lr, scale)
     sums = {k: [0.0, 0.0] for k in fns}
@@ -162,8 +163,8 @@ def main(argv=None) -> int:
     p.add_argument("--scale", type=int, nargs="+", default=[2, 3, 4], choices=(2, 3, 4))
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--quality", action="store_true", help="also Y-PSNR/SSIM on the validation split")
-    p.add_argument("--luma-ensemble", type=int, nargs="+", default=[], choices=(2, 4, 8),
-                   metavar="N", help="also luma mode as an N-pass self-ensemble (iqlut-luma-eN)")
+    p.add_argument("--ensemble", type=int, nargs="+", default=[], choices=(2, 4, 8), metavar="N",
+                   help="also iqlut as an N-pass self-ensemble, RGB and luma (iqlut-rgb-eN, ...)")
     p.add_argument("--json", type=Path, metavar="PATH", help="write the results here too")
     args = p.parse_args(argv)
 
@@ -172,7 +173,7 @@ def main(argv=None) -> int:
 
     out = {"peers_dir": str(args.peers) if args.peers else None, "speed": [], "quality": []}
     for s in args.scale:
-        r = speed(s, args.peers, args.rounds, log, args.luma_ensemble)
+        r = speed(s, args.peers, args.rounds, log, args.ensemble)
         out["speed"].append(r)
         print(f"x{s}, {r['input']} RGB in, median of {r['rounds']} interleaved rounds:")
         for k, ms in r["median_ms"].items():
@@ -181,7 +182,7 @@ def main(argv=None) -> int:
         for goal, ok in r.get("goals", {}).items():
             print(f"  goal {goal}: {'met' if ok else 'MISSED'}")
         if args.quality:
-            q = quality(s, args.peers, log=log, luma_ensembles=args.luma_ensemble)
+            q = quality(s, args.peers, log=log, ensembles=args.ensemble)
             out["quality"].append(q)
             print(f"  Y-PSNR / SSIM on the validation split ({q['images']} images):")
             for k, (psnr, ssim) in q["y_psnr_ssim"].items():

@@ -318,16 +318,17 @@ def test_peers_skip_with_a_reason_and_run_beside_iqlut(tmp_path):
     assert out.shape == (24, 28, 3)
 
 
-def test_peers_take_luma_mode_as_an_ensemble_too():
+def test_peers_take_iqlut_as_an_ensemble_too():
     from bench import peers
     from iqlut_gpu import upscale
 
-    fns = peers.contenders(2, None, luma_ensembles=(2,))
-    assert {"iqlut-rgb", "iqlut-luma", "iqlut-luma-e2", "opencv-bicubic"} == set(fns)
+    fns = peers.contenders(2, None, ensembles=(2,))
+    assert {"iqlut-rgb", "iqlut-luma", "iqlut-rgb-e2", "iqlut-luma-e2", "opencv-bicubic"} == set(fns)
     assert fns["iqlut-luma-e2"].model.ensemble == 2 and fns["iqlut-luma"].model.ensemble == 1
     img = np.random.default_rng(cases.SESSION_SEED).integers(0, 256, (9, 11, 3), dtype=np.uint8)
-    assert np.array_equal(fns["iqlut-luma-e2"](img),
-                          upscale(img, 2, ensemble=2, color="luma", backend="cpu")), cases.SESSION_SEED
+    for color in ("rgb", "luma"):
+        assert np.array_equal(fns[f"iqlut-{color}-e2"](img),
+                              upscale(img, 2, ensemble=2, color=color, backend="cpu")), cases.SESSION_SEED
 
 
 def test_end_to_end_measures_the_cli_beside_the_kernels():
