@@ -57,7 +57,7 @@ from numba.extending import intrinsic, models, register_model
 
 from iqlut_gpu import ensemble
 from iqlut_gpu.memo import IdentityMemo
-from . import numba_ensemble
+from iqlut_gpu.kernels import numba_ensemble
 
 # Compile flags in one place: parallel prange, on-disk cache, no Python objects. The band
 # bodies the kernels' prange loops call are compiled with the same flags, less parallel.
