@@ -1,6 +1,7 @@
 """End to end beside the kernels: what ``iqlut upscale`` costs a user, per image.
 
-``python -m bench.end_to_end [--size WxH] [--scale N] [--folder N] [--rounds R] [--json PATH]``
+``python -m bench.end_to_end [--size WxH] [--scale N] [--folder N] [--rounds R] [--tiles N ...]
+[--json PATH]``
 
 In each of ``R`` rounds (order rotated per round, ratios taken within the round, since
 the machine may be shared), on the bundled photo resized to ``--size`` (default 1920x1080,
@@ -14,12 +15,15 @@ x4: a 7680x4320 PNG out):
 - ``write``: writing the upscaled image as the command does (``io.write_image``, PNG at
   the default level) in this process;
 - ``folder`` (``--folder N``, N > 0): ``iqlut upscale`` of a folder of N copies, per image,
-  where writing overlaps the next image's upscaling.
+  where writing overlaps the next image's upscaling;
+- ``kernels_tileN`` (``--tiles N ...``): the kernels with tile size N instead of the
+  default (``Upscaler``'s ``tile``), reported over the default's (``tiles_over_kernels``).
 
 Reported: each one's median wall time and CPU time (this process's for ``kernels`` and
 ``write``, the child's for the commands), ``single / kernels`` (issue #22's goal: at most
 1.5), ``(single - startup) / kernels`` (the command's own work), ``folder / kernels`` per
-image, and ``cpu_bound_over_kernels``: the CPU time of kernels and writing spread over
+image, the peak memory of the commands and of this process (``max_rss_mb``), and
+``cpu_bound_over_kernels``: the CPU time of kernels and writing spread over
 every core, over the kernels' wall time. That is what ``single / kernels`` would be with
 no start-up at all and writing perfectly overlapped with the kernels on this machine's
 cores: the goal is out of reach where it is above 1.5.
@@ -44,7 +48,7 @@ from .model_ab import parse_size
 
 
 def measure(size=(1920, 1080), scale: int = 4, folder: int = 0, rounds: int = 3,
-            backend: str = "cpu", log=lambda m: None) -> dict:
+            backend: str = "cpu", tiles=(), log=lambda m: None) -> dict:
     import numpy as np
 
     from iqlut_gpu import Upscaler
@@ -78,6 +82,9 @@ def measure(size=(1920, 1080), scale: int = 4, folder: int = 0, rounds: int = 3,
                 "startup": lambda: iqlut(tmp / "tiny.png", "-o", tmp / "tiny_out.png")}
         if folder:
             jobs["folder"] = lambda: iqlut(src, "-o", tmp / "out")
+        for n in tiles:
+            jobs[f"kernels_tile{n}"] = lambda u=Upscaler(scale, backend=backend, ensemble=1,
+                                                           tile=n): u.run_planes(planes)
         for fn in jobs.values():  # warm up: compile, caches
             fn()
         keys = list(jobs)
@@ -103,11 +110,25 @@ def measure(size=(1920, 1080), scale: int = 4, folder: int = 0, rounds: int = 3,
                (c["kernels"] + c["write"]) / os.cpu_count() / t["kernels"]
                for t, c in zip(per_round, cpu_round)), 3),
            "over_kernels": {k: round(med(t[k] / t["kernels"] for t in per_round), 3)
-                            for k in keys if k not in ("kernels", "startup", "write")},
+                            for k in keys if k not in ("kernels", "startup", "write")
+                            and not k.startswith("kernels_tile")},
+           "tiles_over_kernels": {k: round(med(t[k] / t["kernels"] for t in per_round), 3)
+                                  for k in keys if k.startswith("kernels_tile")},
            "work_over_kernels": round(med((t["single"] - t["startup"]) / t["kernels"]
-                                          for t in per_round), 3)}
+                                          for t in per_round), 3),
+           "max_rss_mb": {"commands": _max_rss_mb("children"), "this_process": _max_rss_mb("self")}}
     res["goal_single_at_most_1.5x_kernels"] = res["over_kernels"]["single"] <= 1.5
     return res
+
+
+def _max_rss_mb(who: str) -> float:
+    """Peak resident memory in MB of this process (``self``) or of the largest of its
+    finished children (``children``: here the ``iqlut`` commands; the single photo's is
+    the largest)."""
+    import resource
+
+    rusage = resource.getrusage(resource.RUSAGE_SELF if who == "self" else resource.RUSAGE_CHILDREN)
+    return round(rusage.ru_maxrss / 1024, 1)  # Linux: KB
 
 
 def _cpu() -> float:
@@ -171,6 +192,8 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--backend", default="cpu")
     p.add_argument("--json", type=Path, metavar="PATH")
+    p.add_argument("--tiles", type=int, nargs="+", default=[], metavar="N",
+                   help="also the kernels with these tile sizes (kernels_tileN, over the default's)")
     p.add_argument("--startup-against", metavar="REV",
                    help="time only the start-up, REV's against the working tree's")
     args = p.parse_args(argv)
@@ -180,7 +203,7 @@ def main(argv=None) -> int:
         emit(startup_against(args.startup_against, args.rounds,
                              log=lambda m: print(m, file=sys.stderr)), args.json)
         return 0
-    res = measure(args.size, args.scale, args.folder, args.rounds, args.backend,
+    res = measure(args.size, args.scale, args.folder, args.rounds, args.backend, args.tiles,
                   log=lambda m: print(m, file=sys.stderr))
     emit(res, args.json)
     return 0

@@ -25,7 +25,7 @@ def upscale(images, scale: int = 4, *, model=None, backend: str = "auto",
     pixel, small tables), "expanded" (tables expanded at load time, one read) or "auto"
     (the faster one for the backend: expanded on the CPU, interp on the GPU); all give
     identical results. ``tile``: images larger than this many pixels on a side are
-    processed in tiles with halos, bit-identically, to bound memory (default 1024).
+    processed in tiles with halos, bit-identically, to bound memory (default 2048).
     ``ensemble``: average 1, 2, 4 or 8 rotated/flipped passes (``iqlut_gpu.ensemble``;
     that many times the work, a little better quality); None: the model's own.
     ``color``: "rgb" (every channel through the model) or "luma" (only the BT.601 luma of

@@ -38,7 +38,10 @@ from .model import SCALES, Model, default_model, load_model
 from .planes import Layout, from_planes, to_planes
 from .tiling import run_tiled
 
-DEFAULT_TILE = 1024  # input pixels per tile side; larger images are processed in tiles
+# Input pixels per tile side; larger images are processed in tiles. 2048 runs 1080p and 2K
+# inputs whole: at 1024 a 1080p x4 took 1.1-1.25x as long and 1.3x the peak memory
+# (the tiles' outputs beside the stitched one; bench/README.md, "End to end").
+DEFAULT_TILE = 2048
 MIN_TILE = 32
 DEFAULT_SCALE = 4
 
@@ -91,7 +94,7 @@ class Upscaler:
     ``scale``: 2, 3 or 4, or None for the model's (4 for the shipped default). ``model``: a
     ``Model``, a path or None (the shipped default). ``backend``: "auto", "cpu", "cuda" or
     "reference". ``mode``: "auto", "interp" or "expanded" (same results). ``tile``: input
-    pixels per tile side (default 1024). ``ensemble``: 1, 2, 4 or 8 passes, or None for the
+    pixels per tile side (default 2048). ``ensemble``: 1, 2, 4 or 8 passes, or None for the
     model's own. ``color``: "rgb" (every channel through the model) or "luma" (only the
     luma of RGB(A) images; ``iqlut_gpu.color``). Raises ValueError/ModelError for a bad
     choice and BackendUnavailable for a backend that cannot run here.

@@ -334,16 +334,18 @@ def test_peers_take_iqlut_as_an_ensemble_too():
 def test_end_to_end_measures_the_cli_beside_the_kernels():
     from bench import end_to_end
 
-    res = end_to_end.measure(size=(24, 16), scale=2, folder=2, rounds=1)
-    assert set(res["median_s"]) == {"kernels", "write", "single", "startup", "folder"}
+    res = end_to_end.measure(size=(24, 16), scale=2, folder=2, rounds=1, tiles=(8,))
+    assert set(res["median_s"]) == {"kernels", "write", "single", "startup", "folder", "kernels_tile8"}
     assert all(v > 0 for v in res["median_s"].values())
     assert set(res["median_cpu_s"]) == set(res["median_s"])
     # the commands' CPU time is the children's: a Python start-up is never free
     assert res["median_cpu_s"]["startup"] > 0.05
     assert res["cpu_bound_over_kernels"] > 0
     assert set(res["over_kernels"]) == {"single", "folder"}
+    assert set(res["tiles_over_kernels"]) == {"kernels_tile8"}  # 24x16 in 8-pixel tiles
     assert isinstance(res["work_over_kernels"], float)
     assert isinstance(res["goal_single_at_most_1.5x_kernels"], bool)
+    assert res["max_rss_mb"]["commands"] > 10 and res["max_rss_mb"]["this_process"] > 10
 
 
 def test_png_levels_times_every_level_and_pillow():
