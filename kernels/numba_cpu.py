@@ -236,26 +236,77 @@ def _vpair16(typingctx, acc, tab, i1, i2):
     multiply-adds for 32 values, against 4 loads with sign extension and 2 more adds."""
 
     def codegen(context, builder, sig, args):
-        i16x16 = ir.VectorType(ir.IntType(16), 2 * VEC)
         r1 = builder.load(_arg_at(context, builder, sig, args, 1, 2, 2 * VEC, 16), align=2)
         r2 = builder.load(_arg_at(context, builder, sig, args, 1, 3, 2 * VEC, 16), align=2)
-        if _x86_avx2(context):
-            fn = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(_LANES_IR, [i16x16, i16x16]), "llvm.x86.avx2.pmadd.wd")
-            ones = ir.Constant(i16x16, [1] * 2 * VEC)
-            m = []
-            for h in (0, 4):
-                mask = [j + h + 16 * e + g for g in (0, 8) for j in range(4) for e in (0, 1)]
-                x = builder.shuffle_vector(r1, r2, ir.Constant(ir.VectorType(ir.IntType(32), 2 * VEC),
-                                                               mask))
-                m.append(builder.call(fn, [x, ones]))
-            s = _shuffle(builder, m[0], m[1], list(range(2 * VEC)))
-        else:
-            s = builder.add(builder.sext(r1, _LANES16_IR), builder.sext(r2, _LANES16_IR))
-            s = _shuffle(builder, s, s, _PAIR_ORDER)
+        s = _pair_sums16(context, builder, r1, r2)
         return builder.add(args[0], s)
 
     return LANES16(acc, tab, i1, i2), codegen
+
+
+def _pair_sums16(context, builder, r1, r2):
+    """16 int16 lanes ``r1``, ``r2`` -> ``sext(r1) + sext(r2)`` in ``_PAIR_ORDER`` (x86 with
+    AVX2: unpack low and high words, then a multiply-add with ones, ``vpmaddwd``)."""
+    i16x16 = ir.VectorType(ir.IntType(16), 2 * VEC)
+    if _x86_avx2(context):
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_LANES_IR, [i16x16, i16x16]), "llvm.x86.avx2.pmadd.wd")
+        ones = ir.Constant(i16x16, [1] * 2 * VEC)
+        m = []
+        for h in (0, 4):
+            mask = [j + h + 16 * e + g for g in (0, 8) for j in range(4) for e in (0, 1)]
+            x = builder.shuffle_vector(r1, r2, ir.Constant(ir.VectorType(ir.IntType(32), 2 * VEC),
+                                                           mask))
+            m.append(builder.call(fn, [x, ones]))
+        return _shuffle(builder, m[0], m[1], list(range(2 * VEC)))
+    s = builder.add(builder.sext(r1, _LANES16_IR), builder.sext(r2, _LANES16_IR))
+    return _shuffle(builder, s, s, _PAIR_ORDER)
+
+
+@intrinsic
+def _vquads(typingctx, acc, tab, o0, o1, o2, o3, o4, o5, o6, o7):
+    """``acc + sum_c tab[o_c:o_c+16]`` for the 16-lane int16 rows of 8 channels, in two
+    groups of four summed as int16 (wrapping) and the two group sums widened and added
+    (``_pair_sums16``): 8 loads, 6 int16 adds and 4 shuffle or multiply-add steps for 128
+    values. Exact where each group's true sum lies in int16 (``_k1_grouped_tables`` makes
+    the tables so, or the kernels do not take this path). The rows' lanes are in
+    ``_PAIR_ORDER``, so the sums come out in channel order."""
+
+    def codegen(context, builder, sig, args):
+        rows = [builder.load(_arg_at(context, builder, sig, args, 1, 2 + c, 2 * VEC, 16), align=2)
+                for c in range(8)]
+        ga = builder.add(builder.add(rows[0], rows[1]), builder.add(rows[2], rows[3]))
+        gb = builder.add(builder.add(rows[4], rows[5]), builder.add(rows[6], rows[7]))
+        return builder.add(args[0], _pair_sums16(context, builder, ga, gb))
+
+    return LANES16(acc, tab, o0, o1, o2, o3, o4, o5, o6, o7), codegen
+
+
+@intrinsic
+def _vstarts(typingctx, ob, oi, xf, xi, base):
+    """``ob[oi:oi+8] = base + xf[xi:xi+8] * 16`` (uint8 codes -> int32 row starts of 16-lane
+    rows): 8 pixels' row starts in one zero-extending load, a shift, an add and a store."""
+
+    def codegen(context, builder, sig, args):
+        codes = builder.load(_arg_at(context, builder, sig, args, 2, 3, VEC, 8), align=1)
+        v = builder.shl(builder.zext(codes, _LANES_IR), _splat(builder, ir.Constant(ir.IntType(32), 4)))
+        b = context.cast(builder, args[4], sig.args[4], types.int32)
+        builder.store(builder.add(v, _splat(builder, b)),
+                      _arg_at(context, builder, sig, args, 0, 1, VEC, 32), align=4)
+        return context.get_dummy_value()
+
+    return types.void(ob, oi, xf, xi, base), codegen
+
+
+@intrinsic
+def _v16store(typingctx, arr, i, v):
+    """``arr[i:i+16] = v`` (int32, lanes as they are)."""
+
+    def codegen(context, builder, sig, args):
+        builder.store(args[2], _arg_at(context, builder, sig, args, 0, 1, 2 * VEC, 32), align=4)
+        return context.get_dummy_value()
+
+    return types.void(arr, i, v), codegen
 
 
 def _x86_avx2(context):
@@ -530,6 +581,39 @@ def _sums_k1_16(tab, offs, wts, interp, c_in, bb, nsrc, Wq, W, acc):
         _vput(acc, _U(q * 16 + VEC), b)
 
 
+# Pixels per chunk of _sums_k1_g4's row starts (a compile-time stride: every channel's start
+# is then a constant displacement from the pixel's).
+CHUNK = 64
+
+
+@njit(**JIT_BODY)
+def _sums_k1_g4(tab, xf, xrow, HW, ct, c_in, W, ob, acc):
+    """``_sums_k1_16`` for expanded tables grouped by ``_k1_grouped_tables`` (c_in a
+    multiple of 8; x4's last layer): the row's codes (``xf[xrow + c*HW + q]``, flat) are
+    turned into row starts ``c*ct + code*16`` a chunk of ``CHUNK`` pixels at a time, a
+    vectorised pass into ``ob`` (int32 [c_in * CHUNK]), with no per-band set-up; then each
+    pixel's rows are summed by ``_vquads``, 8 channels per step, in channel order."""
+    for q0 in range(0, W, CHUNK):
+        n = min(CHUNK, W - q0)
+        for c in range(c_in):
+            src = _U(xrow + c * HW + q0)
+            tb = np.int32(c * ct)
+            oc = _U(c * CHUNK)
+            n8 = n - n % VEC
+            for i in range(0, n8, VEC):
+                _vstarts(ob, oc + _U(i), xf, src + _U(i), tb)
+            for i in range(n8, n):
+                ob[oc + _U(i)] = tb + np.int32(xf[src + _U(i)]) * np.int32(16)
+        for i in range(n):
+            s = _v16_0()
+            for g in range(0, c_in, 8):
+                b = _U(g * CHUNK + i)
+                s = _vquads(s, tab, ob[b], ob[b + _U(CHUNK)], ob[b + _U(2 * CHUNK)],
+                            ob[b + _U(3 * CHUNK)], ob[b + _U(4 * CHUNK)], ob[b + _U(5 * CHUNK)],
+                            ob[b + _U(6 * CHUNK)], ob[b + _U(7 * CHUNK)])
+            _v16store(acc, _U((q0 + i) * 16), s)
+
+
 @njit(**JIT_BODY)
 def _sums_packed(tab, offs, wts, interp, c_in, k, bb, nsrc, Wq, W, acc):
     """As ``_sums_pairs`` for c_out <= 4: one 8-lane accumulator holds pixel q (lanes 0-3)
@@ -788,17 +872,20 @@ def _scratch(c_in, nrows, R, W, Cp):
 
 
 @njit(inline="always")
-def _band_setup(x, tab, interp, idx, wt, Cp, it, nb):
+def _band_setup(x, tab, interp, idx, wt, Cp, it, nb, grouped=False):
     """What every band body starts with: work item ``it`` -> (plane, first row, rows), the
     row-sum accumulators and transpose scratch, and the arguments of ``_band_row_sums``
-    (the band's source row starts, and weights in interp mode, made here)."""
+    (the band's source row starts, and weights in interp mode, made here; ``grouped``:
+    none, ``_sums_k1_g4`` makes its own per row)."""
     c_in, H, W = x.shape[1], x.shape[2], x.shape[3]
     k, rowlen = tab.shape[1], tab.shape[3]
     R = k // 2
     p, y0, nrows = _band(it, nb, H)
-    nsrc, Wq, offs, acc, tmp = _scratch(c_in, nrows, R, W, Cp)
+    nsrc, Wq, offs, acc, tmp = _scratch(1 if grouped else c_in, 1 if grouped else nrows, R,
+                                        W, Cp)
     wts = np.empty((c_in, nsrc, Wq) if interp else (1, 1, 1), np.int32)
-    _band_sources(x, p, y0, nsrc, R, rowlen, interp, idx, wt, offs, wts)
+    if not grouped:
+        _band_sources(x, p, y0, nsrc, R, rowlen, interp, idx, wt, offs, wts)
     sums = (tab.reshape(-1), offs.reshape(-1), wts.reshape(-1), c_in, k, Cp, nsrc, Wq, W)
     return p, y0, nrows, acc, tmp, sums
 
@@ -821,9 +908,12 @@ def _hidden_band(x, tab, interp, idx, wt, bias, shift, residual, out, it, nb):
 
 @njit(inline="always")
 def _last_band(x, tab, interp, idx, wt, bias, shift, plane, up_off, up_w, up_den, den_shift,
-               v_width, out, it, nb):
+               v_width, out, it, nb, grouped=False):
     Cp = _cpad(bias.shape[0])
-    p, y0, nrows, acc, tmp, sums = _band_setup(x, tab, interp, idx, wt, Cp, it, nb)
+    p, y0, nrows, acc, tmp, sums = _band_setup(x, tab, interp, idx, wt, Cp, it, nb, grouped)
+    c_in, H = x.shape[1], x.shape[2]
+    ob = np.empty(c_in * CHUNK if grouped else 1, np.int32)
+    xf, ct = x.reshape(-1), tab.shape[2] * tab.shape[3]
     W = x.shape[3]
     r, T = up_w.shape[0], up_w.shape[1]
     lo, hi = up_off.min(), up_off.max()
@@ -839,7 +929,12 @@ def _last_band(x, tab, interp, idx, wt, bias, shift, plane, up_off, up_w, up_den
     for o in range(bias.shape[0]):
         bol[o * VEC:(o + 1) * VEC] = _bias_round(bias, o, shift)
     for bb in range(nrows):
-        _band_row_sums(sums, interp, bb, acc)
+        if grouped and c_in == 8:  # x4's last layer: the channel loop unrolled
+            _sums_k1_g4(sums[0], xf, (p * c_in * H + y0 + bb) * W, H * W, ct, 8, W, ob, acc)
+        elif grouped:
+            _sums_k1_g4(sums[0], xf, (p * c_in * H + y0 + bb) * W, H * W, ct, c_in, W, ob, acc)
+        else:
+            _band_row_sums(sums, interp, bb, acc)
         # bicubic x4 and x2: shapes and offset pattern as constants, so that LLVM unrolls
         # the phases and shares their loads
         if r == 4 and T == 4 and pat == 0b1100:
@@ -876,9 +971,13 @@ def _band_last_interp(x, idx, wt, tab, bias, shift, plane, up_off, up_w, up_den,
 
 @njit(**JIT_BODY)
 def _band_last_expanded(x, tab, bias, shift, plane, up_off, up_w, up_den, den_shift, v_width,
-                        out, it, nb):
-    _last_band(x, tab, False, x[0, 0], x[0, 0], bias, shift, plane, up_off, up_w, up_den,
-               den_shift, v_width, out, it, nb)
+                        out, it, nb, grouped):
+    if grouped:
+        _last_band(x, tab, False, x[0, 0], x[0, 0], bias, shift, plane, up_off, up_w, up_den,
+                   den_shift, v_width, out, it, nb, True)
+    else:
+        _last_band(x, tab, False, x[0, 0], x[0, 0], bias, shift, plane, up_off, up_w, up_den,
+                   den_shift, v_width, out, it, nb, False)
 
 
 # (np.int64(it): the parallel passes type the prange index both signed and unsigned, and a
@@ -912,11 +1011,12 @@ def _k_last_interp(x, idx, wt, tab, bias, shift, plane, up_off, up_w, up_den, de
 
 
 @njit(**JIT)
-def _k_last_expanded(x, tab, bias, shift, plane, up_off, up_w, up_den, den_shift, v_width, out):
+def _k_last_expanded(x, tab, bias, shift, plane, up_off, up_w, up_den, den_shift, v_width, out,
+                     grouped):
     nb = _nbands(x)
     for it in prange(x.shape[0] * nb):
         _band_last_expanded(x, tab, bias, shift, plane, up_off, up_w, up_den, den_shift, v_width,
-                            out, np.int64(it), nb)
+                            out, np.int64(it), nb, grouped)
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -937,7 +1037,7 @@ _KTABLES = IdentityMemo()
 
 
 def _kernel_tables(arr: np.ndarray, make):
-    return _KTABLES.get(arr, lambda: make(arr))
+    return _KTABLES.get(arr, lambda: make(arr), make)
 
 
 def _spread_rows(slices: int, n: int, row_bytes: int) -> int:
@@ -985,6 +1085,34 @@ def _interp_tables(table: np.ndarray) -> np.ndarray:
 def _expanded_tables(etab: np.ndarray) -> np.ndarray:
     """int16 [c_in, k(dy), 256, rowlen]: ``etab``, one window row per (channel, dy, code)."""
     return _kernel_rows(etab.transpose(0, 2, 1, 3, 4))
+
+
+def _k1_grouped_tables(etab: np.ndarray):
+    """For ``_sums_k1_g4``: a k = 1 layer with 9 to 16 outputs and c_in a multiple of 8
+    whose channels, in groups of four, each sum to a range of at most 2**16 values per
+    output -> ``(rows, corr)``, else None (the layer takes ``_sums_k1_16``).
+
+    ``rows``: ``_expanded_tables``' rows with every row's 16 lanes in ``_PAIR_ORDER`` and
+    each group's first channel lowered by ``m`` (the middle of the group's range, per
+    output), wrapped to int16; ``corr`` int64 [c_out]: the sum of the groups' ``m``, to be
+    added to the bias. A group's true sum less ``m`` then lies in int16, so int16 sums
+    that wrap on the way give it exactly (arithmetic modulo 2**16), and the layer's sums
+    are the reference's less ``corr``. The x4 model's last layer: ranges 62208 and 61696."""
+    c_in, n, k, _, C = etab.shape
+    if k != 1 or not 8 < C <= 16 or c_in % 8:
+        return None
+    v = etab[:, :, 0, 0, :].astype(np.int64)  # [c_in, 256, C]
+    corr = np.zeros(C, np.int64)
+    for g in range(0, c_in, 4):
+        lo, hi = v[g:g + 4].min(axis=1).sum(0), v[g:g + 4].max(axis=1).sum(0)
+        if (hi - lo).max() > 65535:
+            return None
+        m = (lo + hi + 1) // 2  # hi - m <= 32767, m - lo <= 32768
+        v[g] -= m
+        corr += m
+    v = (v + 32768) % 65536 - 32768
+    rows = _kernel_rows(v[:, None, :, None, :])  # [c_in, 1, n', 16]
+    return np.ascontiguousarray(rows[..., _PAIR_ORDER]), corr
 
 
 def _den_shift(up_den: int) -> int:
@@ -1037,9 +1165,14 @@ def launch_last(x, lut, bias, shift, plane, up_off, up_w, up_den, out, mode="int
                        np.int64(up_den), den_shift, v_width, out)
     elif mode == "expanded":
         _need(lut, "etab", np.int16, 5)
-        tab = _kernel_tables(lut, _expanded_tables)
+        grouped = _kernel_tables(lut, _k1_grouped_tables)
+        if grouped is None:
+            tab = _kernel_tables(lut, _expanded_tables)
+        else:
+            tab, corr = grouped
+            bias = (bias + corr).astype(np.int32)  # |bias| <= 2**24, |corr| < 2**19
         _k_last_expanded(x, tab, bias, np.int64(shift), plane, up_off, up_w, np.int64(up_den),
-                         den_shift, v_width, out)
+                         den_shift, v_width, out, grouped is not None)
     else:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     return out
