@@ -343,6 +343,16 @@ def _vmac(typingctx, acc, arr, i, w):
 
 
 @intrinsic
+def _splat8(typingctx, x):
+    """``x`` (an integer) in VEC int32 lanes."""
+
+    def codegen(context, builder, sig, args):
+        return _splat(builder, context.cast(builder, args[0], sig.args[0], types.int32))
+
+    return LANES(x), codegen
+
+
+@intrinsic
 def _vround(typingctx, v, half, shift):
     """``(v + half) >> shift`` (arithmetic): the upsample's rounding division by a power
     of two."""
@@ -765,15 +775,21 @@ def _row_store_last(p, y, acc, Cs, tmp, bias, shift, bol, up_off, up_w, up_den, 
     (Flat arrays and offsets throughout: a view made per row costs a reshape and a
     reference-count call pair.)"""
     lo = np.int64(up_off.min())
+    d2 = np.int32(up_den * up_den)
+    half = np.int32(d2 // 2)
+    # dd >= 0 (bicubic x2, x4, whose weights sum to up_den, even, in every phase: checked
+    # by the caller): the rounding half, up_den**2 / 2, is up_den / 2 added to every
+    # vertical sum, one add per vertical vector instead of one per output vector
+    vh = _splat8(np.int32(up_den // 2) if dd >= 0 else np.int32(0))
+    hh = np.int32(0) if dd >= 0 else half
+    sh_half = np.int64(up_den // 2) * np.int64(up_den) if dd >= 0 else np.int64(0)
     for a in range(r):
         base = (y - ylo + up_off[a]) * Wu
         for j in range(0, Wu, VEC):
-            v = _v0()
+            v = vh
             for i in range(T):
                 v = _vmac(v, Uf, _U(base + i * Wu + j), up_w[a, i])
             _vput(Vf, _U(a * Wu + j), v)
-    d2 = np.int32(up_den * up_den)
-    half = np.int32(d2 // 2)
     ds = np.int32(den_shift)
     W8 = W - W % 8 if den_shift >= 0 else 0
     sh = np.int32(shift)
@@ -785,17 +801,17 @@ def _row_store_last(p, y, acc, Cs, tmp, bias, shift, bol, up_off, up_w, up_den, 
             oi = _U(row0 + a * Wr + q * r)
             vi = a * Wu + q + pad_l
             o = a * r
-            f0 = _phase_out(Vf, vi, up_off, lo, dd, up_w, 0, T, half, ds, tmp, o, bol, sh)
-            f1 = _phase_out(Vf, vi, up_off, lo, dd, up_w, 1, T, half, ds, tmp, o + 1, bol, sh)
+            f0 = _phase_out(Vf, vi, up_off, lo, dd, up_w, 0, T, hh, ds, tmp, o, bol, sh)
+            f1 = _phase_out(Vf, vi, up_off, lo, dd, up_w, 1, T, hh, ds, tmp, o + 1, bol, sh)
             if r == 2:
                 _vshuffle2(of, oi, f0, f1)
             else:
-                f2 = _phase_out(Vf, vi, up_off, lo, dd, up_w, 2, T, half, ds, tmp, o + 2, bol,
+                f2 = _phase_out(Vf, vi, up_off, lo, dd, up_w, 2, T, hh, ds, tmp, o + 2, bol,
                                 sh)
                 if r == 3:
                     _vshuffle3(of, oi, f0, f1, f2)
                 else:
-                    f3 = _phase_out(Vf, vi, up_off, lo, dd, up_w, 3, T, half, ds, tmp, o + 3, bol,
+                    f3 = _phase_out(Vf, vi, up_off, lo, dd, up_w, 3, T, hh, ds, tmp, o + 3, bol,
                                     sh)
                     _vshuffle4(of, oi, f0, f1, f2, f3)
     for a in range(r):
@@ -807,6 +823,7 @@ def _row_store_last(p, y, acc, Cs, tmp, bias, shift, bol, up_off, up_w, up_den, 
                 sq = np.int64(0)
                 for t in range(T):
                     sq += np.int64(up_w[b, t]) * np.int64(Vf[vi + q + t])
+                sq -= sh_half  # the half folded into Vf, back out: the division is exact as before
                 if den_shift >= 0:
                     sq = (sq + half) >> den_shift  # == floor division by a power of two
                 else:
@@ -925,6 +942,8 @@ def _last_band(x, tab, interp, idx, wt, bias, shift, plane, up_off, up_w, up_den
     Uf, Vf, of = U.reshape(-1), V.reshape(-1), out.reshape(-1)
     Ho, ylo = out.shape[1], y0 + lo
     pat = _offset_pattern(up_off)
+    if up_den % 2 or np.any(up_w.sum(axis=1) != up_den):
+        pat = np.int64(-1)  # (not an upsample_filter's bicubic: no literal path)
     bol = np.empty(bias.shape[0] * VEC, np.int32)
     for o in range(bias.shape[0]):
         bol[o * VEC:(o + 1) * VEC] = _bias_round(bias, o, shift)
