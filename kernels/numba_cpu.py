@@ -298,6 +298,139 @@ def _vstarts(typingctx, ob, oi, xf, xi, base):
     return types.void(ob, oi, xf, xi, base), codegen
 
 
+def _sat_trunc(builder, v, lo, hi, bits):
+    """``v`` clamped to [lo, hi] and truncated to ``bits``-bit lanes."""
+    return builder.trunc(_clamp_lanes(builder, v, lo, hi), ir.VectorType(ir.IntType(bits), v.type.count))
+
+
+def _packs(context, builder, a, b, signed16):
+    """x86 ``vpackssdw`` (``signed16``: int32 -> int16, signed saturation) or ``vpackuswb``
+    (int16 -> uint8, unsigned saturation) of ``a``, ``b``: per 128-bit lane, ``a``'s half
+    then ``b``'s. The intrinsic where the target has AVX2, else the same lanes in generic IR."""
+    n = a.type.count  # 8 (int32 -> int16) or 16 (int16 -> int8)
+    if _x86_avx2(context):
+        name, res = (("llvm.x86.avx2.packssdw", ir.VectorType(ir.IntType(16), 16)) if signed16
+                     else ("llvm.x86.avx2.packuswb", ir.VectorType(ir.IntType(8), 32)))
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(res, [a.type, a.type]),
+                                            name)
+        return builder.call(fn, [a, b])
+    if signed16:
+        a, b = (_sat_trunc(builder, x, -32768, 32767, 16) for x in (a, b))
+    else:
+        i32 = ir.VectorType(ir.IntType(32), n)
+        a, b = (_sat_trunc(builder, builder.sext(x, i32), 0, 255, 8) for x in (a, b))
+    h = n // 2
+    mask = list(range(h)) + list(range(n, n + h)) + list(range(h, n)) + list(range(n + h, 2 * n))
+    return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), 2 * n), mask))
+
+
+@intrinsic
+def _v16get(typingctx, arr, i):
+    """``arr[i:i+16]`` (int32) as 16 lanes."""
+
+    def codegen(context, builder, sig, args):
+        return builder.load(_arg_at(context, builder, sig, args, 0, 1, 2 * VEC, 32), align=4)
+
+    return LANES16(arr, i), codegen
+
+
+@intrinsic
+def _vdelta16(typingctx, arr, i, s, sh):
+    """``arr[i:i+16] = sat16(s >> sh)`` (int16, ``s`` 16 int32 lanes in channel order; the
+    sums plus the rounded bias): one pixel's requantised deltas, in ``_PAIR_ORDER`` (channels
+    0-3, 8-11, 4-7, 12-15: the output rows 0, 2, 1, 3 of the x4 pixel shuffle, 4 deltas
+    each). Saturation keeps the result: a delta beyond int16 drives the clamped output to
+    0 or 255 either way."""
+
+    def codegen(context, builder, sig, args):
+        v = builder.ashr(args[2], _splat(builder, args[3], 2 * VEC))
+        lo = _shuffle(builder, v, v, list(range(VEC)))
+        hi = _shuffle(builder, v, v, list(range(VEC, 2 * VEC)))
+        builder.store(_packs(context, builder, lo, hi, True),
+                      _arg_at(context, builder, sig, args, 0, 1, 2 * VEC, 16), align=2)
+        return context.get_dummy_value()
+
+    return types.void(arr, i, s, sh), codegen
+
+
+@intrinsic
+def _vrows16(typingctx, src, si, dst):
+    """8 pixels' deltas (``_vdelta16``: ``src[si + 16*i:]``, i = 0..7) -> each x4 output
+    row's 32 deltas in output order, in the order ``_vout4`` adds them to the base:
+    ``dst[32*a:32*a+16]`` = pixels 0, 1 | 4, 5 and ``dst[32*a+16:32*a+32]`` = pixels 2, 3 |
+    6, 7 of output row a, 4 phases each (a 4x4 transpose of 64-bit pieces per half: 8
+    unpacks and 8 lane permutes for the 8 pixels)."""
+
+    def codegen(context, builder, sig, args):
+        i16x16 = ir.VectorType(ir.IntType(16), 16)
+        i64x4 = ir.VectorType(ir.IntType(64), 4)
+        i64 = ir.IntType(64)
+        si = context.cast(builder, args[1], sig.args[1], types.int64)
+        d = []
+        for i in range(8):
+            ptr = _at(context, builder, sig.args[0], args[0], builder.add(si, ir.Constant(i64, 16 * i)),
+                      types.int64, 16, 16)
+            d.append(builder.bitcast(builder.load(ptr, align=2), i64x4))
+
+        def sh(a, b, mask):
+            return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), 4), mask))
+
+        rows = {}
+        for (p0, p1, p2, p3), half in (((0, 1, 4, 5), 0), ((2, 3, 6, 7), 1)):
+            lo01, hi01 = sh(d[p0], d[p1], [0, 4, 2, 6]), sh(d[p0], d[p1], [1, 5, 3, 7])
+            lo45, hi45 = sh(d[p2], d[p3], [0, 4, 2, 6]), sh(d[p2], d[p3], [1, 5, 3, 7])
+            # qword 0: row 0, 1: row 2, 2: row 1, 3: row 3 (_vdelta16's order)
+            rows[0, half] = sh(lo01, lo45, [0, 1, 4, 5])
+            rows[1, half] = sh(lo01, lo45, [2, 3, 6, 7])
+            rows[2, half] = sh(hi01, hi45, [0, 1, 4, 5])
+            rows[3, half] = sh(hi01, hi45, [2, 3, 6, 7])
+        for (a, half), v in rows.items():
+            ptr = _at(context, builder, sig.args[2], args[2], ir.Constant(i64, 32 * a + 16 * half),
+                      types.int64, 16, 16)
+            builder.store(builder.bitcast(v, i16x16), ptr, align=2)
+        return context.get_dummy_value()
+
+    return types.void(src, si, dst), codegen
+
+
+@intrinsic
+def _vout4(typingctx, out, oi, f0, f1, f2, f3, d, di):
+    """``out[oi:oi+32]``: 8 pixels of one x4 output row, ``clamp(clamp(f_b, 0, 255) + delta,
+    0, 255)`` for phases b = 0..3 interleaved, the deltas ``d[di:di+32]`` (int16, in
+    ``_vrows16``'s order). The phases (int32, 8 pixels each, within int16) are packed to
+    int16 and interleaved into that order (2 packs, 4 unpacks), clamped, added with
+    saturation, and packed to bytes with unsigned saturation, which is the outer clamp:
+    in order, no lane permute."""
+
+    def codegen(context, builder, sig, args):
+        i16x16 = ir.VectorType(ir.IntType(16), 16)
+        p01 = _packs(context, builder, args[2], args[3], True)
+        p23 = _packs(context, builder, args[4], args[5], True)
+        lw = [g + j + 16 * e for g in (0, 8) for j in range(4) for e in (0, 1)]  # unpack low words
+        hw = [g + 4 + j + 16 * e for g in (0, 8) for j in range(4) for e in (0, 1)]
+        m = lambda mask: ir.Constant(ir.VectorType(ir.IntType(32), 16), mask)
+        L = builder.shuffle_vector(p01, p23, m(lw))
+        H = builder.shuffle_vector(p01, p23, m(hw))
+        X = builder.shuffle_vector(L, H, m(lw))
+        Y = builder.shuffle_vector(L, H, m(hw))
+        zero, top = ir.Constant(i16x16, [0] * 16), ir.Constant(i16x16, [255] * 16)
+        sat = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i16x16, [i16x16, i16x16]),
+                                             "llvm.sadd.sat.v16i16")
+        outs = []
+        for k, v in enumerate((X, Y)):
+            v = builder.select(builder.icmp_signed("<", v, zero), zero, v)
+            v = builder.select(builder.icmp_signed(">", v, top), top, v)
+            i = builder.add(context.cast(builder, args[7], sig.args[7], types.int64),
+                            ir.Constant(ir.IntType(64), 16 * k))
+            dv = builder.load(_at(context, builder, sig.args[6], args[6], i, types.int64, 16, 16), align=2)
+            outs.append(builder.call(sat, [v, dv]))
+        builder.store(_packs(context, builder, outs[0], outs[1], False),
+                      _arg_at(context, builder, sig, args, 0, 1, 32, 8), align=1)
+        return context.get_dummy_value()
+
+    return types.void(out, oi, f0, f1, f2, f3, d, di), codegen
+
+
 @intrinsic
 def _v16store(typingctx, arr, i, v):
     """``arr[i:i+16] = v`` (int32, lanes as they are)."""
@@ -597,31 +730,33 @@ CHUNK = 64
 
 
 @njit(**JIT_BODY)
-def _sums_k1_g4(tab, xf, xrow, HW, ct, c_in, W, ob, acc):
+def _sums_k1_g4(tab, xf, xrow, HW, ct, c_in, W, ob, bol16, sh, acc16):
     """``_sums_k1_16`` for expanded tables grouped by ``_k1_grouped_tables`` (c_in a
-    multiple of 8; x4's last layer): the row's codes (``xf[xrow + c*HW + q]``, flat) are
-    turned into row starts ``c*ct + code*16`` a chunk of ``CHUNK`` pixels at a time, a
-    vectorised pass into ``ob`` (int32 [c_in * CHUNK]), with no per-band set-up; then each
-    pixel's rows are summed by ``_vquads``, 8 channels per step, in channel order."""
+    multiple of 8, 16 outputs; x4's last layer), requantised: ``acc16[q*16:]`` = pixel q's
+    deltas ``(A + bol16) >> sh`` as int16 (``_vdelta16``; ``bol16``: ``_bias_round`` of
+    each channel). The row's codes (``xf[xrow + c*HW + q]``, flat) are turned into row
+    starts ``c*ct + code*16`` a chunk of ``CHUNK`` pixels at a time, 8 pixels per vector
+    step into ``ob`` (int32 [c_in * CHUNK]), with no per-band set-up; then each pixel's rows
+    are summed by ``_vquads``, 8 channels per step, in channel order."""
     for q0 in range(0, W, CHUNK):
         n = min(CHUNK, W - q0)
+        n8 = n - n % VEC
         for c in range(c_in):
             src = _U(xrow + c * HW + q0)
             tb = np.int32(c * ct)
             oc = _U(c * CHUNK)
-            n8 = n - n % VEC
             for i in range(0, n8, VEC):
                 _vstarts(ob, oc + _U(i), xf, src + _U(i), tb)
             for i in range(n8, n):
                 ob[oc + _U(i)] = tb + np.int32(xf[src + _U(i)]) * np.int32(16)
         for i in range(n):
-            s = _v16_0()
+            s = _v16get(bol16, _U(0))
             for g in range(0, c_in, 8):
                 b = _U(g * CHUNK + i)
                 s = _vquads(s, tab, ob[b], ob[b + _U(CHUNK)], ob[b + _U(2 * CHUNK)],
                             ob[b + _U(3 * CHUNK)], ob[b + _U(4 * CHUNK)], ob[b + _U(5 * CHUNK)],
                             ob[b + _U(6 * CHUNK)], ob[b + _U(7 * CHUNK)])
-            _v16store(acc, _U((q0 + i) * 16), s)
+            _vdelta16(acc16, _U((q0 + i) * 16), s, sh)
 
 
 @njit(**JIT_BODY)
@@ -757,6 +892,59 @@ def _phase_out(Vf, vi, up_off, lo, dd, up_w, b, T, half, ds, tmp, o, bol, sh):
                   _vget(tmp, _U(o * 8)), _vget(bol, _U(o * 8)), sh)
 
 
+@njit(inline="always")
+def _vertical(y, up_off, up_w, Uf, Wu, ylo, Vf, r, T, vh):
+    """The upsample's vertical sums for input row y: ``Vf[a*Wu + j]`` (int32 [r, Wu], flat)
+    = ``vh`` + sum_i ``up_w[a, i] * Uf[(y - ylo + up_off[a] + i)*Wu + j]``."""
+    for a in range(r):
+        base = (y - ylo + up_off[a]) * Wu
+        for j in range(0, Wu, VEC):
+            v = vh
+            for i in range(T):
+                v = _vmac(v, Uf, _U(base + i * Wu + j), up_w[a, i])
+            _vput(Vf, _U(a * Wu + j), v)
+
+
+_PAIR_ORDER_A = np.array(_PAIR_ORDER, np.int64)
+
+
+@njit(**JIT_BODY)
+def _row_store_x4(p, y, acc16, tmp16, up_off, up_w, up_den, den_shift, Uf, Wu, ylo, pad_l, Vf, W,
+                  of, Ho):
+    """``_row_store_last`` for the grouped x4 layer (bicubic x4: ``r = T = 4``, offset
+    pattern 0b1100, weights summing to an even ``up_den``, ``den_shift`` >= 0), from the
+    requantised int16 deltas of ``_sums_k1_g4``: per 8 pixels one ``_vrows16`` puts each
+    output row's deltas in output order, and per output row ``_vout4`` packs the four
+    phases' base to int16 in that order, clamps, adds and stores 32 bytes; no transposes
+    of int32 sums, no requantisation here. The last W % 8 pixels take the scalar path."""
+    lo = np.int64(up_off.min())
+    hd = np.int64(up_den // 2)
+    _vertical(y, up_off, up_w, Uf, Wu, ylo, Vf, 4, 4, _splat8(np.int32(hd)))
+    ds = np.int32(den_shift)
+    W8 = W - W % 8
+    Wr = W * 4
+    row0 = (p * Ho + y * 4) * Wr
+    for q in range(0, W8, 8):
+        _vrows16(acc16, _U(q * 16), tmp16)
+        for a in range(4):
+            vi = a * Wu + q + pad_l
+            f0 = _vround(_phase(Vf, vi + _tap0(up_off, 0, lo, 0b1100), up_w, 0, 4), np.int32(0), ds)
+            f1 = _vround(_phase(Vf, vi + _tap0(up_off, 1, lo, 0b1100), up_w, 1, 4), np.int32(0), ds)
+            f2 = _vround(_phase(Vf, vi + _tap0(up_off, 2, lo, 0b1100), up_w, 2, 4), np.int32(0), ds)
+            f3 = _vround(_phase(Vf, vi + _tap0(up_off, 3, lo, 0b1100), up_w, 3, 4), np.int32(0), ds)
+            _vout4(of, _U(row0 + a * Wr + q * 4), f0, f1, f2, f3, tmp16, _U(a * 32))
+    for a in range(4):
+        for b in range(4):
+            vi = a * Wu + up_off[b] + pad_l
+            for q in range(W8, W):
+                sq = np.int64(0)
+                for t in range(4):
+                    sq += np.int64(up_w[b, t]) * np.int64(Vf[vi + q + t])
+                sq >>= den_shift  # the rounding half is in Vf
+                delta = np.int64(acc16[q * 16 + _PAIR_ORDER_A[a * 4 + b]])
+                of[row0 + a * Wr + q * 4 + b] = _clamp(_clamp(sq, 0, 255) + delta, 0, 255)
+
+
 @njit(**JIT_BODY)
 def _row_store_last(p, y, acc, Cs, tmp, bias, shift, bol, up_off, up_w, up_den, den_shift, Uf, Wu,
                     ylo, pad_l, Vf, W, of, Ho, r, T, dd):
@@ -783,13 +971,7 @@ def _row_store_last(p, y, acc, Cs, tmp, bias, shift, bol, up_off, up_w, up_den, 
     vh = _splat8(np.int32(up_den // 2) if dd >= 0 else np.int32(0))
     hh = np.int32(0) if dd >= 0 else half
     sh_half = np.int64(up_den // 2) * np.int64(up_den) if dd >= 0 else np.int64(0)
-    for a in range(r):
-        base = (y - ylo + up_off[a]) * Wu
-        for j in range(0, Wu, VEC):
-            v = vh
-            for i in range(T):
-                v = _vmac(v, Uf, _U(base + i * Wu + j), up_w[a, i])
-            _vput(Vf, _U(a * Wu + j), v)
+    _vertical(y, up_off, up_w, Uf, Wu, ylo, Vf, r, T, vh)
     ds = np.int32(den_shift)
     W8 = W - W % 8 if den_shift >= 0 else 0
     sh = np.int32(shift)
@@ -899,7 +1081,7 @@ def _band_setup(x, tab, interp, idx, wt, Cp, it, nb, grouped=False):
     R = k // 2
     p, y0, nrows = _band(it, nb, H)
     nsrc, Wq, offs, acc, tmp = _scratch(1 if grouped else c_in, 1 if grouped else nrows, R,
-                                        W, Cp)
+                                        0 if grouped else W, Cp)
     wts = np.empty((c_in, nsrc, Wq) if interp else (1, 1, 1), np.int32)
     if not grouped:
         _band_sources(x, p, y0, nsrc, R, rowlen, interp, idx, wt, offs, wts)
@@ -947,13 +1129,24 @@ def _last_band(x, tab, interp, idx, wt, bias, shift, plane, up_off, up_w, up_den
     bol = np.empty(bias.shape[0] * VEC, np.int32)
     for o in range(bias.shape[0]):
         bol[o * VEC:(o + 1) * VEC] = _bias_round(bias, o, shift)
+    if grouped:
+        acc16 = np.empty(W * 16, np.int16)
+        tmp16 = np.empty(128, np.int16)
+        bol16 = np.empty(16, np.int32)
+        for o in range(16):
+            bol16[o] = _bias_round(bias, o, shift)
+        sh = np.int32(shift)
+        for bb in range(nrows):
+            xrow = (p * c_in * H + y0 + bb) * W
+            if c_in == 8:  # the channel loop unrolled
+                _sums_k1_g4(sums[0], xf, xrow, H * W, ct, 8, W, ob, bol16, sh, acc16)
+            else:
+                _sums_k1_g4(sums[0], xf, xrow, H * W, ct, c_in, W, ob, bol16, sh, acc16)
+            _row_store_x4(p, y0 + bb, acc16, tmp16, up_off, up_w, up_den, den_shift, Uf, Wu,
+                          ylo, pad_l, Vf, W, of, Ho)
+        return
     for bb in range(nrows):
-        if grouped and c_in == 8:  # x4's last layer: the channel loop unrolled
-            _sums_k1_g4(sums[0], xf, (p * c_in * H + y0 + bb) * W, H * W, ct, 8, W, ob, acc)
-        elif grouped:
-            _sums_k1_g4(sums[0], xf, (p * c_in * H + y0 + bb) * W, H * W, ct, c_in, W, ob, acc)
-        else:
-            _band_row_sums(sums, interp, bb, acc)
+        _band_row_sums(sums, interp, bb, acc)
         # bicubic x4 and x2: shapes and offset pattern as constants, so that LLVM unrolls
         # the phases and shares their loads
         if r == 4 and T == 4 and pat == 0b1100:
@@ -1134,6 +1327,16 @@ def _k1_grouped_tables(etab: np.ndarray):
     return np.ascontiguousarray(rows[..., _PAIR_ORDER]), corr
 
 
+def _bicubic_x4(up_off: np.ndarray, up_w: np.ndarray, up_den: int) -> bool:
+    """Whether the upsample is ``reference.upsample_filter(4, "bicubic")``'s form, the one
+    ``_row_store_x4`` does: 4 phases of 4 taps, first taps 0, 0, 1, 1 after the lowest, each
+    phase's weights summing to ``up_den``, even, whose square is a power of two."""
+    lo = int(up_off.min()) if up_off.size else 0
+    return (up_w.shape == (4, 4) and [int(v) - lo for v in up_off] == [0, 0, 1, 1]
+            and up_den % 2 == 0 and _den_shift(up_den) >= 0
+            and bool(np.all(up_w.sum(axis=1) == up_den)))
+
+
 def _den_shift(up_den: int) -> int:
     d2 = int(up_den) * int(up_den)
     return d2.bit_length() - 1 if d2 & (d2 - 1) == 0 else -1
@@ -1185,6 +1388,8 @@ def launch_last(x, lut, bias, shift, plane, up_off, up_w, up_den, out, mode="int
     elif mode == "expanded":
         _need(lut, "etab", np.int16, 5)
         grouped = _kernel_tables(lut, _k1_grouped_tables)
+        if not (bias.shape[0] == 16 and _bicubic_x4(up_off, up_w, up_den)):
+            grouped = None  # (_row_store_x4 does only this upsample)
         if grouped is None:
             tab = _kernel_tables(lut, _expanded_tables)
         else:

@@ -124,21 +124,25 @@ def _grouped_last_layer(rng, c_in, extreme):
     bias = rng.choice(np.array([-MAX_ABS_BIAS, MAX_ABS_BIAS], np.int32), size=16) if extreme \
         else rng.integers(-5000, 5000, size=16).astype(np.int32)
     return Layer(knots=random_knots(rng, c_in, L), table=(base + span).astype(np.int8),
-                 bias=bias, shift=int(rng.integers(0, MAX_SHIFT + 1)), residual=False)
+                 bias=bias, shift=int(rng.choice([0, MAX_SHIFT])) if extreme
+                 else int(rng.integers(4, 12)), residual=False)
 
 
 @pytest.mark.parametrize("c_in", [8, 16])
 def test_k1_grouped_row_sums_match_reference(c_in):
     """x4's last layer in expanded mode sums its channels four at a time in int16
     (``_k1_grouped_tables``, ``_sums_k1_g4``) when every group's sums span at most 2**16
-    values: layers built to take that path (and checked to take it), with group sums far
-    outside int16, at the table extremes and |bias| = MAX_ABS_BIAS, odd widths (the
-    vector and scalar row starts), against the reference."""
-    for seed, rng in case_rngs(2, salt=70 + c_in):
-        extreme = bool(seed % 2)
+    values, and then, with bicubic, stores from int16 deltas (``_row_store_x4``): layers
+    built to take that path (and checked to), with group sums far outside int16, at the
+    table extremes and |bias| = MAX_ABS_BIAS with shift 0 (deltas saturated to int16),
+    widths with vector and scalar pixels, against the reference; with bilinear and
+    nearest the same tables take the int32 path."""
+    for i, (seed, rng) in enumerate(case_rngs(4, salt=70 + c_in)):
+        extreme = i % 2 == 1
         first = _layer(rng, 1, c_in, 3, int(rng.integers(2, 18)), False, extreme)
         last = _grouped_last_layer(rng, c_in, extreme)
-        model = Model(scale=4, upsample="bicubic", layers=(first, last))
+        upsample = ["bicubic", "bicubic", "bilinear", "nearest"][i]
+        model = Model(scale=4, upsample=upsample, layers=(first, last))
         assert numba_cpu._k1_grouped_tables(prepare(model).lut(1, "expanded")) is not None
         for h, w in ((3, 1), (9, 71), (17, 130)):
             planes = rng.integers(0, 256, size=(2, h, w)).astype(np.uint8)
