@@ -738,7 +738,8 @@ def _sums_k1_g4(tab, xf, xrow, HW, ct, c_in, W, ob, bol16, sh, acc16):
     starts ``c*ct + code*16`` a chunk of ``CHUNK`` pixels at a time, 8 pixels per vector
     step into ``ob`` (int32 [c_in * CHUNK]), with no per-band set-up; then each pixel's rows
     are summed by ``_vquads``, 8 channels per step, in channel order."""
-    for q0 in range(0, W, CHUNK):
+    s0 = _v16get(bol16, _U(0))  # a value: held in registers (a load in the loop would be
+    for q0 in range(0, W, CHUNK):  # repeated per pixel, as acc16's stores might alias bol16)
         n = min(CHUNK, W - q0)
         n8 = n - n % VEC
         for c in range(c_in):
@@ -750,7 +751,7 @@ def _sums_k1_g4(tab, xf, xrow, HW, ct, c_in, W, ob, bol16, sh, acc16):
             for i in range(n8, n):
                 ob[oc + _U(i)] = tb + np.int32(xf[src + _U(i)]) * np.int32(16)
         for i in range(n):
-            s = _v16get(bol16, _U(0))
+            s = s0
             for g in range(0, c_in, 8):
                 b = _U(g * CHUNK + i)
                 s = _vquads(s, tab, ob[b], ob[b + _U(CHUNK)], ob[b + _U(2 * CHUNK)],
