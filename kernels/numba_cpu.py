@@ -42,6 +42,13 @@ rowlen``, edge-clamped, with its weight pair in interp mode) is computed once pe
 the stores read it back 8 pixels at a time through an 8x8 transpose, so that
 requantisation, clamping and the pixel shuffle of the last layer run 8 lanes wide.
 
+x4's last layer (k = 1, 16 lanes) in expanded mode, where its tables allow (the shipped
+model's do; ``_k1_grouped_tables``), sums its 8 channels as two groups of four in int16
+(exact modulo 2**16: each group's range is shifted into int16 and the shift put into the
+bias), requantises per pixel into int16, and stores in output order (``_row_store_x4``):
+the deltas of each output row by a 64-bit transpose, the bicubic base packed into the
+same order, saturating int16 arithmetic for the clamps (bench/README.md, "Kernel floor").
+
 One ``prange`` iteration computes a band of ``BAND`` output rows of one plane (all
 columns, all output channels; for the last layer the r output rows of each input row):
 iterations write disjoint rows, so no synchronisation is needed.
@@ -429,17 +436,6 @@ def _vout4(typingctx, out, oi, f0, f1, f2, f3, d, di):
         return context.get_dummy_value()
 
     return types.void(out, oi, f0, f1, f2, f3, d, di), codegen
-
-
-@intrinsic
-def _v16store(typingctx, arr, i, v):
-    """``arr[i:i+16] = v`` (int32, lanes as they are)."""
-
-    def codegen(context, builder, sig, args):
-        builder.store(args[2], _arg_at(context, builder, sig, args, 0, 1, 2 * VEC, 32), align=4)
-        return context.get_dummy_value()
-
-    return types.void(arr, i, v), codegen
 
 
 def _x86_avx2(context):
