@@ -42,6 +42,13 @@ rowlen``, edge-clamped, with its weight pair in interp mode) is computed once pe
 the stores read it back 8 pixels at a time through an 8x8 transpose, so that
 requantisation, clamping and the pixel shuffle of the last layer run 8 lanes wide.
 
+x4's last layer (k = 1, 16 lanes) in expanded mode, where its tables allow (the shipped
+model's do; ``_k1_grouped_tables``), sums its 8 channels as two groups of four in int16
+(exact modulo 2**16: each group's range is shifted into int16 and the shift put into the
+bias), requantises per pixel into int16, and stores in output order (``_row_store_x4``):
+the deltas of each output row by a 64-bit transpose, the bicubic base packed into the
+same order, saturating int16 arithmetic for the clamps (bench/README.md, "Kernel floor").
+
 One ``prange`` iteration computes a band of ``BAND`` output rows of one plane (all
 columns, all output channels; for the last layer the r output rows of each input row):
 iterations write disjoint rows, so no synchronisation is needed.
@@ -237,26 +244,199 @@ def _vpair16(typingctx, acc, tab, i1, i2):
     multiply-adds for 32 values, against 4 loads with sign extension and 2 more adds."""
 
     def codegen(context, builder, sig, args):
-        i16x16 = ir.VectorType(ir.IntType(16), 2 * VEC)
         r1 = builder.load(_arg_at(context, builder, sig, args, 1, 2, 2 * VEC, 16), align=2)
         r2 = builder.load(_arg_at(context, builder, sig, args, 1, 3, 2 * VEC, 16), align=2)
-        if _x86_avx2(context):
-            fn = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(_LANES_IR, [i16x16, i16x16]), "llvm.x86.avx2.pmadd.wd")
-            ones = ir.Constant(i16x16, [1] * 2 * VEC)
-            m = []
-            for h in (0, 4):
-                mask = [j + h + 16 * e + g for g in (0, 8) for j in range(4) for e in (0, 1)]
-                x = builder.shuffle_vector(r1, r2, ir.Constant(ir.VectorType(ir.IntType(32), 2 * VEC),
-                                                               mask))
-                m.append(builder.call(fn, [x, ones]))
-            s = _shuffle(builder, m[0], m[1], list(range(2 * VEC)))
-        else:
-            s = builder.add(builder.sext(r1, _LANES16_IR), builder.sext(r2, _LANES16_IR))
-            s = _shuffle(builder, s, s, _PAIR_ORDER)
+        s = _pair_sums16(context, builder, r1, r2)
         return builder.add(args[0], s)
 
     return LANES16(acc, tab, i1, i2), codegen
+
+
+def _pair_sums16(context, builder, r1, r2):
+    """16 int16 lanes ``r1``, ``r2`` -> ``sext(r1) + sext(r2)`` in ``_PAIR_ORDER`` (x86 with
+    AVX2: unpack low and high words, then a multiply-add with ones, ``vpmaddwd``)."""
+    i16x16 = ir.VectorType(ir.IntType(16), 2 * VEC)
+    if _x86_avx2(context):
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_LANES_IR, [i16x16, i16x16]), "llvm.x86.avx2.pmadd.wd")
+        ones = ir.Constant(i16x16, [1] * 2 * VEC)
+        m = []
+        for h in (0, 4):
+            mask = [j + h + 16 * e + g for g in (0, 8) for j in range(4) for e in (0, 1)]
+            x = builder.shuffle_vector(r1, r2, ir.Constant(ir.VectorType(ir.IntType(32), 2 * VEC),
+                                                           mask))
+            m.append(builder.call(fn, [x, ones]))
+        return _shuffle(builder, m[0], m[1], list(range(2 * VEC)))
+    s = builder.add(builder.sext(r1, _LANES16_IR), builder.sext(r2, _LANES16_IR))
+    return _shuffle(builder, s, s, _PAIR_ORDER)
+
+
+@intrinsic
+def _vquads(typingctx, acc, tab, o0, o1, o2, o3, o4, o5, o6, o7):
+    """``acc + sum_c tab[o_c:o_c+16]`` for the 16-lane int16 rows of 8 channels, in two
+    groups of four summed as int16 (wrapping) and the two group sums widened and added
+    (``_pair_sums16``): 8 loads, 6 int16 adds and 4 shuffle or multiply-add steps for 128
+    values. Exact where each group's true sum lies in int16 (``_k1_grouped_tables`` makes
+    the tables so, or the kernels do not take this path). The rows' lanes are in
+    ``_PAIR_ORDER``, so the sums come out in channel order."""
+
+    def codegen(context, builder, sig, args):
+        rows = [builder.load(_arg_at(context, builder, sig, args, 1, 2 + c, 2 * VEC, 16), align=2)
+                for c in range(8)]
+        ga = builder.add(builder.add(rows[0], rows[1]), builder.add(rows[2], rows[3]))
+        gb = builder.add(builder.add(rows[4], rows[5]), builder.add(rows[6], rows[7]))
+        return builder.add(args[0], _pair_sums16(context, builder, ga, gb))
+
+    return LANES16(acc, tab, o0, o1, o2, o3, o4, o5, o6, o7), codegen
+
+
+@intrinsic
+def _vstarts(typingctx, ob, oi, xf, xi, base):
+    """``ob[oi:oi+8] = base + xf[xi:xi+8] * 16`` (uint8 codes -> int32 row starts of 16-lane
+    rows): 8 pixels' row starts in one zero-extending load, a shift, an add and a store."""
+
+    def codegen(context, builder, sig, args):
+        codes = builder.load(_arg_at(context, builder, sig, args, 2, 3, VEC, 8), align=1)
+        v = builder.shl(builder.zext(codes, _LANES_IR), _splat(builder, ir.Constant(ir.IntType(32), 4)))
+        b = context.cast(builder, args[4], sig.args[4], types.int32)
+        builder.store(builder.add(v, _splat(builder, b)),
+                      _arg_at(context, builder, sig, args, 0, 1, VEC, 32), align=4)
+        return context.get_dummy_value()
+
+    return types.void(ob, oi, xf, xi, base), codegen
+
+
+def _sat_trunc(builder, v, lo, hi, bits):
+    """``v`` clamped to [lo, hi] and truncated to ``bits``-bit lanes."""
+    return builder.trunc(_clamp_lanes(builder, v, lo, hi), ir.VectorType(ir.IntType(bits), v.type.count))
+
+
+def _packs(context, builder, a, b, signed16):
+    """x86 ``vpackssdw`` (``signed16``: int32 -> int16, signed saturation) or ``vpackuswb``
+    (int16 -> uint8, unsigned saturation) of ``a``, ``b``: per 128-bit lane, ``a``'s half
+    then ``b``'s. The intrinsic where the target has AVX2, else the same lanes in generic IR."""
+    n = a.type.count  # 8 (int32 -> int16) or 16 (int16 -> int8)
+    if _x86_avx2(context):
+        name, res = (("llvm.x86.avx2.packssdw", ir.VectorType(ir.IntType(16), 16)) if signed16
+                     else ("llvm.x86.avx2.packuswb", ir.VectorType(ir.IntType(8), 32)))
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(res, [a.type, a.type]),
+                                            name)
+        return builder.call(fn, [a, b])
+    if signed16:
+        a, b = (_sat_trunc(builder, x, -32768, 32767, 16) for x in (a, b))
+    else:
+        i32 = ir.VectorType(ir.IntType(32), n)
+        a, b = (_sat_trunc(builder, builder.sext(x, i32), 0, 255, 8) for x in (a, b))
+    h = n // 2
+    mask = list(range(h)) + list(range(n, n + h)) + list(range(h, n)) + list(range(n + h, 2 * n))
+    return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), 2 * n), mask))
+
+
+@intrinsic
+def _v16get(typingctx, arr, i):
+    """``arr[i:i+16]`` (int32) as 16 lanes."""
+
+    def codegen(context, builder, sig, args):
+        return builder.load(_arg_at(context, builder, sig, args, 0, 1, 2 * VEC, 32), align=4)
+
+    return LANES16(arr, i), codegen
+
+
+@intrinsic
+def _vdelta16(typingctx, arr, i, s, sh):
+    """``arr[i:i+16] = sat16(s >> sh)`` (int16, ``s`` 16 int32 lanes in channel order; the
+    sums plus the rounded bias): one pixel's requantised deltas, in ``_PAIR_ORDER`` (channels
+    0-3, 8-11, 4-7, 12-15: the output rows 0, 2, 1, 3 of the x4 pixel shuffle, 4 deltas
+    each). Saturation keeps the result: a delta beyond int16 drives the clamped output to
+    0 or 255 either way."""
+
+    def codegen(context, builder, sig, args):
+        v = builder.ashr(args[2], _splat(builder, args[3], 2 * VEC))
+        lo = _shuffle(builder, v, v, list(range(VEC)))
+        hi = _shuffle(builder, v, v, list(range(VEC, 2 * VEC)))
+        builder.store(_packs(context, builder, lo, hi, True),
+                      _arg_at(context, builder, sig, args, 0, 1, 2 * VEC, 16), align=2)
+        return context.get_dummy_value()
+
+    return types.void(arr, i, s, sh), codegen
+
+
+@intrinsic
+def _vrows16(typingctx, src, si, dst):
+    """8 pixels' deltas (``_vdelta16``: ``src[si + 16*i:]``, i = 0..7) -> each x4 output
+    row's 32 deltas in output order, in the order ``_vout4`` adds them to the base:
+    ``dst[32*a:32*a+16]`` = pixels 0, 1 | 4, 5 and ``dst[32*a+16:32*a+32]`` = pixels 2, 3 |
+    6, 7 of output row a, 4 phases each (a 4x4 transpose of 64-bit pieces per half: 8
+    unpacks and 8 lane permutes for the 8 pixels)."""
+
+    def codegen(context, builder, sig, args):
+        i16x16 = ir.VectorType(ir.IntType(16), 16)
+        i64x4 = ir.VectorType(ir.IntType(64), 4)
+        i64 = ir.IntType(64)
+        si = context.cast(builder, args[1], sig.args[1], types.int64)
+        d = []
+        for i in range(8):
+            ptr = _at(context, builder, sig.args[0], args[0], builder.add(si, ir.Constant(i64, 16 * i)),
+                      types.int64, 16, 16)
+            d.append(builder.bitcast(builder.load(ptr, align=2), i64x4))
+
+        def sh(a, b, mask):
+            return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), 4), mask))
+
+        rows = {}
+        for (p0, p1, p2, p3), half in (((0, 1, 4, 5), 0), ((2, 3, 6, 7), 1)):
+            lo01, hi01 = sh(d[p0], d[p1], [0, 4, 2, 6]), sh(d[p0], d[p1], [1, 5, 3, 7])
+            lo45, hi45 = sh(d[p2], d[p3], [0, 4, 2, 6]), sh(d[p2], d[p3], [1, 5, 3, 7])
+            # qword 0: row 0, 1: row 2, 2: row 1, 3: row 3 (_vdelta16's order)
+            rows[0, half] = sh(lo01, lo45, [0, 1, 4, 5])
+            rows[1, half] = sh(lo01, lo45, [2, 3, 6, 7])
+            rows[2, half] = sh(hi01, hi45, [0, 1, 4, 5])
+            rows[3, half] = sh(hi01, hi45, [2, 3, 6, 7])
+        for (a, half), v in rows.items():
+            ptr = _at(context, builder, sig.args[2], args[2], ir.Constant(i64, 32 * a + 16 * half),
+                      types.int64, 16, 16)
+            builder.store(builder.bitcast(v, i16x16), ptr, align=2)
+        return context.get_dummy_value()
+
+    return types.void(src, si, dst), codegen
+
+
+@intrinsic
+def _vout4(typingctx, out, oi, f0, f1, f2, f3, d, di):
+    """``out[oi:oi+32]``: 8 pixels of one x4 output row, ``clamp(clamp(f_b, 0, 255) + delta,
+    0, 255)`` for phases b = 0..3 interleaved, the deltas ``d[di:di+32]`` (int16, in
+    ``_vrows16``'s order). The phases (int32, 8 pixels each, within int16) are packed to
+    int16 and interleaved into that order (2 packs, 4 unpacks), clamped, added with
+    saturation, and packed to bytes with unsigned saturation, which is the outer clamp:
+    in order, no lane permute."""
+
+    def codegen(context, builder, sig, args):
+        i16x16 = ir.VectorType(ir.IntType(16), 16)
+        p01 = _packs(context, builder, args[2], args[3], True)
+        p23 = _packs(context, builder, args[4], args[5], True)
+        lw = [g + j + 16 * e for g in (0, 8) for j in range(4) for e in (0, 1)]  # unpack low words
+        hw = [g + 4 + j + 16 * e for g in (0, 8) for j in range(4) for e in (0, 1)]
+        m = lambda mask: ir.Constant(ir.VectorType(ir.IntType(32), 16), mask)
+        L = builder.shuffle_vector(p01, p23, m(lw))
+        H = builder.shuffle_vector(p01, p23, m(hw))
+        X = builder.shuffle_vector(L, H, m(lw))
+        Y = builder.shuffle_vector(L, H, m(hw))
+        zero, top = ir.Constant(i16x16, [0] * 16), ir.Constant(i16x16, [255] * 16)
+        sat = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i16x16, [i16x16, i16x16]),
+                                             "llvm.sadd.sat.v16i16")
+        outs = []
+        for k, v in enumerate((X, Y)):
+            v = builder.select(builder.icmp_signed("<", v, zero), zero, v)
+            v = builder.select(builder.icmp_signed(">", v, top), top, v)
+            i = builder.add(context.cast(builder, args[7], sig.args[7], types.int64),
+                            ir.Constant(ir.IntType(64), 16 * k))
+            dv = builder.load(_at(context, builder, sig.args[6], args[6], i, types.int64, 16, 16), align=2)
+            outs.append(builder.call(sat, [v, dv]))
+        builder.store(_packs(context, builder, outs[0], outs[1], False),
+                      _arg_at(context, builder, sig, args, 0, 1, 32, 8), align=1)
+        return context.get_dummy_value()
+
+    return types.void(out, oi, f0, f1, f2, f3, d, di), codegen
 
 
 def _x86_avx2(context):
@@ -290,6 +470,16 @@ def _vmac(typingctx, acc, arr, i, w):
         return builder.add(args[0], builder.mul(v, _splat(builder, args[3])))
 
     return LANES(acc, arr, i, w), codegen
+
+
+@intrinsic
+def _splat8(typingctx, x):
+    """``x`` (an integer) in VEC int32 lanes."""
+
+    def codegen(context, builder, sig, args):
+        return _splat(builder, context.cast(builder, args[0], sig.args[0], types.int32))
+
+    return LANES(x), codegen
 
 
 @intrinsic
@@ -531,6 +721,42 @@ def _sums_k1_16(tab, offs, wts, interp, c_in, bb, nsrc, Wq, W, acc):
         _vput(acc, _U(q * 16 + VEC), b)
 
 
+# Pixels per chunk of _sums_k1_g4's row starts (a compile-time stride: every channel's start
+# is then a constant displacement from the pixel's).
+CHUNK = 64
+
+
+@njit(**JIT_BODY)
+def _sums_k1_g4(tab, xf, xrow, HW, ct, c_in, W, ob, bol16, sh, acc16):
+    """``_sums_k1_16`` for expanded tables grouped by ``_k1_grouped_tables`` (c_in a
+    multiple of 8, 16 outputs; x4's last layer), requantised: ``acc16[q*16:]`` = pixel q's
+    deltas ``(A + bol16) >> sh`` as int16 (``_vdelta16``; ``bol16``: ``_bias_round`` of
+    each channel). The row's codes (``xf[xrow + c*HW + q]``, flat) are turned into row
+    starts ``c*ct + code*16`` a chunk of ``CHUNK`` pixels at a time, 8 pixels per vector
+    step into ``ob`` (int32 [c_in * CHUNK]), with no per-band set-up; then each pixel's rows
+    are summed by ``_vquads``, 8 channels per step, in channel order."""
+    s0 = _v16get(bol16, _U(0))  # a value: held in registers (a load in the loop would be
+    for q0 in range(0, W, CHUNK):  # repeated per pixel, as acc16's stores might alias bol16)
+        n = min(CHUNK, W - q0)
+        n8 = n - n % VEC
+        for c in range(c_in):
+            src = _U(xrow + c * HW + q0)
+            tb = np.int32(c * ct)
+            oc = _U(c * CHUNK)
+            for i in range(0, n8, VEC):
+                _vstarts(ob, oc + _U(i), xf, src + _U(i), tb)
+            for i in range(n8, n):
+                ob[oc + _U(i)] = tb + np.int32(xf[src + _U(i)]) * np.int32(16)
+        for i in range(n):
+            s = s0
+            for g in range(0, c_in, 8):
+                b = _U(g * CHUNK + i)
+                s = _vquads(s, tab, ob[b], ob[b + _U(CHUNK)], ob[b + _U(2 * CHUNK)],
+                            ob[b + _U(3 * CHUNK)], ob[b + _U(4 * CHUNK)], ob[b + _U(5 * CHUNK)],
+                            ob[b + _U(6 * CHUNK)], ob[b + _U(7 * CHUNK)])
+            _vdelta16(acc16, _U((q0 + i) * 16), s, sh)
+
+
 @njit(**JIT_BODY)
 def _sums_packed(tab, offs, wts, interp, c_in, k, bb, nsrc, Wq, W, acc):
     """As ``_sums_pairs`` for c_out <= 4: one 8-lane accumulator holds pixel q (lanes 0-3)
@@ -664,6 +890,59 @@ def _phase_out(Vf, vi, up_off, lo, dd, up_w, b, T, half, ds, tmp, o, bol, sh):
                   _vget(tmp, _U(o * 8)), _vget(bol, _U(o * 8)), sh)
 
 
+@njit(inline="always")
+def _vertical(y, up_off, up_w, Uf, Wu, ylo, Vf, r, T, vh):
+    """The upsample's vertical sums for input row y: ``Vf[a*Wu + j]`` (int32 [r, Wu], flat)
+    = ``vh`` + sum_i ``up_w[a, i] * Uf[(y - ylo + up_off[a] + i)*Wu + j]``."""
+    for a in range(r):
+        base = (y - ylo + up_off[a]) * Wu
+        for j in range(0, Wu, VEC):
+            v = vh
+            for i in range(T):
+                v = _vmac(v, Uf, _U(base + i * Wu + j), up_w[a, i])
+            _vput(Vf, _U(a * Wu + j), v)
+
+
+_PAIR_ORDER_A = np.array(_PAIR_ORDER, np.int64)
+
+
+@njit(**JIT_BODY)
+def _row_store_x4(p, y, acc16, tmp16, up_off, up_w, up_den, den_shift, Uf, Wu, ylo, pad_l, Vf, W,
+                  of, Ho):
+    """``_row_store_last`` for the grouped x4 layer (bicubic x4: ``r = T = 4``, offset
+    pattern 0b1100, weights summing to an even ``up_den``, ``den_shift`` >= 0), from the
+    requantised int16 deltas of ``_sums_k1_g4``: per 8 pixels one ``_vrows16`` puts each
+    output row's deltas in output order, and per output row ``_vout4`` packs the four
+    phases' base to int16 in that order, clamps, adds and stores 32 bytes; no transposes
+    of int32 sums, no requantisation here. The last W % 8 pixels take the scalar path."""
+    lo = np.int64(up_off.min())
+    hd = np.int64(up_den // 2)
+    _vertical(y, up_off, up_w, Uf, Wu, ylo, Vf, 4, 4, _splat8(np.int32(hd)))
+    ds = np.int32(den_shift)
+    W8 = W - W % 8
+    Wr = W * 4
+    row0 = (p * Ho + y * 4) * Wr
+    for q in range(0, W8, 8):
+        _vrows16(acc16, _U(q * 16), tmp16)
+        for a in range(4):
+            vi = a * Wu + q + pad_l
+            f0 = _vround(_phase(Vf, vi + _tap0(up_off, 0, lo, 0b1100), up_w, 0, 4), np.int32(0), ds)
+            f1 = _vround(_phase(Vf, vi + _tap0(up_off, 1, lo, 0b1100), up_w, 1, 4), np.int32(0), ds)
+            f2 = _vround(_phase(Vf, vi + _tap0(up_off, 2, lo, 0b1100), up_w, 2, 4), np.int32(0), ds)
+            f3 = _vround(_phase(Vf, vi + _tap0(up_off, 3, lo, 0b1100), up_w, 3, 4), np.int32(0), ds)
+            _vout4(of, _U(row0 + a * Wr + q * 4), f0, f1, f2, f3, tmp16, _U(a * 32))
+    for a in range(4):
+        for b in range(4):
+            vi = a * Wu + up_off[b] + pad_l
+            for q in range(W8, W):
+                sq = np.int64(0)
+                for t in range(4):
+                    sq += np.int64(up_w[b, t]) * np.int64(Vf[vi + q + t])
+                sq >>= den_shift  # the rounding half is in Vf
+                delta = np.int64(acc16[q * 16 + _PAIR_ORDER_A[a * 4 + b]])
+                of[row0 + a * Wr + q * 4 + b] = _clamp(_clamp(sq, 0, 255) + delta, 0, 255)
+
+
 @njit(**JIT_BODY)
 def _row_store_last(p, y, acc, Cs, tmp, bias, shift, bol, up_off, up_w, up_den, den_shift, Uf, Wu,
                     ylo, pad_l, Vf, W, of, Ho, r, T, dd):
@@ -682,15 +961,15 @@ def _row_store_last(p, y, acc, Cs, tmp, bias, shift, bol, up_off, up_w, up_den, 
     (Flat arrays and offsets throughout: a view made per row costs a reshape and a
     reference-count call pair.)"""
     lo = np.int64(up_off.min())
-    for a in range(r):
-        base = (y - ylo + up_off[a]) * Wu
-        for j in range(0, Wu, VEC):
-            v = _v0()
-            for i in range(T):
-                v = _vmac(v, Uf, _U(base + i * Wu + j), up_w[a, i])
-            _vput(Vf, _U(a * Wu + j), v)
     d2 = np.int32(up_den * up_den)
     half = np.int32(d2 // 2)
+    # dd >= 0 (bicubic x2, x4, whose weights sum to up_den, even, in every phase: checked
+    # by the caller): the rounding half, up_den**2 / 2, is up_den / 2 added to every
+    # vertical sum, one add per vertical vector instead of one per output vector
+    vh = _splat8(np.int32(up_den // 2) if dd >= 0 else np.int32(0))
+    hh = np.int32(0) if dd >= 0 else half
+    sh_half = np.int64(up_den // 2) * np.int64(up_den) if dd >= 0 else np.int64(0)
+    _vertical(y, up_off, up_w, Uf, Wu, ylo, Vf, r, T, vh)
     ds = np.int32(den_shift)
     W8 = W - W % 8 if den_shift >= 0 else 0
     sh = np.int32(shift)
@@ -702,17 +981,17 @@ def _row_store_last(p, y, acc, Cs, tmp, bias, shift, bol, up_off, up_w, up_den, 
             oi = _U(row0 + a * Wr + q * r)
             vi = a * Wu + q + pad_l
             o = a * r
-            f0 = _phase_out(Vf, vi, up_off, lo, dd, up_w, 0, T, half, ds, tmp, o, bol, sh)
-            f1 = _phase_out(Vf, vi, up_off, lo, dd, up_w, 1, T, half, ds, tmp, o + 1, bol, sh)
+            f0 = _phase_out(Vf, vi, up_off, lo, dd, up_w, 0, T, hh, ds, tmp, o, bol, sh)
+            f1 = _phase_out(Vf, vi, up_off, lo, dd, up_w, 1, T, hh, ds, tmp, o + 1, bol, sh)
             if r == 2:
                 _vshuffle2(of, oi, f0, f1)
             else:
-                f2 = _phase_out(Vf, vi, up_off, lo, dd, up_w, 2, T, half, ds, tmp, o + 2, bol,
+                f2 = _phase_out(Vf, vi, up_off, lo, dd, up_w, 2, T, hh, ds, tmp, o + 2, bol,
                                 sh)
                 if r == 3:
                     _vshuffle3(of, oi, f0, f1, f2)
                 else:
-                    f3 = _phase_out(Vf, vi, up_off, lo, dd, up_w, 3, T, half, ds, tmp, o + 3, bol,
+                    f3 = _phase_out(Vf, vi, up_off, lo, dd, up_w, 3, T, hh, ds, tmp, o + 3, bol,
                                     sh)
                     _vshuffle4(of, oi, f0, f1, f2, f3)
     for a in range(r):
@@ -724,6 +1003,7 @@ def _row_store_last(p, y, acc, Cs, tmp, bias, shift, bol, up_off, up_w, up_den, 
                 sq = np.int64(0)
                 for t in range(T):
                     sq += np.int64(up_w[b, t]) * np.int64(Vf[vi + q + t])
+                sq -= sh_half  # the half folded into Vf, back out: the division is exact as before
                 if den_shift >= 0:
                     sq = (sq + half) >> den_shift  # == floor division by a power of two
                 else:
@@ -789,17 +1069,20 @@ def _scratch(c_in, nrows, R, W, Cp):
 
 
 @njit(inline="always")
-def _band_setup(x, tab, interp, idx, wt, Cp, it, nb):
+def _band_setup(x, tab, interp, idx, wt, Cp, it, nb, grouped=False):
     """What every band body starts with: work item ``it`` -> (plane, first row, rows), the
     row-sum accumulators and transpose scratch, and the arguments of ``_band_row_sums``
-    (the band's source row starts, and weights in interp mode, made here)."""
+    (the band's source row starts, and weights in interp mode, made here; ``grouped``:
+    none, ``_sums_k1_g4`` makes its own per row)."""
     c_in, H, W = x.shape[1], x.shape[2], x.shape[3]
     k, rowlen = tab.shape[1], tab.shape[3]
     R = k // 2
     p, y0, nrows = _band(it, nb, H)
-    nsrc, Wq, offs, acc, tmp = _scratch(c_in, nrows, R, W, Cp)
+    nsrc, Wq, offs, acc, tmp = _scratch(1 if grouped else c_in, 1 if grouped else nrows, R,
+                                        0 if grouped else W, Cp)
     wts = np.empty((c_in, nsrc, Wq) if interp else (1, 1, 1), np.int32)
-    _band_sources(x, p, y0, nsrc, R, rowlen, interp, idx, wt, offs, wts)
+    if not grouped:
+        _band_sources(x, p, y0, nsrc, R, rowlen, interp, idx, wt, offs, wts)
     sums = (tab.reshape(-1), offs.reshape(-1), wts.reshape(-1), c_in, k, Cp, nsrc, Wq, W)
     return p, y0, nrows, acc, tmp, sums
 
@@ -822,9 +1105,12 @@ def _hidden_band(x, tab, interp, idx, wt, bias, shift, residual, out, it, nb):
 
 @njit(inline="always")
 def _last_band(x, tab, interp, idx, wt, bias, shift, plane, up_off, up_w, up_den, den_shift,
-               v_width, out, it, nb):
+               v_width, out, it, nb, grouped=False):
     Cp = _cpad(bias.shape[0])
-    p, y0, nrows, acc, tmp, sums = _band_setup(x, tab, interp, idx, wt, Cp, it, nb)
+    p, y0, nrows, acc, tmp, sums = _band_setup(x, tab, interp, idx, wt, Cp, it, nb, grouped)
+    c_in, H = x.shape[1], x.shape[2]
+    ob = np.empty(c_in * CHUNK if grouped else 1, np.int32)
+    xf, ct = x.reshape(-1), tab.shape[2] * tab.shape[3]
     W = x.shape[3]
     r, T = up_w.shape[0], up_w.shape[1]
     lo, hi = up_off.min(), up_off.max()
@@ -836,9 +1122,27 @@ def _last_band(x, tab, interp, idx, wt, bias, shift, plane, up_off, up_w, up_den
     Uf, Vf, of = U.reshape(-1), V.reshape(-1), out.reshape(-1)
     Ho, ylo = out.shape[1], y0 + lo
     pat = _offset_pattern(up_off)
+    if up_den % 2 or np.any(up_w.sum(axis=1) != up_den):
+        pat = np.int64(-1)  # (not an upsample_filter's bicubic: no literal path)
     bol = np.empty(bias.shape[0] * VEC, np.int32)
     for o in range(bias.shape[0]):
         bol[o * VEC:(o + 1) * VEC] = _bias_round(bias, o, shift)
+    if grouped:
+        acc16 = np.empty(W * 16, np.int16)
+        tmp16 = np.empty(128, np.int16)
+        bol16 = np.empty(16, np.int32)
+        for o in range(16):
+            bol16[o] = _bias_round(bias, o, shift)
+        sh = np.int32(shift)
+        for bb in range(nrows):
+            xrow = (p * c_in * H + y0 + bb) * W
+            if c_in == 8:  # the channel loop unrolled
+                _sums_k1_g4(sums[0], xf, xrow, H * W, ct, 8, W, ob, bol16, sh, acc16)
+            else:
+                _sums_k1_g4(sums[0], xf, xrow, H * W, ct, c_in, W, ob, bol16, sh, acc16)
+            _row_store_x4(p, y0 + bb, acc16, tmp16, up_off, up_w, up_den, den_shift, Uf, Wu,
+                          ylo, pad_l, Vf, W, of, Ho)
+        return
     for bb in range(nrows):
         _band_row_sums(sums, interp, bb, acc)
         # bicubic x4 and x2: shapes and offset pattern as constants, so that LLVM unrolls
@@ -877,9 +1181,13 @@ def _band_last_interp(x, idx, wt, tab, bias, shift, plane, up_off, up_w, up_den,
 
 @njit(**JIT_BODY)
 def _band_last_expanded(x, tab, bias, shift, plane, up_off, up_w, up_den, den_shift, v_width,
-                        out, it, nb):
-    _last_band(x, tab, False, x[0, 0], x[0, 0], bias, shift, plane, up_off, up_w, up_den,
-               den_shift, v_width, out, it, nb)
+                        out, it, nb, grouped):
+    if grouped:
+        _last_band(x, tab, False, x[0, 0], x[0, 0], bias, shift, plane, up_off, up_w, up_den,
+                   den_shift, v_width, out, it, nb, True)
+    else:
+        _last_band(x, tab, False, x[0, 0], x[0, 0], bias, shift, plane, up_off, up_w, up_den,
+                   den_shift, v_width, out, it, nb, False)
 
 
 # (np.int64(it): the parallel passes type the prange index both signed and unsigned, and a
@@ -913,11 +1221,12 @@ def _k_last_interp(x, idx, wt, tab, bias, shift, plane, up_off, up_w, up_den, de
 
 
 @njit(**JIT)
-def _k_last_expanded(x, tab, bias, shift, plane, up_off, up_w, up_den, den_shift, v_width, out):
+def _k_last_expanded(x, tab, bias, shift, plane, up_off, up_w, up_den, den_shift, v_width, out,
+                     grouped):
     nb = _nbands(x)
     for it in prange(x.shape[0] * nb):
         _band_last_expanded(x, tab, bias, shift, plane, up_off, up_w, up_den, den_shift, v_width,
-                            out, np.int64(it), nb)
+                            out, np.int64(it), nb, grouped)
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -938,7 +1247,7 @@ _KTABLES = IdentityMemo()
 
 
 def _kernel_tables(arr: np.ndarray, make):
-    return _KTABLES.get(arr, lambda: make(arr))
+    return _KTABLES.get(arr, lambda: make(arr), make)
 
 
 def _spread_rows(slices: int, n: int, row_bytes: int) -> int:
@@ -986,6 +1295,44 @@ def _interp_tables(table: np.ndarray) -> np.ndarray:
 def _expanded_tables(etab: np.ndarray) -> np.ndarray:
     """int16 [c_in, k(dy), 256, rowlen]: ``etab``, one window row per (channel, dy, code)."""
     return _kernel_rows(etab.transpose(0, 2, 1, 3, 4))
+
+
+def _k1_grouped_tables(etab: np.ndarray):
+    """For ``_sums_k1_g4``: a k = 1 layer with 9 to 16 outputs and c_in a multiple of 8
+    whose channels, in groups of four, each sum to a range of at most 2**16 values per
+    output -> ``(rows, corr)``, else None (the layer takes ``_sums_k1_16``).
+
+    ``rows``: ``_expanded_tables``' rows with every row's 16 lanes in ``_PAIR_ORDER`` and
+    each group's first channel lowered by ``m`` (the middle of the group's range, per
+    output), wrapped to int16; ``corr`` int64 [c_out]: the sum of the groups' ``m``, to be
+    added to the bias. A group's true sum less ``m`` then lies in int16, so int16 sums
+    that wrap on the way give it exactly (arithmetic modulo 2**16), and the layer's sums
+    are the reference's less ``corr``. The x4 model's last layer: ranges 62208 and 61696."""
+    c_in, n, k, _, C = etab.shape
+    if k != 1 or not 8 < C <= 16 or c_in % 8:
+        return None
+    v = etab[:, :, 0, 0, :].astype(np.int64)  # [c_in, 256, C]
+    corr = np.zeros(C, np.int64)
+    for g in range(0, c_in, 4):
+        lo, hi = v[g:g + 4].min(axis=1).sum(0), v[g:g + 4].max(axis=1).sum(0)
+        if (hi - lo).max() > 65535:
+            return None
+        m = (lo + hi + 1) // 2  # hi - m <= 32767, m - lo <= 32768
+        v[g] -= m
+        corr += m
+    v = (v + 32768) % 65536 - 32768
+    rows = _kernel_rows(v[:, None, :, None, :])  # [c_in, 1, n', 16]
+    return np.ascontiguousarray(rows[..., _PAIR_ORDER]), corr
+
+
+def _bicubic_x4(up_off: np.ndarray, up_w: np.ndarray, up_den: int) -> bool:
+    """Whether the upsample is ``reference.upsample_filter(4, "bicubic")``'s form, the one
+    ``_row_store_x4`` does: 4 phases of 4 taps, first taps 0, 0, 1, 1 after the lowest, each
+    phase's weights summing to ``up_den``, even, whose square is a power of two."""
+    lo = int(up_off.min()) if up_off.size else 0
+    return (up_w.shape == (4, 4) and [int(v) - lo for v in up_off] == [0, 0, 1, 1]
+            and up_den % 2 == 0 and _den_shift(up_den) >= 0
+            and bool(np.all(up_w.sum(axis=1) == up_den)))
 
 
 def _den_shift(up_den: int) -> int:
@@ -1038,9 +1385,16 @@ def launch_last(x, lut, bias, shift, plane, up_off, up_w, up_den, out, mode="int
                        np.int64(up_den), den_shift, v_width, out)
     elif mode == "expanded":
         _need(lut, "etab", np.int16, 5)
-        tab = _kernel_tables(lut, _expanded_tables)
+        grouped = _kernel_tables(lut, _k1_grouped_tables)
+        if not (bias.shape[0] == 16 and _bicubic_x4(up_off, up_w, up_den)):
+            grouped = None  # (_row_store_x4 does only this upsample)
+        if grouped is None:
+            tab = _kernel_tables(lut, _expanded_tables)
+        else:
+            tab, corr = grouped
+            bias = (bias + corr).astype(np.int32)  # |bias| <= 2**24, |corr| < 2**19
         _k_last_expanded(x, tab, bias, np.int64(shift), plane, up_off, up_w, np.int64(up_den),
-                         den_shift, v_width, out)
+                         den_shift, v_width, out, grouped is not None)
     else:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     return out

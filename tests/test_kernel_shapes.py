@@ -111,3 +111,74 @@ def test_k1_16_lane_row_sums_match_reference(c_in):
         for mode in ("expanded", "interp"):
             got = numba_cpu.run_planes(prepare(model), planes, mode)
             assert np.array_equal(got, want), f"seed {seed}, {mode}"
+
+
+def _grouped_last_layer(rng, c_in, extreme):
+    """A k = 1, c_in -> 16 layer whose channels each span at most 63 table units (16128
+    after expansion), so that four of them sum to a range below 2**16 (the int16 group
+    sums of ``_sums_k1_g4``), but with offsets that put the sums far outside int16."""
+    base = rng.integers(-128, 65, size=(c_in, 1, 1, 1, 16))
+    L = int(rng.integers(2, 18))
+    span = rng.choice([0, 63], size=(c_in, L, 1, 1, 16)) if extreme else \
+        rng.integers(0, 64, size=(c_in, L, 1, 1, 16))
+    bias = rng.choice(np.array([-MAX_ABS_BIAS, MAX_ABS_BIAS], np.int32), size=16) if extreme \
+        else rng.integers(-5000, 5000, size=16).astype(np.int32)
+    return Layer(knots=random_knots(rng, c_in, L), table=(base + span).astype(np.int8),
+                 bias=bias, shift=int(rng.choice([0, MAX_SHIFT])) if extreme
+                 else int(rng.integers(4, 12)), residual=False)
+
+
+@pytest.mark.parametrize("c_in", [8, 16])
+def test_k1_grouped_row_sums_match_reference(c_in):
+    """x4's last layer in expanded mode sums its channels four at a time in int16
+    (``_k1_grouped_tables``, ``_sums_k1_g4``) when every group's sums span at most 2**16
+    values, and then, with bicubic, stores from int16 deltas (``_row_store_x4``): layers
+    built to take that path (and checked to), with group sums far outside int16, at the
+    table extremes and |bias| = MAX_ABS_BIAS with shift 0 (deltas saturated to int16),
+    widths with vector and scalar pixels, against the reference; with bilinear and
+    nearest the same tables take the int32 path."""
+    for i, (seed, rng) in enumerate(case_rngs(4, salt=70 + c_in)):
+        extreme = i % 2 == 1
+        first = _layer(rng, 1, c_in, 3, int(rng.integers(2, 18)), False, extreme)
+        last = _grouped_last_layer(rng, c_in, extreme)
+        upsample = ["bicubic", "bicubic", "bilinear", "nearest"][i]
+        model = Model(scale=4, upsample=upsample, layers=(first, last))
+        assert numba_cpu._k1_grouped_tables(prepare(model).lut(1, "expanded")) is not None
+        for h, w in ((3, 1), (9, 71), (17, 130)):
+            planes = rng.integers(0, 256, size=(2, h, w)).astype(np.uint8)
+            want = reference.upscale_planes(model, planes)
+            got = numba_cpu.run_planes(prepare(model), planes, "expanded")
+            assert np.array_equal(got, want), f"seed {seed}, {h}x{w}"
+
+
+def test_k1_grouped_tables_exact_at_the_int16_limit():
+    """``_k1_grouped_tables``: a group whose sums span 65536 values (2**16 - 1 apart) is
+    grouped, and its wrapped int16 sums plus ``corr`` give every extreme sum exactly; one
+    more and it is refused (None: the layer keeps the int32 row sums); so are shapes the
+    grouped sums do not cover. The shipped x4 model's last layer is grouped."""
+    etab = np.zeros((8, 256, 1, 1, 16), np.int16)
+    hi = np.array([16384, 16384, 16384, 16383])  # four channels: 65535 from min to max
+    etab[0:4, 1, 0, 0, :] = hi[:, None]
+    etab[0:4, 2, 0, 0, :] = hi[:, None] // 3
+    etab[4:8, :3, 0, 0, :] = -32768  # the other group: sums from -131072 to -65537
+    etab[4:8, 1, 0, 0, :] += hi[:, None]
+    etab[4:8, 2, 0, 0, :] += 5
+    etab[:, 3:] = etab[:, :1]  # the other codes as code 0
+    rows, corr = numba_cpu._k1_grouped_tables(etab)
+    lanes = np.array(numba_cpu._PAIR_ORDER)
+    g = rows[:, 0, :256][..., np.argsort(lanes)].astype(np.int64)  # [c, code, channel]
+    for codes in np.ndindex(*(3,) * 8):
+        want = sum(etab[c, codes[c], 0, 0].astype(np.int64) for c in range(8))
+        got = corr.copy()
+        for grp in (range(0, 4), range(4, 8)):
+            s = sum(g[c, codes[c]] for c in grp)
+            got += (s + 32768) % 65536 - 32768  # the int16 sum, wrapped
+        assert np.array_equal(got, want), codes
+    etab[0, 1, 0, 0, 3] += 1
+    assert numba_cpu._k1_grouped_tables(etab) is None
+    assert numba_cpu._k1_grouped_tables(np.zeros((6, 256, 1, 1, 16), np.int16)) is None
+    assert numba_cpu._k1_grouped_tables(np.zeros((8, 256, 3, 3, 16), np.int16)) is None
+    from iqlut_gpu import default_model
+
+    x4 = prepare(default_model(4))
+    assert numba_cpu._k1_grouped_tables(x4.lut(len(x4.layers) - 1, "expanded")) is not None
