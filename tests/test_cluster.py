@@ -1,10 +1,11 @@
 """iqlut_gpu.cluster and `--cluster`: folders and videos on Dask workers, and the faults.
 
 One ``distributed.LocalCluster`` (2 worker processes, 1 thread each, as ``--cluster local:2``
-starts it) serves the whole module. The workers run the Numba CPU backend (bit-identical to
-the reference, checked elsewhere); the module first runs it here so the kernels' on-disk
-cache is warm before the workers load them. Faults are real: worker processes are killed
-with SIGKILL, a scheduler process is killed mid-job, an ``iqlut`` process is killed.
+starts it) serves the module; a test that kills a worker has one of its own. The workers run
+the Numba CPU backend (bit-identical to the reference, checked elsewhere); the module first
+runs it here so the kernels' on-disk cache is warm before the workers load them. Faults are
+real: worker processes are killed with SIGKILL, a scheduler process is killed mid-job, an
+``iqlut`` process is killed.
 """
 
 from __future__ import annotations
@@ -77,6 +78,17 @@ def dead_pid() -> int:
 @pytest.fixture(scope="module")
 def client():
     upscale(photo()[:16, :16], 2, backend=BACKEND)  # the kernel cache, before the workers
+    with cluster.connect("local:2", quiet=True) as c:
+        yield c
+
+
+@pytest.fixture
+def own_client():
+    """A cluster of its own, as ``client``'s, for a test that kills one of its workers:
+    Dask's nanny restarts a killed worker, but whether and when it does is Dask's business
+    (once on a loaded CI machine it had not after minutes), and the module's other tests
+    must not depend on it."""
+    upscale(photo()[:16, :16], 2, backend=BACKEND)
     with cluster.connect("local:2", quiet=True) as c:
         yield c
 
@@ -485,7 +497,8 @@ def test_a_file_a_worker_cannot_see_fails_alone(tmp_path):
     assert np.array_equal(read_image(tmp_path / "00.png"), expected(images)["00.png"])
 
 
-def test_a_worker_killed_mid_job_changes_nothing(client, tmp_path):
+def test_a_worker_killed_mid_job_changes_nothing(own_client, tmp_path):
+    client = own_client
     images = make_photos(tmp_path / "in", 16, sizes=((96, 128), (80, 120)))
     killed = []
 
@@ -499,7 +512,6 @@ def test_a_worker_killed_mid_job_changes_nothing(client, tmp_path):
     assert report.failed == [] and report.written == 16
     assert_outputs(tmp_path / "out", expected(images))
     assert hidden(tmp_path / "out") == []  # a temporary of the killed worker was removed
-    client.wait_for_workers(2, timeout=60)  # the nanny restarted it
 
 
 def test_scheduler_unreachable_is_one_line(run_cli, tmp_path):
@@ -819,7 +831,8 @@ def test_variable_rate_and_late_video_keep_every_frame_time(client, tmp_path):
     assert audio_md5(tmp_path / "out.mp4") == audio_md5(tmp_path / "in.mp4")
 
 
-def test_segmented_video_survives_a_killed_worker(client, clip, tmp_path):
+def test_segmented_video_survives_a_killed_worker(own_client, clip, tmp_path):
+    client = own_client
     killed = []
 
     def progress(n):
@@ -831,7 +844,6 @@ def test_segmented_video_survives_a_killed_worker(client, clip, tmp_path):
     assert killed
     assert_same_video(clip / "single.mkv", tmp_path / "out.mkv")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mkv"]
-    client.wait_for_workers(2, timeout=60)
 
 
 def test_a_failed_segment_leaves_nothing(client, clip, tmp_path):
