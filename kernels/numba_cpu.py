@@ -906,6 +906,19 @@ def _vertical(y, up_off, up_w, Uf, Wu, ylo, Vf, r, T, vh):
 _PAIR_ORDER_A = np.array(_PAIR_ORDER, np.int64)
 
 
+@njit(inline="always")
+def _x4_group(q, acc16, tmp16, up_off, up_w, lo, ds, Vf, Wu, pad_l, of, row0, Wr):
+    """``_row_store_x4``'s 8 pixels from q: their 4 output rows of 32 bytes."""
+    _vrows16(acc16, _U(q * 16), tmp16)
+    for a in range(4):
+        vi = a * Wu + q + pad_l
+        f0 = _vround(_phase(Vf, vi + _tap0(up_off, 0, lo, 0b1100), up_w, 0, 4), np.int32(0), ds)
+        f1 = _vround(_phase(Vf, vi + _tap0(up_off, 1, lo, 0b1100), up_w, 1, 4), np.int32(0), ds)
+        f2 = _vround(_phase(Vf, vi + _tap0(up_off, 2, lo, 0b1100), up_w, 2, 4), np.int32(0), ds)
+        f3 = _vround(_phase(Vf, vi + _tap0(up_off, 3, lo, 0b1100), up_w, 3, 4), np.int32(0), ds)
+        _vout4(of, _U(row0 + a * Wr + q * 4), f0, f1, f2, f3, tmp16, _U(a * 32))
+
+
 @njit(**JIT_BODY)
 def _row_store_x4(p, y, acc16, tmp16, up_off, up_w, up_den, den_shift, Uf, Wu, ylo, pad_l, Vf, W,
                   of, Ho):
@@ -914,27 +927,34 @@ def _row_store_x4(p, y, acc16, tmp16, up_off, up_w, up_den, den_shift, Uf, Wu, y
     requantised int16 deltas of ``_sums_k1_g4``: per 8 pixels one ``_vrows16`` puts each
     output row's deltas in output order, and per output row ``_vout4`` packs the four
     phases' base to int16 in that order, clamps, adds and stores 32 bytes; no transposes
-    of int32 sums, no requantisation here. The last W % 8 pixels take the scalar path."""
+    of int32 sums, no requantisation here. Rows narrower than 8 pixels take the scalar path."""
     lo = np.int64(up_off.min())
     hd = np.int64(up_den // 2)
     _vertical(y, up_off, up_w, Uf, Wu, ylo, Vf, 4, 4, _splat8(np.int32(hd)))
     ds = np.int32(den_shift)
-    W8 = W - W % 8
     Wr = W * 4
     row0 = (p * Ho + y * 4) * Wr
-    for q in range(0, W8, 8):
-        _vrows16(acc16, _U(q * 16), tmp16)
-        for a in range(4):
-            vi = a * Wu + q + pad_l
-            f0 = _vround(_phase(Vf, vi + _tap0(up_off, 0, lo, 0b1100), up_w, 0, 4), np.int32(0), ds)
-            f1 = _vround(_phase(Vf, vi + _tap0(up_off, 1, lo, 0b1100), up_w, 1, 4), np.int32(0), ds)
-            f2 = _vround(_phase(Vf, vi + _tap0(up_off, 2, lo, 0b1100), up_w, 2, 4), np.int32(0), ds)
-            f3 = _vround(_phase(Vf, vi + _tap0(up_off, 3, lo, 0b1100), up_w, 3, 4), np.int32(0), ds)
-            _vout4(of, _U(row0 + a * Wr + q * 4), f0, f1, f2, f3, tmp16, _U(a * 32))
+    W1 = W  # pixels W1.. take the scalar path: all where W < 8, else none
+    if W >= 8:
+        # Groups of 8 pixels whose 32-byte stores start on a 32-byte boundary (NumPy's
+        # buffers start 16 bytes past one: then half the stores split a cache line); the
+        # first and last groups overlap them where needed, writing the same bytes again.
+        m = (of.ctypes.data + row0) % 32
+        qs = (32 - m) % 32 // 4 if m % 4 == 0 else 0
+        if qs > 0:
+            _x4_group(0, acc16, tmp16, up_off, up_w, lo, ds, Vf, Wu, pad_l, of, row0, Wr)
+        q = qs
+        while q + 8 <= W:
+            _x4_group(q, acc16, tmp16, up_off, up_w, lo, ds, Vf, Wu, pad_l, of, row0, Wr)
+            q += 8
+        if q < W:
+            _x4_group(W - 8, acc16, tmp16, up_off, up_w, lo, ds, Vf, Wu, pad_l, of, row0, Wr)
+    else:
+        W1 = 0
     for a in range(4):
         for b in range(4):
             vi = a * Wu + up_off[b] + pad_l
-            for q in range(W8, W):
+            for q in range(W1, W):
                 sq = np.int64(0)
                 for t in range(4):
                     sq += np.int64(up_w[b, t]) * np.int64(Vf[vi + q + t])
@@ -1307,7 +1327,10 @@ def _k1_grouped_tables(etab: np.ndarray):
     output), wrapped to int16; ``corr`` int64 [c_out]: the sum of the groups' ``m``, to be
     added to the bias. A group's true sum less ``m`` then lies in int16, so int16 sums
     that wrap on the way give it exactly (arithmetic modulo 2**16), and the layer's sums
-    are the reference's less ``corr``. The x4 model's last layer: ranges 62208 and 61696."""
+    are the reference's less ``corr``. The x4 model's last layer: ranges 62208 and 61696.
+    The rows start on a 64-byte boundary, so that no 32-byte row read splits a cache line
+    (NumPy's buffer started 16 bytes past one, and half the reads did: the layer took 7%
+    longer, ``kernel_floor``'s x4 last layer alone, interleaved)."""
     c_in, n, k, _, C = etab.shape
     if k != 1 or not 8 < C <= 16 or c_in % 8:
         return None
@@ -1322,7 +1345,12 @@ def _k1_grouped_tables(etab: np.ndarray):
         corr += m
     v = (v + 32768) % 65536 - 32768
     rows = _kernel_rows(v[:, None, :, None, :])  # [c_in, 1, n', 16]
-    return np.ascontiguousarray(rows[..., _PAIR_ORDER]), corr
+    rows = rows[..., _PAIR_ORDER]
+    buf = np.empty(rows.nbytes + 64, np.uint8)  # 64-byte aligned: no row read splits a line
+    s = -buf.ctypes.data % 64
+    out = buf[s:s + rows.nbytes].view(np.int16).reshape(rows.shape)
+    out[...] = rows
+    return out, corr
 
 
 def _bicubic_x4(up_off: np.ndarray, up_w: np.ndarray, up_den: int) -> bool:

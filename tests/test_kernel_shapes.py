@@ -155,7 +155,8 @@ def test_k1_grouped_tables_exact_at_the_int16_limit():
     """``_k1_grouped_tables``: a group whose sums span 65536 values (2**16 - 1 apart) is
     grouped, and its wrapped int16 sums plus ``corr`` give every extreme sum exactly; one
     more and it is refused (None: the layer keeps the int32 row sums); so are shapes the
-    grouped sums do not cover. The shipped x4 model's last layer is grouped."""
+    grouped sums do not cover. The shipped x4 model's last layer is grouped, its rows
+    64-byte aligned."""
     etab = np.zeros((8, 256, 1, 1, 16), np.int16)
     hi = np.array([16384, 16384, 16384, 16383])  # four channels: 65535 from min to max
     etab[0:4, 1, 0, 0, :] = hi[:, None]
@@ -181,4 +182,7 @@ def test_k1_grouped_tables_exact_at_the_int16_limit():
     from iqlut_gpu import default_model
 
     x4 = prepare(default_model(4))
-    assert numba_cpu._k1_grouped_tables(x4.lut(len(x4.layers) - 1, "expanded")) is not None
+    grouped = numba_cpu._k1_grouped_tables(x4.lut(len(x4.layers) - 1, "expanded"))
+    assert grouped is not None
+    # rows on a 64-byte boundary: no 32-byte row read splits a cache line
+    assert grouped[0].flags.c_contiguous and grouped[0].ctypes.data % 64 == 0
