@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from iqlut_gpu.kernels import aligned_copy
+
 SOURCE_DIR = Path(__file__).with_name("cuda")
 SOURCE_FILE = SOURCE_DIR / "iqlut.cu"
 MODES = ("interp", "expanded")
@@ -290,13 +292,7 @@ def _aligned(xp, a):
     """A C-contiguous copy of ``a`` in ``xp`` starting at a 16-byte aligned address (cupy
     allocations always do; a numpy copy is placed inside a slightly larger buffer)."""
     a = xp.ascontiguousarray(xp.asarray(a))
-    if xp is not np or a.ctypes.data % 16 == 0:
-        return a
-    buf = np.empty(a.nbytes + 16, np.uint8)
-    start = -buf.ctypes.data % 16
-    out = buf[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
-    out[...] = a
-    return out
+    return a if xp is not np else aligned_copy(a, 16)
 
 
 def table_traffic(prepared, mode: str) -> list[dict]:

@@ -64,7 +64,7 @@ from numba.extending import intrinsic, models, register_model
 
 from iqlut_gpu import ensemble
 from iqlut_gpu.memo import IdentityMemo
-from iqlut_gpu.kernels import numba_ensemble
+from iqlut_gpu.kernels import aligned_copy, numba_ensemble
 
 # Compile flags in one place: parallel prange, on-disk cache, no Python objects. The band
 # bodies the kernels' prange loops call are compiled with the same flags, less parallel.
@@ -934,7 +934,7 @@ def _row_store_x4(p, y, acc16, tmp16, up_off, up_w, up_den, den_shift, Uf, Wu, y
     ds = np.int32(den_shift)
     Wr = W * 4
     row0 = (p * Ho + y * 4) * Wr
-    W1 = W  # pixels W1.. take the scalar path: all where W < 8, else none
+    W1 = W if W >= 8 else 0  # pixels W1.. take the scalar path: all where W < 8, else none
     if W >= 8:
         # Groups of 8 pixels whose 32-byte stores start on a 32-byte boundary (NumPy's
         # buffers start 16 bytes past one: then half the stores split a cache line); the
@@ -949,8 +949,6 @@ def _row_store_x4(p, y, acc16, tmp16, up_off, up_w, up_den, den_shift, Uf, Wu, y
             q += 8
         if q < W:
             _x4_group(W - 8, acc16, tmp16, up_off, up_w, lo, ds, Vf, Wu, pad_l, of, row0, Wr)
-    else:
-        W1 = 0
     for a in range(4):
         for b in range(4):
             vi = a * Wu + up_off[b] + pad_l
@@ -1345,12 +1343,7 @@ def _k1_grouped_tables(etab: np.ndarray):
         corr += m
     v = (v + 32768) % 65536 - 32768
     rows = _kernel_rows(v[:, None, :, None, :])  # [c_in, 1, n', 16]
-    rows = rows[..., _PAIR_ORDER]
-    buf = np.empty(rows.nbytes + 64, np.uint8)  # 64-byte aligned: no row read splits a line
-    s = -buf.ctypes.data % 64
-    out = buf[s:s + rows.nbytes].view(np.int16).reshape(rows.shape)
-    out[...] = rows
-    return out, corr
+    return aligned_copy(rows[..., _PAIR_ORDER], 64), corr  # no row read splits a line
 
 
 def _bicubic_x4(up_off: np.ndarray, up_w: np.ndarray, up_den: int) -> bool:
