@@ -64,21 +64,6 @@ def add(acc, out):
     return acc
 
 
-def run(run_once: Callable, planes, n: int, xp=np, add: Callable = add,
-        mean: Callable | None = None):
-    """``run_once`` (uint8 [P, H, W] -> uint8 [P, H*r, W*r], contiguous in, any array out)
-    under an n-transform ensemble; ``xp`` is the array module of ``planes``. ``add`` and
-    ``mean`` (default ``integer_mean``) may be a backend's fused forms of the sum and the
-    mean, with the same results (the Numba ones: ``kernels/numba_ensemble.py``)."""
-    n = check(n)
-    if n == 1:
-        return run_once(planes)
-    acc = None
-    for k, flip in TRANSFORMS[:n]:
-        acc = add(acc, inverse(run_once(xp.ascontiguousarray(forward(planes, k, flip))), k, flip))
-    return (mean or integer_mean)(acc, n)
-
-
 def integer_mean(total, n: int):
     """``total / n`` rounded half to even, as uint8 (n a power of two; integer arrays, numpy
     or cupy): what ``np.round(total / n)`` gives, in shifts and masks."""
@@ -88,3 +73,18 @@ def integer_mean(total, n: int):
     rem = total & (n - 1)
     half = n // 2
     return (q + ((rem > half) | ((rem == half) & ((q & 1) == 1)))).astype(np.uint8)
+
+
+def run(run_once: Callable, planes, n: int, xp=np, add: Callable = add,
+        mean: Callable = integer_mean):
+    """``run_once`` (uint8 [P, H, W] -> uint8 [P, H*r, W*r], contiguous in, any array out)
+    under an n-transform ensemble; ``xp`` is the array module of ``planes``. ``add`` and
+    ``mean`` may be a backend's fused forms of the sum and the mean, with the same
+    results (the Numba ones: ``kernels/numba_ensemble.py``)."""
+    n = check(n)
+    if n == 1:
+        return run_once(planes)
+    acc = None
+    for k, flip in TRANSFORMS[:n]:
+        acc = add(acc, inverse(run_once(xp.ascontiguousarray(forward(planes, k, flip))), k, flip))
+    return mean(acc, n)

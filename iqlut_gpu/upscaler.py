@@ -39,7 +39,7 @@ from .planes import Layout, from_planes, to_planes
 from .tiling import run_tiled
 
 # Input pixels per tile side; larger images are processed in tiles. 2048 runs 1080p and 2K
-# inputs whole: at 1024 a 1080p x4 took 1.1-1.25x as long and 1.3x the peak memory
+# inputs whole: at 1024 a 1080p x4 took 1.1-1.28x as long and 1.3x the peak memory
 # (the tiles' outputs beside the stitched one; bench/README.md, "End to end").
 DEFAULT_TILE = 2048
 MIN_TILE = 32
