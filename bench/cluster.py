@@ -17,7 +17,10 @@ Each round (the order rotated per round, ratios taken within it: the machine is 
   with the kernels), the job alone timed after a warm-up run in the same process;
 - ``inproc_2t``: the same with one Numba thread per core (the default ``iqlut upscale``);
 - ``w1``, ``w2``: ``iqlut_gpu.cluster.upscale_files`` on the 1- and 2-worker cluster (the
-  job: model plugin, tasks, files; not the cluster's start);
+  job: model plugin, tasks, files; not the cluster's start), timed as the child times
+  ``iqlut``: the job run twice in a row, the second timed; the first is reported apart
+  (``w1_first_over_inproc``: one worker's job as it comes after the round's other jobs,
+  its caches and pages taken by them);
 - the clip the same way with ``iqlut video`` / ``iqlut_gpu.cluster.upscale_video``
   (segments of half a second: one keyframe interval).
 
@@ -255,21 +258,29 @@ def measure(photos: int = 32, size=(320, 240), formats=("jpg", "png"), scale: in
                 res[f"bytes_per_photo_{fmt}"]["out"] = round(
                     sum(f.stat().st_size for f in out.iterdir()) / photos)
             keys = list(jobs)
-            per_round, cpu_round = [], []
+            per_round, cpu_round, first_round = [], [], []
             for i in range(rounds):
-                t, c = {}, {}
+                t, c, first = {}, {}, {}
                 for k in keys[i % len(keys):] + keys[:i % len(keys)]:
                     fn, who = jobs[k]
                     if who is None:  # a child process measures itself
                         t[k], c[k] = fn()
                         continue
+                    # As the child: an untimed run first (timed apart, as the job after
+                    # the round's other jobs), then the timed run right after it.
+                    t0 = time.perf_counter()
+                    fn()
+                    first[k] = time.perf_counter() - t0
                     c0, t0 = cpu_seconds(who), time.perf_counter()
                     fn()
                     t[k], c[k] = time.perf_counter() - t0, cpu_seconds(who) - c0
                 per_round.append(t)
                 cpu_round.append(c)
+                first_round.append(first)
                 log(f"round {i + 1} (load {os.getloadavg()[0]:.1f}): "
-                    + ", ".join(f"{k} {v:.2f}s" for k, v in t.items()))
+                    + ", ".join(f"{k} {v:.2f}s" for k, v in t.items())
+                    + " (first runs: " + ", ".join(f"{k} {v:.2f}s" for k, v in first.items())
+                    + ")")
         finally:
             t = time.perf_counter()
             for n in (1, 2):
@@ -291,6 +302,9 @@ def measure(photos: int = 32, size=(320, 240), formats=("jpg", "png"), scale: in
                       if k.startswith(what + "/")},
             "w2_speedup_over_w1": speedup, "w2_efficiency": round(speedup / 2, 3),
             "w1_over_inproc": ratio("w1", "inproc"), "w2_over_inproc_2t": ratio("w2", "inproc_2t"),
+            # the cluster's job as it came after the round's other jobs (its untimed run)
+            "w1_first_over_inproc": round(statistics.median(
+                r[f"{what}/w1"] / p[f"{what}/inproc"] for r, p in zip(first_round, per_round)), 3),
             "cpu_w1_over_inproc": round(res["cpu_s_per_unit"][f"{what}/w1"]
                                         / res["cpu_s_per_unit"][f"{what}/inproc"], 3),
             "cpu_w2_over_w1": round(res["cpu_s_per_unit"][f"{what}/w2"]

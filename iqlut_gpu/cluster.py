@@ -526,7 +526,7 @@ class _Job:
                                      workers=[w], allow_other_workers=True, pure=False)
                        for k, w in enumerate(workers)]
             outcome = []
-            for future in _completed(futures):
+            for future in _completed(client, futures):
                 try:
                     outcome.append(future.result())
                 except Exception:  # noqa: BLE001 - a worker that died meanwhile: Dask's
@@ -572,12 +572,17 @@ def _cancel(client, futures) -> None:
             client.cancel(list(futures))
 
 
-def _completed(futures):
-    """Each future as it finishes; a future cancelled because the client lost the scheduler
-    ends the job with ClusterError (Dask cancels every pending future then)."""
+def _completed(client, futures):
+    """Each future of ``client`` as it finishes; a future cancelled because the client lost
+    the scheduler ends the job with ClusterError (Dask cancels every pending future then).
+    The futures are watched on ``client``'s own event loop: ``as_completed`` without ``loop``
+    takes the process's default client's, and where that is another client (a second
+    cluster or connection in the same process), that loop saw the futures finish only when
+    one of its own timers woke it: up to Dask's tick interval late (250 ms a wait in the
+    median with ``LEAN_DASK_CONFIG``'s 500 ms tick, docs/cluster.md)."""
     from distributed import as_completed
 
-    for future in as_completed(futures):
+    for future in as_completed(futures, loop=client.loop):
         if future.status == "cancelled":
             raise ClusterError("lost the connection to the Dask scheduler; what was written "
                                "is complete (rerun with --skip-existing to go on)")
@@ -685,7 +690,7 @@ def upscale_files(inputs, out, scale: int | None = None, *, client, model=None,
                                      png_level, batch, key=f"{job.name}-files-{n:06d}"): g
                        for n, g in enumerate(groups)}
             try:
-                for future in _completed(list(futures)):
+                for future in _completed(client, list(futures)):
                     group = futures[future]
                     try:
                         results = future.result()
@@ -985,7 +990,7 @@ def upscale_video(src, dst, scale: int | None = None, *, client, model=None,
                        for k, (s, o) in enumerate(zip(segments, outs))}
             frames = [0] * len(segments)
             try:
-                for future in _completed(list(futures)):
+                for future in _completed(client, list(futures)):
                     k = futures[future]
                     try:
                         frames[k] = future.result()[0]

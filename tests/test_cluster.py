@@ -220,6 +220,25 @@ def test_folder_on_two_workers_equals_the_in_process_run(client, tmp_path):
     assert ok.in_size == (64, 48) and ok.out_size == (128, 96)
 
 
+def test_a_job_waits_on_its_own_clients_loop(client, tmp_path, monkeypatch):
+    """A job watches its futures on its client's event loop, never on the process's default
+    client's: where the default is another client (a second cluster in the process), that
+    loop heard of each finished task only at its next timer, up to Dask's tick late (one
+    worker's folder job took 1.4x the in-process run in bench.cluster that way). With no
+    default client at all the job must still run."""
+    import distributed.client
+
+    def no_default_client():
+        raise ValueError("no default client: the job must use its own client's loop")
+
+    monkeypatch.setattr(distributed.client, "default_client", no_default_client)
+    images = make_photos(tmp_path / "in", 3)
+    report = cluster.upscale_files([tmp_path / "in"], tmp_path / "out", 2, client=client,
+                                   backend=BACKEND)
+    assert report.written == 3 and not report.failed
+    assert_outputs(tmp_path / "out", expected(images))
+
+
 def test_a_backend_the_workers_lack_is_one_line(client, tmp_path):
     from iqlut_gpu.kernels import cuda_backend
 
