@@ -153,7 +153,8 @@ def idle_cores(config: dict, seconds: float = 6.0) -> float:
 
     from iqlut_gpu import cluster
 
-    with dask.config.set(config):
+    with dask.config.set(config), cluster.environ_kept():  # Dask's defaults would stay in
+        # this process's environment and reach the workers and children started after
         lc = distributed.LocalCluster(**cluster.local_cluster_kwargs(2, quiet=True))
     try:
         with distributed.Client(lc) as client:
@@ -219,7 +220,8 @@ def measure(photos: int = 32, size=(320, 240), formats=("jpg", "png"), scale: in
             kw = cluster.local_cluster_kwargs(n, quiet=True)
             kw["env"] = {"NUMBA_NUM_THREADS": "1"}
             t = time.perf_counter()
-            with dask.config.set(cluster.LEAN_DASK_CONFIG):  # as cluster.connect starts them
+            with dask.config.set(cluster.LEAN_DASK_CONFIG), cluster.environ_kept():  # as
+                # cluster.connect starts them
                 clusters[n] = distributed.LocalCluster(**kw)
             clients[n] = distributed.Client(clusters[n])
             started[n] = time.perf_counter() - t

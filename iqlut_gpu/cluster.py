@@ -196,9 +196,33 @@ def cuda_cluster_kwargs(workers: int | None = None, quiet: bool = False) -> dict
     return kw
 
 
+@contextlib.contextmanager
+def environ_kept():
+    """This process's environment as it was, after the block: Dask's nannies put their
+    ``distributed.nanny.pre-spawn-environ`` into the environment of the process that starts
+    them (``os.environ.update``, to pass it to the worker they spawn) and leave it there,
+    so every process started after, a later cluster's workers and ffmpeg included, inherited
+    it: after one cluster with Dask's defaults, ``MALLOC_TRIM_THRESHOLD_=65536`` reached the
+    workers of the lean clusters too (bench.cluster's one worker took 1.4x as long per photo,
+    docs/cluster.md). A nanny that restarts a killed worker later sets them again."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        for k in set(os.environ) - set(saved):
+            del os.environ[k]
+        os.environ.update(saved)
+
+
 def start_cluster(spec: ClusterSpec | str, quiet: bool = False):
-    """The cluster object that ``local``/``cuda`` SPECs name, started (the caller closes it)."""
+    """The cluster object that ``local``/``cuda`` SPECs name, started (the caller closes it);
+    this process's environment is left as it was (``environ_kept``)."""
     spec = parse_spec(spec) if isinstance(spec, str) else spec
+    with environ_kept():
+        return _start_cluster(spec, quiet)
+
+
+def _start_cluster(spec: ClusterSpec, quiet: bool):
     if spec.kind == "local":
         distributed = _require_distributed()
         return distributed.LocalCluster(**local_cluster_kwargs(spec.workers, quiet))

@@ -279,6 +279,24 @@ def test_our_workers_keep_glibc_adaptive_mmap(client):
     assert set(env.values()) == {(None, "1")}
 
 
+def test_starting_a_cluster_leaves_this_process_environment_alone(monkeypatch):
+    """Dask's nannies set their pre-spawn environment in the process that starts them and
+    leave it there (every process started after inherited it: Dask's MALLOC_TRIM_THRESHOLD_
+    reached later clusters' workers); start_cluster gives it to the workers only."""
+    import dask
+
+    monkeypatch.delenv("IQLUT_SPAWN_PROBE", raising=False)
+    before = dict(os.environ)
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": {"IQLUT_SPAWN_PROBE": "1"}}):
+        lc = cluster.start_cluster("local:1", quiet=True)
+    try:
+        with distributed.Client(lc) as c:
+            assert list(c.run(lambda: os.environ.get("IQLUT_SPAWN_PROBE")).values()) == ["1"]
+    finally:
+        lc.close()
+    assert dict(os.environ) == before
+
+
 def test_files_are_grouped_into_tasks_for_balance():
     jobs = [(f"/nowhere/{i}.png", f"/out/{i}.png") for i in range(32)]
     assert [len(g) for g in cluster._group(jobs, 8, 2)] == [4] * 8  # 4 tasks per worker
