@@ -84,6 +84,17 @@ MIN_SEGMENT_SECONDS = 2.0
 EXACT_CONTAINERS = (".mov", ".mp4")
 
 
+class SlowWorkerWarning(UserWarning):
+    """A worker runs with a setting that makes it slower than it needs to be."""
+
+
+# Dask's default pre-spawn environment for workers; with it glibc maps every output image
+# afresh (1.2-1.4x the time per photo, docs/cluster.md "Workers of a running cluster").
+MALLOC_NOTE = ("the workers run with MALLOC_TRIM_THRESHOLD_ set (Dask's default for "
+               "workers), which made each photo 1.2-1.4x slower on the CPU; docs/cluster.md "
+               "says how to start them without it")
+
+
 class ClusterError(RuntimeError):
     """The cluster cannot be reached, was lost or cannot run the job; one line says why."""
 
@@ -397,7 +408,11 @@ def _warm(name: str) -> tuple[str, str | None, list | str]:
     it cannot be built)."""
     try:
         plugin = _plugin(name)
-        return socket.gethostname(), plugin.upscaler().backend, plugin.warnings
+        backend = plugin.upscaler().backend
+        notes = list(plugin.warnings)
+        if os.environ.get("MALLOC_TRIM_THRESHOLD_"):
+            notes.append((SlowWorkerWarning, MALLOC_NOTE))
+        return socket.gethostname(), backend, notes
     except Exception as e:  # noqa: BLE001 - reported by the driver, on one line
         return socket.gethostname(), None, _first_line(e)
 

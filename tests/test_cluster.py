@@ -297,6 +297,33 @@ def test_starting_a_cluster_leaves_this_process_environment_alone(monkeypatch):
     assert dict(os.environ) == before
 
 
+def test_workers_with_dask_malloc_setting_get_one_warning_line(tmp_path, capsys):
+    """A running cluster whose workers have Dask's MALLOC_TRIM_THRESHOLD_ (not ours: we
+    leave it out) works, and says once, on one line, that it is slower for it."""
+    import dask
+
+    from iqlut_gpu.cli import main
+
+    images = make_photos(tmp_path / "in", 2)
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": {
+            "MALLOC_TRIM_THRESHOLD_": "65536"}}):
+        lc = cluster.start_cluster("local:1", quiet=True)
+    try:
+        with distributed.Client(lc) as c, pytest.warns(cluster.SlowWorkerWarning):
+            cluster.upscale_files([tmp_path / "in"], tmp_path / "api", 2, client=c,
+                                  backend=BACKEND)
+        capsys.readouterr()
+        assert main(["upscale", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--scale",
+                     "2", "--backend", BACKEND, "--cluster", lc.scheduler_address]) == 0
+    finally:
+        lc.close()
+    err = capsys.readouterr().err
+    assert err.count("MALLOC_TRIM_THRESHOLD_") == 1
+    assert f"iqlut: warning: {cluster.MALLOC_NOTE}\n" in err
+    assert_outputs(tmp_path / "api", expected(images))
+    assert_outputs(tmp_path / "out", expected(images))
+
+
 def test_files_are_grouped_into_tasks_for_balance():
     jobs = [(f"/nowhere/{i}.png", f"/out/{i}.png") for i in range(32)]
     assert [len(g) for g in cluster._group(jobs, 8, 2)] == [4] * 8  # 4 tasks per worker
@@ -572,6 +599,8 @@ def _start(cmd, cwd, env=None):
                             stderr=subprocess.DEVNULL, start_new_session=True)
 
 
+@pytest.mark.filterwarnings("ignore::iqlut_gpu.cluster.SlowWorkerWarning")  # `dask worker`'s
+# own defaults: tested above
 def test_scheduler_lost_mid_job_leaves_only_complete_files(tmp_path):
     images = make_photos(tmp_path / "in", 12, sizes=((96, 128),))
     sched_file = tmp_path / "scheduler.json"

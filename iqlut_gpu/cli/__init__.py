@@ -48,6 +48,11 @@ def _interrupted(exc: BaseException) -> bool:
     return False
 
 
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as the CLI's other messages: one line, no source location."""
+    print(f"iqlut: warning: {message}", file=file or sys.stderr)
+
+
 def main(argv=None) -> int:
     import warnings
 
@@ -58,6 +63,7 @@ def main(argv=None) -> int:
     # The commands print the backend they used; the library's fallback warning would only
     # add a second stderr line (and break "one line per error").
     warnings.simplefilter("ignore", BackendFallbackWarning)
+    warnings.showwarning = _warning_line
     from .. import backends
 
     backends.LEAN_NUMBA = True  # this process runs only iqlut's kernels: no SciPy BLAS
