@@ -288,10 +288,14 @@ def main(argv=None) -> int:
     fl = floor.summary()
     results = [derive(res, fl) for res in results]
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    from .machine import cpu_arch
+
+    arch = cpu_arch()
     if args.json:
-        print(json.dumps({"floor": fl, "loadavg": load, "results": results}, indent=1))
+        print(json.dumps({"floor": fl, "loadavg": load, "cpu_arch": arch, "results": results},
+                         indent=1))
         return 0
-    print(f"core clock {fl['clock_ghz']:.2f} GHz (dependent-add chain, best of many runs); "
+    print(f"CPU {arch}; core clock {fl['clock_ghz']:.2f} GHz (dependent-add chain, best of many runs); "
           f"floor per 8-lane row read+accumulate, L1-resident asm: "
           f"reg {fl['reg_cycles']:.2f} cycles ({fl['reg_ns']:.3f} ns), "
           f"mem {fl['mem_cycles']:.2f} cycles ({fl['mem_ns']:.3f} ns); "

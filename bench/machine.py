@@ -38,6 +38,21 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_arch() -> str | None:
+    """The CPU as LLVM names it (what Numba compiles the kernels for: ``znver3``,
+    ``znver5``, ``skylake-avx512``...) and whether it has AVX-512: a shared VM's
+    ``model name`` ("AMD EPYC") does not tell hosts apart, and results from two of them
+    differed 2.5x (docs/cluster.md, runs L-N)."""
+    try:
+        import llvmlite.binding as llvm
+
+        name = llvm.get_host_cpu_name()
+        avx512 = "+avx512f" in llvm.get_host_cpu_features().flatten().split(",")
+        return f"{name}{' (AVX-512)' if avx512 else ''}"
+    except Exception:  # noqa: BLE001 - optional detail
+        return None
+
+
 def _mem_gib() -> float | None:
     try:
         return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
@@ -68,6 +83,7 @@ def describe() -> dict:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpu_model": _cpu_model(),
+        "cpu_arch": cpu_arch(),
         "cpu_count": os.cpu_count(),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "numba_threads": numba.get_num_threads(),
