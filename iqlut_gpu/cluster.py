@@ -89,7 +89,7 @@ class SlowWorkerWarning(UserWarning):
 
 
 # Dask's default pre-spawn environment for workers; with it glibc maps every output image
-# afresh (1.2-1.4x the time per photo, docs/cluster.md "Workers of a running cluster").
+# afresh (1.2-1.4x the time per photo; docs/cluster.md, "Using it", says how to avoid it).
 MALLOC_NOTE = ("the workers run with MALLOC_TRIM_THRESHOLD_ set (Dask's default for "
                "workers), which made each photo 1.2-1.4x slower on the CPU; docs/cluster.md "
                "says how to start them without it")
