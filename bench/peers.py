@@ -171,7 +171,10 @@ def main(argv=None) -> int:
     def log(m):
         print(m, file=sys.stderr)
 
-    out = {"peers_dir": str(args.peers) if args.peers else None, "speed": [], "quality": []}
+    from .machine import describe
+
+    out = {"machine": describe(), "peers_dir": str(args.peers) if args.peers else None,
+           "speed": [], "quality": []}
     for s in args.scale:
         r = speed(s, args.peers, args.rounds, log, args.ensemble)
         out["speed"].append(r)
