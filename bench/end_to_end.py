@@ -55,8 +55,10 @@ def measure(size=(1920, 1080), scale: int = 4, folder: int = 0, rounds: int = 3,
     from iqlut_gpu.io import write_image
     from iqlut_gpu.planes import from_planes, to_planes
 
+    from .machine import describe
     from .registry import bench_frames
 
+    machine = describe()  # the load at the start
     image = bench_frames(tuple(size), 1)[0]
     up = Upscaler(scale, backend=backend, ensemble=1)
     planes, layout = to_planes(image)
@@ -102,7 +104,8 @@ def measure(size=(1920, 1080), scale: int = 4, folder: int = 0, rounds: int = 3,
             cpu_round.append(c)
             log(f"round {i + 1}: " + ", ".join(f"{k} {v:.3f} s" for k, v in t.items()))
     med = statistics.median
-    res = {"input": "{}x{}".format(*size), "scale": scale, "backend": backend, "rounds": rounds,
+    res = {"machine": machine, "input": "{}x{}".format(*size), "scale": scale,
+           "backend": backend, "rounds": rounds,
            "median_s": {k: round(med(t[k] for t in per_round), 4) for k in keys},
            "median_cpu_s": {k: round(med(c[k] for c in cpu_round), 4) for k in keys},
            "cores": os.cpu_count(),

@@ -37,6 +37,9 @@ def measure(size=(1920, 1080), scale: int = 4, rounds: int = 3, with_9: bool = F
 
     from .registry import bench_frames
 
+    from .machine import describe
+
+    machine = describe()  # the load at the start
     image = bench_frames(tuple(size), 1)[0]
     planes, layout = to_planes(image)
     result = from_planes(Upscaler(scale, backend="cpu", ensemble=1).run_planes(planes), layout)
@@ -76,7 +79,8 @@ def measure(size=(1920, 1080), scale: int = 4, rounds: int = 3, with_9: bool = F
         log(f"round {i + 1}: " + ", ".join(f"{k} {v:.2f} s" for k, v in t.items()))
     med = statistics.median
     default = f"ours {png.DEFAULT_LEVEL}"
-    return {"image": "{}x{} RGB".format(*result.shape[1::-1]), "scale": scale, "rounds": rounds,
+    return {"machine": machine, "image": "{}x{} RGB".format(*result.shape[1::-1]),
+            "scale": scale, "rounds": rounds,
             "default_level": png.DEFAULT_LEVEL, "isal": png._isal is not None,
             "median_s": {k: round(med(t[k] for t in per_round), 3) for k in keys},
             "mb": {k: round(v / 1e6, 2) for k, v in sizes.items()}, "bytes": sizes,

@@ -68,8 +68,11 @@ def machine() -> dict:
         cpu = m.group(1).strip() if m else cpu
     except OSError:
         pass
-    info = {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(),
-            "python": platform.python_version(), "numpy": np.__version__}
+    from .machine import cpu_arch
+
+    info = {"host": platform.node(), "cpu": cpu, "cpu_arch": cpu_arch(),
+            "cores": os.cpu_count(), "python": platform.python_version(),
+            "numpy": np.__version__}
     try:
         import numba
 
