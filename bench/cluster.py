@@ -92,15 +92,18 @@ def make_clip(path: Path, frames: int, size) -> None:
 
 
 def cpu_parts(src: Path, scale: int, fmt: str) -> dict:
-    """CPU seconds per photo of its parts, one thread, in this process (median of 3)."""
+    """CPU seconds per photo of its parts, one thread, in this process (median over 8
+    photos, after one untimed pass over them: a process's first decodes and encodes cost
+    2-4x the later ones, which are what a folder job runs)."""
     from iqlut_gpu import Upscaler
     from iqlut_gpu.io import read_image, write_image
 
-    files = sorted(src.iterdir())[:3]
+    files = sorted(src.iterdir())[:8]
     up = Upscaler(scale, backend="cpu")
     parts = {"decode": [], "kernels": [], "encode": []}
     with tempfile.TemporaryDirectory() as tmp:
-        up(read_image(files[0]))
+        for f in files:  # untimed
+            write_image(Path(tmp) / f"o.{fmt}", up(read_image(f)))
         for f in files:
             t = time.process_time()
             image = read_image(f)
