@@ -35,9 +35,8 @@ def measure(size=(1920, 1080), scale: int = 4, rounds: int = 3, with_9: bool = F
     from iqlut_gpu import Upscaler, png
     from iqlut_gpu.planes import from_planes, to_planes
 
-    from .registry import bench_frames
-
     from .machine import describe
+    from .registry import bench_frames
 
     machine = describe()  # the load at the start
     image = bench_frames(tuple(size), 1)[0]
