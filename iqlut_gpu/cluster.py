@@ -536,7 +536,10 @@ def _plugin_name() -> str:
 
 class _Job:
     """One job's plugin on the cluster: registered, warmed on every worker, removed at
-    the end (so a long-lived cluster does not keep the model)."""
+    the end (so a long-lived cluster does not keep the model). Entering registers it and
+    sends each worker its warm-up task; ``ready()`` waits for them. A caller may submit its
+    tasks in between: they queue behind the warm-up on each worker, so the workers do not
+    sit idle for the round trip of the warm-up's result (docs/cluster.md, run P)."""
 
     def __init__(self, client, model, options: UpscalerOptions):
         self.client = client
@@ -544,6 +547,7 @@ class _Job:
         self.plugin = UpscalerPlugin(self.name, model, options)
         self.workers = 0
         self.backend = options.backend
+        self._warm = []
 
     def __enter__(self):
         client = self.client
@@ -559,30 +563,35 @@ class _Job:
         with _lost(client):
             client.register_plugin(self.plugin, name=self.name)
         try:
-            # each worker builds its upscaler (in parallel) before any file is sent, so that
-            # a worker that cannot (no GPU for --backend cuda, say) ends the job on one line
-            futures = [client.submit(_warm, self.name, key=f"{self.name}-warm-{k}",
-                                     workers=[w], allow_other_workers=True, pure=False)
-                       for k, w in enumerate(workers)]
-            outcome = []
-            for future in _completed(client, futures):
-                try:
-                    outcome.append(future.result())
-                except Exception:  # noqa: BLE001 - a worker that died meanwhile: Dask's
-                    continue
-            for host, backend, why in outcome:
-                if backend is None:
-                    raise ClusterError(f"worker {host} cannot run the upscaler: {why}")
-            self.workers = len(workers)
-            self.backend = ", ".join(sorted({b for _, b, _ in outcome}))
-            import warnings
-
-            for category, message in dict.fromkeys(w for _, _, ws in outcome for w in ws):
-                warnings.warn(message, category, stacklevel=3)
+            # each worker builds its upscaler (in parallel) first, so that a worker that
+            # cannot (no GPU for --backend cuda, say) ends the job on one line (``ready``)
+            self._warm = [client.submit(_warm, self.name, key=f"{self.name}-warm-{k}",
+                                        workers=[w], allow_other_workers=True, pure=False)
+                          for k, w in enumerate(workers)]
         except BaseException:
             self._unregister()
             raise
+        self.workers = len(workers)
         return self
+
+    def ready(self) -> None:
+        """Wait for every worker's warm-up: ClusterError if one cannot run the upscaler;
+        the warnings building it raised are passed on (once each); ``backend`` names what
+        the workers resolved."""
+        outcome = []
+        for future in _completed(self.client, self._warm):
+            try:
+                outcome.append(future.result())
+            except Exception:  # noqa: BLE001 - a worker that died meanwhile: Dask's
+                continue
+        for host, backend, why in outcome:
+            if backend is None:
+                raise ClusterError(f"worker {host} cannot run the upscaler: {why}")
+        self.backend = ", ".join(sorted({b for _, b, _ in outcome}))
+        import warnings
+
+        for category, message in dict.fromkeys(w for _, _, ws in outcome for w in ws):
+            warnings.warn(message, category, stacklevel=3)
 
     def _unregister(self):
         with contextlib.suppress(Exception):
@@ -723,12 +732,13 @@ def upscale_files(inputs, out, scale: int | None = None, *, client, model=None,
         remove_stale_parts(folder)
     if todo:
         with _Job(client, model, options) as job:
-            report.workers, report.backend = job.workers, job.backend
             groups = _group(todo, batch, job.workers)
             futures = {client.submit(_files_task, job.name, [(s, d) for _, s, d in g],
                                      png_level, batch, key=f"{job.name}-files-{n:06d}"): g
                        for n, g in enumerate(groups)}
             try:
+                job.ready()
+                report.workers, report.backend = job.workers, job.backend
                 for future in _completed(client, list(futures)):
                     group = futures[future]
                     try:
@@ -1009,6 +1019,7 @@ def upscale_video(src, dst, scale: int | None = None, *, client, model=None,
     work = _segments_folder(dst)
     try:
         with _Job(client, model, options) as job:
+            job.ready()
             report.workers, report.backend = job.workers, job.backend
             seconds = segment_seconds or max(
                 MIN_SEGMENT_SECONDS,
