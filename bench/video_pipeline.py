@@ -19,7 +19,7 @@ the finished file, when x264 codes the frames of its look-ahead: all of a 30-fra
 and in CPU time (this process and its ffmpeg children; steadier than wall time on a
 shared machine). Goals (issue #22, 2 cores, CPU, one pass): YUV at least 1.8x RGB's
 frames/s end to end; overhead at most 20%. Results go to
-``bench/results/video_planes_<machine>.json``.
+``bench/results/video_planes[_<preset>]_<machine>.json``.
 
 The stage mode (the default):
 
@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -62,24 +61,11 @@ PHOTO = ROOT / "iqlut_gpu" / "data" / "astronaut_256.png"
 
 
 def machine() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        m = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
-        cpu = m.group(1).strip() if m else cpu
-    except OSError:
-        pass
-    from .machine import cpu_arch
+    """``bench.machine.describe()`` (the keys every bench result records) and the ffmpeg
+    that the clips go through."""
+    from .machine import describe
 
-    info = {"host": platform.node(), "cpu": cpu, "cpu_arch": cpu_arch(),
-            "cores": os.cpu_count(), "python": platform.python_version(),
-            "numpy": np.__version__}
-    try:
-        import numba
-
-        info["numba"] = numba.__version__
-        info["numba_threads"] = numba.config.NUMBA_NUM_THREADS
-    except ImportError:
-        pass
+    info = describe()
     try:
         import imageio_ffmpeg
 
@@ -89,21 +75,13 @@ def machine() -> dict:
         info["ffmpeg"] = out.split("\n")[0].split(" Copyright")[0]
     except ImportError:
         pass
-    from iqlut_gpu.backends import probe
-
-    if probe("cuda") is None:
-        import cupy
-
-        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
-        info["gpu"] = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
-    with_load = getattr(os, "getloadavg", None)
-    if with_load:
-        info["load_average_at_start"] = [round(x, 2) for x in with_load()]
     return info
 
 
 def machine_slug(info: dict) -> str:
-    name = info.get("gpu") or f"{info['cpu']}-{info['cores']}c"
+    """``amd_epyc_2c`` or the GPU's name: the result files' suffix."""
+    gpu = info.get("gpu")
+    name = gpu["name"] if gpu else f"{info['cpu_model']}-{info['cpu_count']}c"
     return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").lower()
 
 
@@ -354,7 +332,8 @@ def main(argv=None) -> int:
               f"{sm['yuv_overhead_beyond_kernels_and_encoder']:+.1%}, rgb "
               f"{sm['rgb_overhead_beyond_kernels_and_encoder']:+.1%} (medians of {args.rounds} rounds)",
               file=sys.stderr)
-        out = args.out or RESULTS / f"video_planes_{machine_slug(info)}.json"
+        preset = f"_{args.preset}" if args.preset else ""  # the committed files' names
+        out = args.out or RESULTS / f"video_planes{preset}_{machine_slug(info)}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {out}", file=sys.stderr)
