@@ -733,9 +733,11 @@ def upscale_files(inputs, out, scale: int | None = None, *, client, model=None,
     if todo:
         with _Job(client, model, options) as job:
             groups = _group(todo, batch, job.workers)
-            futures = {client.submit(_files_task, job.name, [(s, d) for _, s, d in g],
-                                     png_level, batch, key=f"{job.name}-files-{n:06d}"): g
-                       for n, g in enumerate(groups)}
+            n = len(groups)
+            futures = dict(zip(client.map(
+                _files_task, [job.name] * n, [[(s, d) for _, s, d in g] for g in groups],
+                [png_level] * n, [batch] * n, key=[f"{job.name}-files-{k:06d}" for k in range(n)]),
+                groups))
             try:
                 job.ready()
                 report.workers, report.backend = job.workers, job.backend
