@@ -733,11 +733,10 @@ def upscale_files(inputs, out, scale: int | None = None, *, client, model=None,
     if todo:
         with _Job(client, model, options) as job:
             groups = _group(todo, batch, job.workers)
-            n = len(groups)
             futures = dict(zip(client.map(
-                _files_task, [job.name] * n, [[(s, d) for _, s, d in g] for g in groups],
-                [png_level] * n, [batch] * n, key=[f"{job.name}-files-{k:06d}" for k in range(n)]),
-                groups))
+                _files_task, [job.name] * len(groups), [[(s, d) for _, s, d in g] for g in groups],
+                png_level=png_level, batch=batch,
+                key=[f"{job.name}-files-{k:06d}" for k in range(len(groups))]), groups))
             try:
                 job.ready()
                 report.workers, report.backend = job.workers, job.backend
