@@ -53,7 +53,11 @@ bench: $(VENV)/.test
 # `gpu` tests, GPU bench cases, the video pipeline; results in bench/results/ and $$OUT.
 WHL ?= .whl
 GPU_PY ?= python3
-GPU_WHEELS := imageio-ffmpeg==0.8.1
+# imageio-ffmpeg 0.6.0 (ffmpeg 7.0.2, 29 MB): 0.8.x's wheel is 68 MB, over the 64 MiB the
+# device tool carries. Dask, distributed and dask-cuda (with the dependencies the image
+# lacks) let the `cuda` cluster test run there.
+GPU_WHEELS := imageio-ffmpeg==0.6.0 dask==2026.8.0 distributed==2026.8.0 dask-cuda==26.10.0 \
+	tornado==6.6.1 zict==3.0.0 tblib==3.2.2 partd==1.4.2 locket==1.0.0
 
 gpu-wheels:
 	$(PYTHON) -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
