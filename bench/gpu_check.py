@@ -5,10 +5,11 @@
 Runs, each step as a subprocess with its own time limit inside an overall budget (default
 450 s, under 8 minutes with set-up), and keeps going when a step fails:
 
-1. set-up: the repository laid out as the installed package (iqlut_gpu, iqlut_gpu.kernels,
-   iqlut_gpu.train) in a temporary folder, and the wheels in ``--wheels`` (made here by
-   `make gpu-wheels`: imageio-ffmpeg, which the device image lacks) installed offline
-   beside it; nothing is installed into the image's Python;
+1. set-up: the checkout made importable as the installed package is (links
+   ``iqlut_gpu/kernels`` and ``iqlut_gpu/train`` to the top-level folders, removed at the
+   end), and the wheels in ``--wheels`` (made here by `make gpu-wheels`: imageio-ffmpeg,
+   Dask and dask-cuda, which the device image lacks) installed offline into a temporary
+   folder; nothing is installed into the image's Python;
 2. bench: CUDA-event timings (median of repeats after warm-up, each checked against the
    reference on a crop) of x2 1920x1080 -> 3840x2160 (frames/s, interp and expanded),
    x4 960x540 -> 3840x2160 and x4 320x180 -> 1280x720 (both modes), the torch CUDA
@@ -47,15 +48,21 @@ RESULTS = ROOT / "bench" / "results"
 # ----------------------------------------------------------------------------- set-up
 
 
-def layout_package(dest: Path) -> Path:
-    """The repository as the installed package, under ``dest`` (a copy: no pip, no
-    setuptools needed). Returns the folder to put on PYTHONPATH."""
-    site = dest / "src"
-    pkg = site / "iqlut_gpu"
-    shutil.copytree(ROOT / "iqlut_gpu", pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(ROOT / "kernels", pkg / "kernels", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(ROOT / "train", pkg / "train", ignore=shutil.ignore_patterns("__pycache__"))
-    return site
+def link_subpackages() -> list[Path]:
+    """Make ``iqlut_gpu.kernels`` and ``iqlut_gpu.train`` importable from the checkout
+    itself, as setup.cfg's ``package_dir`` maps them in an install: a link
+    ``iqlut_gpu/kernels -> ../kernels`` (and ``train``) where none is there. The check
+    runs in the repository (``python -m``, pytest and the bench put it first on
+    ``sys.path``), so a copy of the package elsewhere would be shadowed by the checkout's
+    ``iqlut_gpu`` (seen on the first GPU run, 2026-12-04). Returns the links made, which
+    ``main`` removes at the end."""
+    made = []
+    for name in ("kernels", "train"):
+        link = ROOT / "iqlut_gpu" / name
+        if not link.exists() and not link.is_symlink():
+            link.symlink_to(Path("..") / name, target_is_directory=True)
+            made.append(link)
+    return made
 
 
 def install_wheels(wheels: Path | None, dest: Path, log: list) -> tuple[Path | None, str]:
@@ -234,10 +241,22 @@ def main(argv=None) -> int:
                                           "host": platform.node()},
               "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "steps": {}}
     tmp = Path(tempfile.mkdtemp(prefix="iqlut_gpu_check_"))
-    site = layout_package(tmp)
+    links = link_subpackages()
+    try:
+        return run_checks(args, report, logs, setup_log, tmp, slug, info, out_dir, start, left,
+                          links)
+    finally:
+        for link in links:
+            link.unlink()
+
+
+def run_checks(args, report, logs, setup_log, tmp, slug, info, out_dir, start, left,
+               links) -> int:
     wheels_site, wheel_note = install_wheels(args.wheels, tmp, setup_log)
-    report["steps"]["setup"] = {"package": str(site), "wheels": wheel_note}
-    paths = [str(site), str(ROOT)] + ([str(wheels_site)] if wheels_site else [])
+    report["steps"]["setup"] = {"package": "the checkout" + (
+        f" (linked {', '.join(str(p.relative_to(ROOT)) for p in links)})" if links else ""),
+        "wheels": wheel_note}
+    paths = [str(ROOT)] + ([str(wheels_site)] if wheels_site else [])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths + [os.environ.get("PYTHONPATH", "")]),
                PYTHONUNBUFFERED="1")
     versions = subprocess.run(

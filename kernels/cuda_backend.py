@@ -124,6 +124,15 @@ def _function(device_id: int, kernel: str):
     return fn
 
 
+def _handle(fn) -> int:
+    """The CUfunction address of a compiled kernel, for the driver's occupancy calculator.
+    CuPy 13 and 14's ``RawModule.get_function`` return a ``RawKernel``, whose ``kernel``
+    is the ``cupy.cuda.function.Function`` that holds ``ptr``; older CuPy returned the
+    ``Function`` itself. (Found on the first GPU run, 2026-12-04: the host emulation's
+    stand-in had returned a Function.)"""
+    return int(getattr(fn, "kernel", fn).ptr)
+
+
 class CupyExecutor:
     """Runs ``Launch`` plans on one CUDA device through CuPy.
 
@@ -153,7 +162,7 @@ class CupyExecutor:
             fn = _function(self.device_id, kernel)
             with cupy.cuda.Device(self.device_id):
                 per_sm = cupy.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(
-                    fn.ptr, self.block[0] * self.block[1], 0)
+                    _handle(fn), self.block[0] * self.block[1], 0)
             n = self._blocks[kernel] = self.sms * max(1, int(per_sm))
         return n
 

@@ -644,10 +644,20 @@ def get_pinned_memory_pool():
 # ----------------------------------------------------------------------------- modules
 
 
+class _CUfunction:
+    """What CuPy's ``cupy.cuda.function.Function`` holds: the driver's handle."""
+
+    def __init__(self, owner):
+        self.ptr = id(owner)
+
+
 class _Function:
+    """As CuPy 13 and 14's ``RawModule.get_function`` returns: a ``RawKernel``, with no
+    ``ptr`` of its own; the driver handle is on its ``kernel`` (a ``Function``)."""
+
     def __init__(self, module, name):
         self.module, self.name = module, name
-        self.ptr = id(self)
+        self.kernel = _CUfunction(self)
 
     def __call__(self, grid, block, args, shared_mem=0, stream=None):
         s = stream or get_current_stream()
