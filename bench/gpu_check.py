@@ -14,12 +14,16 @@ Runs, each step as a subprocess with its own time limit inside an overall budget
    reference on a crop) of x2 1920x1080 -> 3840x2160 (frames/s, interp and expanded),
    x4 960x540 -> 3840x2160 and x4 320x180 -> 1280x720 (both modes), the torch CUDA
    forward of the same x4 and x2 models, and the streamed frame path (upscale_frames,
-   pinned buffers, two streams) at x2 1080p end to end;
+   pinned buffers, two streams) at x2 1080p end to end, in both table modes;
 3. the `gpu` tests (pytest -m gpu): kernels against the reference on the device, streams,
    DLPack, the stream runner;
-4. the video pipeline on the GPU (bench/video_pipeline.py --backend cuda), if imageio-ffmpeg
+4. the video pipeline on the GPU (bench/video_pipeline.py --backend cuda), and its planes
+   A/B (the YUV path against the RGB path, 1280x720 x2, ultrafast), if imageio-ffmpeg
    could be installed, else a note why not;
-5. compute-sanitizer memcheck and racecheck on a small upscale (where the tool runs).
+5. compute-sanitizer memcheck, racecheck and initcheck on small upscales, one image at a
+   time and through the streamed path (where the tool runs);
+6. Nsight Compute (ncu, clocks left alone): speed of light, occupancy and launch figures
+   of every kernel of the shipped x2 on a 1920x1080 frame, in both table modes.
 
 Writes ``bench/results/<device>.json`` (device: the GPU's name, e.g. nvidia-h200) with every
 step's outcome, and the logs beside it; copies both to ``$OUT`` when that is set (the
@@ -179,24 +183,73 @@ def bench_child(out_path: Path) -> int:
         case = registry.Case("gpu-check", "torch-cuda", None, scale, size)
         record(case.name, 1, registry_case(case, 5))
 
-    def streamed():
-        from iqlut_gpu import upscale_frames
+    def streamed(mode):
+        def fn():
+            from iqlut_gpu import upscale_frames
 
-        frames = list(registry.bench_frames((1920, 1080), 8))
-        stats = {}
-        list(upscale_frames(frames[:2], 2, backend="cuda", batch=2))  # warm-up: compile, tables
-        t0 = time.perf_counter()
-        n = 0
-        for _ in range(3):
-            for _ in upscale_frames(frames, 2, backend="cuda", batch=4, stats=stats):
-                n += 1
-        sec = (time.perf_counter() - t0) / 3
-        return {"median_s": sec, "frames": len(frames), "stage_s": stats,
-                "notes": {"what": "upscale_frames x2, host frames in and out, batch 4, "
-                          "wall clock per pass of 8 frames (3 passes)"}}
+            frames = list(registry.bench_frames((1920, 1080), 8))
+            stats = {}
+            list(upscale_frames(frames[:2], 2, backend="cuda", batch=2, mode=mode))  # warm-up
+            t0 = time.perf_counter()
+            for _ in range(3):
+                for _ in upscale_frames(frames, 2, backend="cuda", batch=4, mode=mode,
+                                        stats=stats):
+                    pass
+            sec = (time.perf_counter() - t0) / 3
+            return {"median_s": sec, "frames": len(frames), "stage_s": stats,
+                    "notes": {"what": "upscale_frames x2, host frames in and out, batch 4, "
+                              "wall clock per pass of 8 frames (3 passes)"}}
+        return fn
 
-    record("gpu-check/stream/cuda/interp/x2/1920x1080/b4 (end to end)", 8, streamed)
+    for mode in ("interp", "expanded"):
+        record(f"gpu-check/stream/cuda/{mode}/x2/1920x1080/b4 (end to end)", 8, streamed(mode))
     return 0
+
+
+def ncu_child() -> int:
+    """The workload profiled by Nsight Compute: the shipped x2 on a 1920x1080 frame, once
+    per table mode, between cudaProfilerStart and Stop (compilation and table uploads
+    happen in a warm-up outside them)."""
+    import cupy
+    import numpy as np
+
+    from iqlut_gpu import Upscaler
+
+    frame = np.random.default_rng(1).integers(0, 256, (1080, 1920, 3), dtype=np.uint8)
+    ups = {m: Upscaler(2, backend="cuda", mode=m) for m in ("expanded", "interp")}
+    for up in ups.values():
+        up(frame[:64, :64])
+    cupy.cuda.runtime.deviceSynchronize()
+    cupy.cuda.profiler.start()
+    for up in ups.values():
+        up(frame)
+    cupy.cuda.runtime.deviceSynchronize()
+    cupy.cuda.profiler.stop()
+    print("ncu workload: ok")
+    return 0
+
+
+NCU_METRICS = ("Duration", "DRAM Throughput", "Memory Throughput", "L2 Cache Throughput",
+               "Compute (SM) Throughput", "Achieved Occupancy", "Registers Per Thread",
+               "Theoretical Occupancy", "Grid Size", "Block Size")
+
+
+def ncu_summary(csv_path: Path) -> list:
+    """One row per profiled kernel launch from ncu's ``--csv --page details`` output."""
+    import csv
+
+    lines = [ln for ln in csv_path.read_text(errors="replace").splitlines()
+             if not ln.startswith("==")]
+    rows: dict = {}
+    for rec in csv.DictReader(lines):
+        key = rec.get("ID")
+        if key is None:
+            continue
+        row = rows.setdefault(key, {"kernel": rec.get("Kernel Name", "")[:120],
+                                    "grid": rec.get("Grid Size"), "block": rec.get("Block Size")})
+        if rec.get("Metric Name") in NCU_METRICS:
+            row[f"{rec['Metric Name']} [{rec.get('Metric Unit', '')}]"] = rec.get("Metric Value")
+    return list(rows.values())
 
 
 def sanitizer_child() -> int:
@@ -211,6 +264,16 @@ def sanitizer_child() -> int:
                           backend="cuda", mode=mode)
             want = upscale(img, scale, model=default_model(scale).with_ensemble(1), backend="cpu")
             assert np.array_equal(got, want), (scale, mode)
+    # the streamed path: pinned buffers, two streams, batches, a change of shape mid-stream
+    from iqlut_gpu import upscale_frames
+
+    rng = np.random.default_rng(2)
+    frames = [rng.integers(0, 256, (30, 40, 3), dtype=np.uint8) for _ in range(5)]
+    frames += [rng.integers(0, 256, (17, 23, 3), dtype=np.uint8) for _ in range(3)]
+    for mode in ("interp", "expanded"):
+        got = list(upscale_frames(frames, 2, backend="cuda", batch=3, mode=mode))
+        want = [upscale(f, 2, backend="cpu") for f in frames]
+        assert all(np.array_equal(a, b) for a, b in zip(got, want)), mode
     print("sanitizer workload: ok")
     return 0
 
@@ -223,13 +286,15 @@ def main(argv=None) -> int:
     ap.add_argument("--wheels", type=Path, default=ROOT / ".whl")
     ap.add_argument("--budget", type=float, default=450.0, help="seconds for all steps")
     ap.add_argument("--out", type=Path, default=None, help="also copy results here (default $OUT)")
-    ap.add_argument("--child", choices=("bench", "sanitizer"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=("bench", "sanitizer", "ncu"), help=argparse.SUPPRESS)
     ap.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child == "bench":
         return bench_child(args.child_out)
     if args.child == "sanitizer":
         return sanitizer_child()
+    if args.child == "ncu":
+        return ncu_child()
 
     start = time.perf_counter()
     left = lambda: args.budget - (time.perf_counter() - start)  # noqa: E731
@@ -295,11 +360,19 @@ def run_checks(args, report, logs, setup_log, tmp, slug, info, out_dir, start, l
             env, min(100, left() - 40), logs)
         if vjson.exists():
             report["video_pipeline"] = json.loads(vjson.read_text())
+        pjson = tmp / "video_planes.json"
+        report["steps"]["video_planes"] = run_step(
+            "video_planes", [sys.executable, "-m", "bench.video_pipeline", "--backend", "cuda",
+                             "--planes-ab", "--size", "1280x720", "--frames", "60", "--rounds",
+                             "2", "--preset", "ultrafast", "--out", str(pjson)],
+            env, min(120, left() - 120), logs)
+        if pjson.exists():
+            report["video_planes"] = json.loads(pjson.read_text())
     else:
         report["steps"]["video"] = {"skipped": f"imageio-ffmpeg missing: {wheel_note}"}
 
     sanitizer = shutil.which("compute-sanitizer")
-    for tool in ("memcheck", "racecheck"):
+    for tool in ("memcheck", "racecheck", "initcheck"):
         if sanitizer is None:
             report["steps"][f"sanitizer_{tool}"] = {"skipped": "compute-sanitizer not on PATH"}
             continue
@@ -314,6 +387,24 @@ def run_checks(args, report, logs, setup_log, tmp, slug, info, out_dir, start, l
         step["summary"] = summary[-1] if summary else None
         report["steps"][f"sanitizer_{tool}"] = step
 
+    ncu = shutil.which("ncu")
+    ncu_csv = tmp / "ncu.csv"
+    if ncu is None:
+        report["steps"]["ncu"] = {"skipped": "ncu not on PATH"}
+    elif left() < 30:
+        report["steps"]["ncu"] = {"skipped": "out of time"}
+    else:
+        report["steps"]["ncu"] = run_step(
+            "ncu", [ncu, "--clock-control", "none", "--profile-from-start", "off",
+                    "--section", "SpeedOfLight", "--section", "Occupancy", "--section",
+                    "LaunchStats", "--csv", "--page", "details", "--log-file", str(ncu_csv),
+                    sys.executable, __file__, "--child", "ncu"], env, min(120, left() - 5), logs)
+        if ncu_csv.exists():
+            try:
+                report["ncu"] = ncu_summary(ncu_csv)
+            except Exception as e:  # keep the raw file either way
+                report["ncu"] = {"error": f"{type(e).__name__}: {e}"}
+
     report["seconds"] = round(time.perf_counter() - start, 1)
     RESULTS.mkdir(parents=True, exist_ok=True)
     result_path = RESULTS / f"{slug}.json"
@@ -324,8 +415,11 @@ def run_checks(args, report, logs, setup_log, tmp, slug, info, out_dir, start, l
         out_dir.mkdir(parents=True, exist_ok=True)
         shutil.copy(result_path, out_dir / result_path.name)
         shutil.copy(log_path, out_dir / log_path.name)
-        if (tmp / "video_pipeline.json").exists():
-            shutil.copy(tmp / "video_pipeline.json", out_dir / f"video_pipeline_{slug}.json")
+        for name in ("video_pipeline", "video_planes"):
+            if (tmp / f"{name}.json").exists():
+                shutil.copy(tmp / f"{name}.json", out_dir / f"{name}_{slug}.json")
+        if ncu_csv.exists():
+            shutil.copy(ncu_csv, out_dir / f"ncu_{slug}.csv")
 
     print(f"\nGPU check on {info.get('gpu', slug)} in {report['seconds']} s -> {result_path}")
     for name, step in report["steps"].items():
