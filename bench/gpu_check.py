@@ -14,7 +14,8 @@ Runs, each step as a subprocess with its own time limit inside an overall budget
    reference on a crop) of x2 1920x1080 -> 3840x2160 (frames/s, interp and expanded),
    x4 960x540 -> 3840x2160 and x4 320x180 -> 1280x720 (both modes), the torch CUDA
    forward of the same x4 and x2 models, and the streamed frame path (upscale_frames,
-   pinned buffers, two streams) at x2 1080p end to end, in both table modes;
+   pinned buffers, two streams) at x2 1080p end to end, in both table modes, and its
+   copies alone (host to device and back, pinned and pageable, GB/s);
 3. the `gpu` tests (pytest -m gpu): kernels against the reference on the device, streams,
    DLPack, the stream runner;
 4. the video pipeline on the GPU (bench/video_pipeline.py --backend cuda), and its planes
@@ -203,6 +204,45 @@ def bench_child(out_path: Path) -> int:
 
     for mode in ("interp", "expanded"):
         record(f"gpu-check/stream/cuda/{mode}/x2/1920x1080/b4 (end to end)", 8, streamed(mode))
+
+    def copy_case(direction, host_kind, layout):
+        """The streamed path's copies alone: 4 RGB 3840x2160 frames (99.5 MB) between a
+        device buffer and a pinned or pageable host buffer; ``planes``: from the model's
+        plane order [N*3, H, W] into interleaved [N, H, W, 3] host frames, as the
+        download of ``upscale_frames`` does."""
+        def fn():
+            import cupy
+            import numpy as np
+
+            shape = (4, 2160, 3840, 3)
+            n = int(np.prod(shape))
+            if host_kind == "pinned":
+                host = np.frombuffer(cupy.cuda.alloc_pinned_memory(n), np.uint8, n).reshape(shape)
+            else:
+                host = np.empty(shape, np.uint8)
+            host[...] = 7
+            stream = cupy.cuda.Stream(non_blocking=True)
+            if layout == "planes":
+                dev = cupy.zeros((4, 3, 2160, 3840), np.uint8).transpose(0, 2, 3, 1)
+            else:
+                dev = cupy.zeros(shape, np.uint8)
+
+            def run():
+                with stream:
+                    if direction == "d2h":
+                        dev.get(stream=stream, out=host, blocking=False)
+                    else:
+                        dev.set(host, stream=stream)
+            med, lo, hi, _ = _time_events(run, stream, "cupy", 10)
+            return {"median_s": med, "min_s": lo, "max_s": hi, "repeats": 10,
+                    "GB_per_s": round(n / med / 1e9, 2), "bytes": n}
+        return fn
+
+    for direction, host_kind, layout in (("h2d", "pinned", "frames"), ("d2h", "pinned", "frames"),
+                                         ("d2h", "pinned", "planes"),
+                                         ("d2h", "pageable", "frames")):
+        record(f"gpu-check/copy/{direction}/{host_kind}/{layout}/4x3840x2160x3", 4,
+               copy_case(direction, host_kind, layout))
     return 0
 
 
