@@ -89,7 +89,8 @@ import numpy as np
 
 DEFAULT_CRF = 18
 # Encoders with a constant-quality setting and its largest value (lower is better): -crf,
-# or -cq for NVIDIA's hardware encoders (a lent GPU: --codec h264_nvenc frees the CPU).
+# or -cq for NVIDIA's hardware encoders (--codec h264_nvenc frees the CPU on GPUs that have
+# NVENC; the H100 and H200 have none).
 CRF_CODECS = {"libx264": 51, "libx264rgb": 51, "libx265": 51, "libvpx-vp9": 63,
               "libaom-av1": 63, "libsvtav1": 63, "h264_nvenc": 51, "hevc_nvenc": 51,
               "av1_nvenc": 63}
