@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -54,6 +53,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from .machine import machine_tag  # the result files' suffix
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -76,13 +77,6 @@ def machine() -> dict:
     except ImportError:
         pass
     return info
-
-
-def machine_slug(info: dict) -> str:
-    """``amd_epyc_2c`` or the GPU's name: the result files' suffix."""
-    gpu = info.get("gpu")
-    name = gpu["name"] if gpu else f"{info['cpu_model']}-{info['cpu_count']}c"
-    return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").lower()
 
 
 def make_clip(path: Path, frames: int, size=(1280, 720), fps: int = 30) -> None:
@@ -333,7 +327,7 @@ def main(argv=None) -> int:
               f"{sm['rgb_overhead_beyond_kernels_and_encoder']:+.1%} (medians of {args.rounds} rounds)",
               file=sys.stderr)
         preset = f"_{args.preset}" if args.preset else ""  # the committed files' names
-        out = args.out or RESULTS / f"video_planes{preset}_{machine_slug(info)}.json"
+        out = args.out or RESULTS / f"video_planes{preset}_{machine_tag(info)}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {out}", file=sys.stderr)
@@ -424,7 +418,7 @@ def main(argv=None) -> int:
         if isinstance(v, dict):
             print(f"{k:<24} {v['fps_median']:>8.2f} frames/s", file=sys.stderr)
     kind = "_io" if args.io_only else ""
-    out = args.out or RESULTS / f"video_pipeline{kind}_{machine_slug(info)}.json"
+    out = args.out or RESULTS / f"video_pipeline{kind}_{machine_tag(info)}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}", file=sys.stderr)
