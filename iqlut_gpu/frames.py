@@ -20,12 +20,9 @@ Runners (``make_runner``):
 
 from __future__ import annotations
 
-import os
-import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -34,52 +31,6 @@ from .planes import from_planes, to_planes
 
 DEFAULT_BATCH = 4
 STAGES = ("upload", "kernels", "download")
-
-
-COPY_PARALLEL_BYTES = 8 << 20  # copies at least this large run in bands on several threads
-COPY_BAND_BYTES = 4 << 20
-_copy_pool: ThreadPoolExecutor | None = None
-_copy_pool_lock = threading.Lock()
-
-
-def _forget_copy_pool() -> None:  # a forked child has none of the parent's threads
-    global _copy_pool
-    _copy_pool = None
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_copy_pool)
-
-
-def _copy_threads() -> int:
-    try:
-        return max(1, min(8, len(os.sched_getaffinity(0))))
-    except AttributeError:  # not on Linux
-        return max(1, min(8, os.cpu_count() or 1))
-
-
-def copy_out(arr: np.ndarray) -> np.ndarray:
-    """A new C-contiguous copy of ``arr``: what a runner that reuses its output buffers
-    hands out. Large contiguous buffers (a batch of 4K frames is 100 MB) are copied in
-    bands on up to 8 threads (NumPy releases the GIL while it copies): on the GPU path
-    this copy, not the device transfer, was most of the time per batch (bench/README.md,
-    "GPU"), and one thread also pays every first touch of the new pages alone."""
-    global _copy_pool
-    if arr.nbytes < COPY_PARALLEL_BYTES or not arr.flags.c_contiguous:
-        return np.array(arr, order="C")
-    threads = _copy_threads()
-    if threads == 1:
-        return np.array(arr, order="C")
-    with _copy_pool_lock:
-        if _copy_pool is None:
-            _copy_pool = ThreadPoolExecutor(threads, thread_name_prefix="iqlut-copy")
-    out = np.empty_like(arr)
-    src, dst = arr.reshape(-1), out.reshape(-1)
-    n = src.size
-    step = max(COPY_BAND_BYTES // arr.itemsize, -(-n // (4 * threads)))
-    bands = [(a, min(n, a + step)) for a in range(0, n, step)]
-    list(_copy_pool.map(lambda ab: np.copyto(dst[ab[0]:ab[1]], src[ab[0]:ab[1]]), bands))
-    return out
 
 
 def _check_frame(frame, index: int) -> np.ndarray:
@@ -233,7 +184,7 @@ def generate(new_runner, frames, batch, stats, max_pixels=None) -> Iterator[np.n
         t0 = time.perf_counter()
         result = out if layout is None else from_planes(out, layout, interleave=interleave)
         if runner.reuses_buffers and np.may_share_memory(result, out):
-            result = copy_out(result)  # the runner will overwrite ``out`` on a later submit
+            result = result.copy()  # the runner will overwrite ``out`` (one-channel frames)
         if ndim == 2:
             result = result[..., 0]
         unpacked = time.perf_counter() - t0

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .frames import add_stage_times, check_batch, copy_out, make_runner
+from .frames import add_stage_times, check_batch, make_runner
 from .planes import Layout
 
 
@@ -254,7 +254,7 @@ def generate_planes(new_runner, frames, batch: int, stats=None, rgb: bool = Fals
         if takes_frames:
             out = out[..., 0]
         if runner.reuses_buffers:
-            out = copy_out(out)  # the runner overwrites its buffer on a later submit
+            out = np.array(out)  # the runner overwrites its buffer on a later submit
         batches[bid][2][g] = out
         add("download", time.perf_counter() - t0)
         if stats is not None:

@@ -206,34 +206,3 @@ def test_every_batch_option_is_one_check_with_one_message(bad, tmp_path):
         check_batch_arg(argparse.Namespace(batch=bad))
     assert str(e.value) == "--" + message
     assert not any(tmp_path.iterdir())
-
-
-@pytest.mark.parametrize("shape", [(3, 5, 7), (2, 1080, 1920, 3), (5, 1001, 2003, 3)])
-def test_copy_out_is_an_exact_new_contiguous_copy(shape):
-    from iqlut_gpu.frames import copy_out
-
-    src = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
-    got = copy_out(src)
-    assert got.shape == src.shape and got.dtype == src.dtype and got.flags.c_contiguous
-    assert not np.may_share_memory(got, src) and np.array_equal(got, src)
-    view = src[:, ::2]  # not contiguous: copied as NumPy would
-    assert np.array_equal(copy_out(view), view) and copy_out(view).flags.c_contiguous
-
-
-def test_copy_out_works_in_a_forked_child():
-    """The band copies' thread pool does not survive a fork; the child makes its own."""
-    import multiprocessing
-
-    from iqlut_gpu.frames import copy_out
-
-    big = np.arange(3 * 1080 * 1920 * 3, dtype=np.uint64).astype(np.uint8).reshape(3, 1080, 1920, 3)
-    copy_out(big)  # the parent's pool exists before the fork
-    ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(1) as pool:
-        assert pool.apply(_checksum_of_copy, (big,)) == int(big.sum(dtype=np.uint64))
-
-
-def _checksum_of_copy(arr):
-    from iqlut_gpu.frames import copy_out
-
-    return int(copy_out(arr).sum(dtype=np.uint64))
