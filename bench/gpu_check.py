@@ -15,7 +15,8 @@ Runs, each step as a subprocess with its own time limit inside an overall budget
    x4 960x540 -> 3840x2160 and x4 320x180 -> 1280x720 (both modes), the torch CUDA
    forward of the same x4 and x2 models, and the streamed frame path (upscale_frames,
    pinned buffers, two streams) at x2 1080p end to end, in both table modes, and its
-   copies alone (host to device and back, pinned and pageable, GB/s);
+   copies alone (host to device and back, pinned and pageable, GB/s; the host copy out
+   of the pinned buffer into new memory that each streamed batch makes);
 3. the `gpu` tests (pytest -m gpu): kernels against the reference on the device, streams,
    DLPack, the stream runner;
 4. the video pipeline on the GPU (bench/video_pipeline.py --backend cuda), and its planes
@@ -243,6 +244,28 @@ def bench_child(out_path: Path) -> int:
                                          ("d2h", "pageable", "frames")):
         record(f"gpu-check/copy/{direction}/{host_kind}/{layout}/4x3840x2160x3", 4,
                copy_case(direction, host_kind, layout))
+
+    def host_copy_out():
+        """What the streamed path does after each download: the batch copied out of the
+        slot's pinned buffer into new memory that the caller may keep (wall clock)."""
+        import cupy
+        import numpy as np
+
+        shape = (4, 2160, 3840, 3)
+        n = int(np.prod(shape))
+        pinned = np.frombuffer(cupy.cuda.alloc_pinned_memory(n), np.uint8, n).reshape(shape)
+        pinned[...] = 7
+        times = []
+        for _ in range(10):
+            t = time.perf_counter()
+            out = pinned.copy()
+            times.append(time.perf_counter() - t)
+            del out
+        med = statistics.median(times)
+        return {"median_s": med, "min_s": min(times), "max_s": max(times), "repeats": 10,
+                "GB_per_s": round(n / med / 1e9, 2), "bytes": n}
+
+    record("gpu-check/copy/host/pinned-to-new/4x3840x2160x3", 4, host_copy_out)
     return 0
 
 
