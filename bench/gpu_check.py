@@ -18,7 +18,7 @@ Runs, each step as a subprocess with its own time limit inside an overall budget
    copies alone (host to device and back, pinned and pageable, GB/s; the host copy out
    of the pinned buffer into new memory that each streamed batch makes);
 3. the `gpu` tests (pytest -m gpu): kernels against the reference on the device, streams,
-   DLPack, the stream runner;
+   DLPack, the stream runner, video, the `cuda` cluster, a short training run;
 4. the video pipeline on the GPU (bench/video_pipeline.py --backend cuda), and its planes
    A/B (the YUV path against the RGB path, 1280x720 x2, ultrafast), if imageio-ffmpeg
    could be installed, else a note why not;

@@ -180,3 +180,26 @@ def test_a_validation_image_bicubic_reproduces_exactly_is_not_scored(folder, tmp
     with pytest.raises(ValueError, match="no validation image to score"):
         Trainer(_cfg(tmp_path, data=(str(folder),), val=str(val)), log=lambda m: None,
                 warn=lambda m: None)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_short_cuda_run_exports_what_the_integer_runtime_computes(folder, tmp_path, workers):
+    """Training on a GPU (run by the GPU check): loader processes handing pinned batches
+    over (or none), the step on the device, the export and its check, and the exported
+    file computing on the CPU what the float64 torch forward of it does."""
+    if not torch.cuda.is_available():
+        pytest.skip("torch sees no CUDA device")
+    cfg = _cfg(tmp_path, data=(str(folder),), device="cuda", workers=workers)
+    run = Trainer(cfg, log=lambda m: None, warn=lambda m: None)
+    assert run.device.type == "cuda" and run.workers == workers
+    run.fit(progress=False)
+    run.finish()
+    summary = run.export()
+    model = load_model(cfg.out)
+    assert model.trained and model.provenance["iterations"] == 6
+    assert abs(summary["validation"]["export_minus_torch_db"]) <= 0.05, f"seed {SESSION_SEED}"
+    planes = np.random.default_rng(SESSION_SEED).integers(0, 256, (2, 9, 11), dtype=np.uint8)
+    np.testing.assert_array_equal(
+        reference.upscale_planes(model, planes),
+        module_from_model(model)(torch.from_numpy(planes.astype(np.float64))[:, None])[:, 0].detach().numpy())
