@@ -196,8 +196,9 @@ def concrete_mode(name: str, mode: str) -> str:
     model group measures both, bench/README.md). On the GPU they were expected to lose to
     the interpolating tables, which fit in shared memory (the point of IQ-LUT), but the
     first GPU check (H200, bench/results/nvidia-h200.json) measured expanded 2.2x faster
-    at x2 1920x1080 and 1.9x at x4 960x540: the expanded tables, a few hundred KB, live
-    in L2 and each output needs one read instead of two plus the arithmetic.
+    at x2 1920x1080 and 1.9x at x4 960x540: a layer's expanded table (int16, 0.1-0.3 MB;
+    1.0-1.6 MB a model) is served from L1 and L2, and each output needs one read instead
+    of two plus the arithmetic.
     """
     check_mode(mode)
     if mode == "auto":
