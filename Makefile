@@ -13,7 +13,7 @@ CUDA   ?= cuda12
 DEMO_IN  := iqlut_gpu/data/astronaut_256.png
 DEMO_OUT := out/astronaut_256_x4.png
 
-.PHONY: demo test bench bench-quick gpu-wheels gpu-check clean
+.PHONY: demo test bench bench-quick gpu-wheels gpu-check gpu-data clean
 
 $(VENV)/.base: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,10 @@ gpu-wheels:
 
 gpu-check:
 	$(GPU_PY) bench/gpu_check.py --wheels $(WHL)
+
+# Training on a lent GPU brings its photos in two parts (bench/gpu_train.py, docs/training.md).
+gpu-data: $(VENV)/.test
+	$(PY) bench/gpu_train.py pack
 
 clean:
 	rm -rf $(VENV) out build *.egg-info
