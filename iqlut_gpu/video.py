@@ -579,7 +579,7 @@ def check_encoder(dst, size, fps, *, codec: str = "libx264", crf: int | None = N
             writer.abort()
             why = (writer.failure or str(e)).replace(str(scratch), str(dst))
             what = f"{codec} video" + (f" with {audio_from}'s audio copied" if audio_from else "")
-            raise VideoError(f"{dst}: cannot write {what} into a "
+            raise VideoError(f"{dst}: cannot encode {what} for a "
                              f"{dst.suffix or 'suffix-less'} file ({why})") from None
 
 

@@ -276,6 +276,12 @@ def test_output_rules(run_cli, tmp_path):
                             "x.mp4", "preset")
     assert_one_line_failure(run_cli("video", "in.mp4", "-o", "x.mkv", "--codec", "ffv1",
                                     "--preset", "fast", *args), "--preset", "ffv1")
+    # a hardware encoder that cannot run here (no NVIDIA GPU, or one without NVENC such as
+    # the H100/H200, or an ffmpeg built without it): one line with ffmpeg's reason
+    proc = run_cli("video", "in.mp4", "-o", "nv.mp4", "--codec", "h264_nvenc", *args)
+    if proc.returncode != 0:
+        assert_one_line_failure(proc, "nv.mp4", "h264_nvenc")
+        assert not (tmp_path / "nv.mp4").exists()
     assert leftovers(tmp_path, {"in.mp4", "out.mp4"}) == []
     proc = run_cli("video", "in.mp4", "-o", "out.mp4", "--overwrite", "--preset", "veryfast", *args)
     assert proc.returncode == 0, proc.stderr
