@@ -86,7 +86,7 @@ def pack(args) -> int:
             shutil.copy2(e["path"], target)
         (dest / "manifest.json").write_text(json.dumps(
             {"parts": len(parts), "sources": entries}, indent=1) + "\n")
-        print(f"{dest.relative_to(ROOT)}: {len(part)} files, "
+        print(f"{dest.relative_to(DATA.parent)}: {len(part)} files, "
               f"{sum(e['bytes'] for e in part) / 1e6:.1f} MB")
     print(f"{len(parts)} parts: one device call each, carry ['.gpudata/partN']")
     return 0
