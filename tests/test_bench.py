@@ -395,3 +395,51 @@ def test_accounting_counts_the_lanes_the_kernels_add():
     assert layer_work(layer(4, 3), "expanded")["cpu_lane_adds"] == 4 * 8 * 3 * 4  # was 8 * 72
     assert layer_work(layer(8, 3), "expanded")["cpu_lane_adds"] == 8 * 72
     assert layer_work(layer(9, 3), "interp")["cpu_lane_adds"] == 16 * 72
+
+
+def test_env_ab_runs_each_case_with_and_without_the_settings(tmp_path, monkeypatch):
+    """bench.env_ab: each case as a new process on both sides, the settings only in the
+    ``with`` side's environment (seen by a child), the names given removed from ``base``."""
+    from bench import env_ab
+
+    monkeypatch.setenv("IQLUT_ENVAB_PROBE", "outer")
+    envs = env_ab.environments({"IQLUT_ENVAB_PROBE": "inner"})
+    assert "IQLUT_ENVAB_PROBE" not in envs["base"] and envs["with"]["IQLUT_ENVAB_PROBE"] == "inner"
+    assert envs["base"]["PATH"] == envs["with"]["PATH"]
+    probe = [sys.executable, "-c", "import os; print(os.environ.get('IQLUT_ENVAB_PROBE', '-'))"]
+    assert [subprocess.run(probe, env=envs[s], capture_output=True, text=True).stdout.strip()
+            for s in ("base", "with")] == ["-", "inner"]
+    with pytest.raises(Exception, match="NAME=VALUE"):
+        env_ab.parse_setting("NOVALUE")
+    assert env_ab.parse_setting("GOMP_SPINCOUNT=10000") == ("GOMP_SPINCOUNT", "10000")
+
+    res = env_ab.measure({"GOMP_SPINCOUNT": "10000"}, rounds=2, frames=4, size=(32, 24),
+                         presets=("ultrafast",), photos=1, kernel_calls=2)
+    assert set(res["cases"]) == {"video_ultrafast", "folder", "kernels_x2_rgb", "kernels_x4_luma"}
+    for name, case in res["cases"].items():
+        assert case["base_s"] > 0 and case["with_s"] > 0, name
+        assert len(case["per_round"]) == 2 and case["with_over_base"] > 0, name
+    assert res["settings"] == {"GOMP_SPINCOUNT": "10000"} and res["machine"]["cpu_count"] >= 1
+
+
+def test_luma_views_average_details_as_luma_mode_does():
+    """bench.luma_views: the plain view is luma mode bit for bit, ``rgb`` is RGB mode, and
+    every variant is reported against RGB mode on the validation split."""
+    from bench import luma_views
+    from iqlut_gpu import upscale
+
+    fns = luma_views.variants(2)
+    img = np.random.default_rng(cases.SESSION_SEED).integers(0, 256, (9, 11, 3), dtype=np.uint8)
+    assert np.array_equal(fns["luma"](img), upscale(img, 2, ensemble=1, color="luma", backend="cpu")), \
+        cases.SESSION_SEED
+    assert np.array_equal(fns["rgb"](img), upscale(img, 2, ensemble=1, backend="cpu")), cases.SESSION_SEED
+    gray = img[..., 1]
+    for name, fn in fns.items():
+        assert fn(img).shape == (18, 22, 3) and fn(gray).shape == (18, 22), name
+    try:
+        res = luma_views.measure((2,), crop=48, limit=1)
+    except (ImportError, FileNotFoundError) as e:  # the photos come with scikit-image
+        pytest.skip(f"no validation images here: {e}")
+    got = res["scales"]["2"]
+    assert res["images"] == 1 and set(got["vs_rgb"]) == set(fns) - {"rgb"}
+    assert all(np.isfinite(v) for v in got["y_psnr"].values())
