@@ -185,26 +185,40 @@ def bench_child(out_path: Path) -> int:
         case = registry.Case("gpu-check", "torch-cuda", None, scale, size)
         record(case.name, 1, registry_case(case, 5))
 
-    def streamed(mode):
+    def streamed(mode, lend=True):
+        """``lend``: the streamer lends each batch's output block (the default); False:
+        every batch through the slots' reused buffers and copied out (the path before
+        2026-12-04 evening, and past ``cuda_stream.LEND_MAX`` blocks held)."""
         def fn():
             from iqlut_gpu import upscale_frames
+            from iqlut_gpu.kernels import cuda_stream
 
             frames = list(registry.bench_frames((1920, 1080), 8))
             stats = {}
-            list(upscale_frames(frames[:2], 2, backend="cuda", batch=2, mode=mode))  # warm-up
-            t0 = time.perf_counter()
-            for _ in range(3):
-                for _ in upscale_frames(frames, 2, backend="cuda", batch=4, mode=mode,
-                                        stats=stats):
-                    pass
-            sec = (time.perf_counter() - t0) / 3
+            saved = cuda_stream.LEND_MAX
+            cuda_stream.LEND_MAX = saved if lend else 0
+            try:
+                for _ in upscale_frames(frames, 2, backend="cuda", batch=4, mode=mode):
+                    pass  # warm-up: kernels compiled, the pinned pool's blocks allocated
+                t0 = time.perf_counter()
+                for _ in range(3):
+                    for _ in upscale_frames(frames, 2, backend="cuda", batch=4, mode=mode,
+                                            stats=stats):
+                        pass
+                sec = (time.perf_counter() - t0) / 3
+            finally:
+                cuda_stream.LEND_MAX = saved
             return {"median_s": sec, "frames": len(frames), "stage_s": stats,
                     "notes": {"what": "upscale_frames x2, host frames in and out, batch 4, "
-                              "wall clock per pass of 8 frames (3 passes)"}}
+                              "wall clock per pass of 8 frames (3 passes), each frame "
+                              "dropped before the next",
+                              "outputs": "lent pinned blocks" if lend else "copied out"}}
         return fn
 
     for mode in ("interp", "expanded"):
         record(f"gpu-check/stream/cuda/{mode}/x2/1920x1080/b4 (end to end)", 8, streamed(mode))
+    record("gpu-check/stream/cuda/expanded/x2/1920x1080/b4 (end to end, copied out)", 8,
+           streamed("expanded", lend=False))
 
     def copy_case(direction, host_kind, layout):
         """The streamed path's copies alone: 4 RGB 3840x2160 frames (99.5 MB) between a

@@ -51,7 +51,6 @@ class SyncRunner:
     are the layout changes (frames -> contiguous planes -> frames) around the kernels."""
 
     depth = 1
-    reuses_buffers = False
 
     def __init__(self, upscaler):
         self.upscaler = upscaler
@@ -66,15 +65,19 @@ class SyncRunner:
     def collect(self, token) -> np.ndarray:
         return token
 
+    def reused(self, out) -> bool:
+        """Whether a later submit overwrites ``out`` (never: every result is new memory)."""
+        return False
+
 
 class StreamRunner:
-    """A streamer with ``depth`` batches in flight (see the module doc). Its output buffers
-    are reused, so results are copied out before the next submit. A batch the device has
-    no memory for goes through ``fallback`` (a ``SyncRunner``: tiles, smaller on OOM).
-    It takes and gives whole frames ``[N, H, W, C]`` (the streamer splits them into planes
-    and joins them back on the device)."""
+    """A streamer with ``depth`` batches in flight (see the module doc). An output that is
+    one of the streamer's reused buffers (``reused``: past ``cuda_stream.LEND_MAX``
+    batches held by the caller) is copied out before the next submit; a lent block is
+    not. A batch the device has no memory for goes through ``fallback`` (a
+    ``SyncRunner``: tiles, smaller on OOM). It takes and gives whole frames ``[N, H, W,
+    C]`` (the streamer splits them into planes and joins them back on the device)."""
 
-    reuses_buffers = True
     takes_frames = True
 
     def __init__(self, streamer, fallback=None):
@@ -104,6 +107,9 @@ class StreamRunner:
             return np.asarray(self._s.collect(value))
         out, layout = value
         return from_planes(self._fallback.collect(out), layout)
+
+    def reused(self, out) -> bool:
+        return self._s.reused(out)
 
 
 def make_runner(upscaler):
@@ -183,8 +189,8 @@ def generate(new_runner, frames, batch, stats, max_pixels=None) -> Iterator[np.n
         out = runner.collect(token)
         t0 = time.perf_counter()
         result = out if layout is None else from_planes(out, layout, interleave=interleave)
-        if runner.reuses_buffers and np.may_share_memory(result, out):
-            result = result.copy()  # the runner will overwrite ``out`` (one-channel frames)
+        if runner.reused(out) and np.may_share_memory(result, out):
+            result = result.copy()  # the runner will overwrite ``out``
         if ndim == 2:
             result = result[..., 0]
         unpacked = time.perf_counter() - t0

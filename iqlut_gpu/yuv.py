@@ -253,7 +253,7 @@ def generate_planes(new_runner, frames, batch: int, stats=None, rgb: bool = Fals
         t0 = time.perf_counter()
         if takes_frames:
             out = out[..., 0]
-        if runner.reuses_buffers:
+        if runner.reused(out):
             out = np.array(out)  # the runner overwrites its buffer on a later submit
         batches[bid][2][g] = out
         add("download", time.perf_counter() - t0)

@@ -230,3 +230,53 @@ def test_streamer_rejects_planes(cupy, model):
     streamer = cuda_stream.CudaStreamer(backends.prepare(model), "interp")
     with pytest.raises(ValueError, match="N, H, W, C"):
         streamer.submit(np.zeros((3, 4, 4), np.uint8))
+
+
+def _lend_counter(monkeypatch):
+    """Counts the streamer's lent output blocks (``_lend`` returning a block)."""
+    counts = {"lent": 0}
+    real = cuda_stream.CudaStreamer._lend
+
+    def counting(self, shape):
+        out = real(self, shape)
+        counts["lent"] += out is not None
+        return out
+
+    monkeypatch.setattr(cuda_stream.CudaStreamer, "_lend", counting)
+    return counts
+
+
+def test_output_blocks_are_lent_without_a_copy_and_come_back_to_the_pool(cupy, model, monkeypatch):
+    """A caller that drops each frame before the next: every batch's output is a pinned
+    block of its own, handed out without a copy, and the blocks go back to the pinned pool
+    and are used again (the pool does not grow with the number of batches)."""
+    import gc
+
+    counts = _lend_counter(monkeypatch)
+    rng = np.random.default_rng()
+    frames = _frames(rng, [(6, 7, 3)] * 24)
+    up = Upscaler(model=model, backend="cuda", mode="interp")
+    streamer = cuda_stream.CudaStreamer(backends.prepare(model), "interp")
+    runner = StreamRunner(streamer, SyncRunner(up))
+    pool = []
+    for i, g in enumerate(generate(lambda: runner, iter(frames), 2, None)):
+        assert np.array_equal(g, upscale(frames[i], model.scale, model=model, backend="reference")), i
+        assert not streamer.reused(g)  # a lent block: yielded as it is
+        pool.append(cupy.pinned_pool_bytes())
+        del g
+    assert counts["lent"] == 12  # every batch of two
+    assert "host_out" not in streamer._slots[0].buffers  # no reused output buffer was needed
+    gc.collect()
+    assert streamer._lent == 0
+    assert pool[-1] == pool[5], pool  # blocks reused: the pool stopped growing
+
+
+def test_a_caller_that_keeps_every_frame_gets_copies_past_the_lending_limit(cupy, model, monkeypatch):
+    """``list()`` of a long stream: at most LEND_MAX blocks are lent, the other batches go
+    through the slots' reused buffers and are copied out, and every frame stays right
+    after the stream has moved on."""
+    counts = _lend_counter(monkeypatch)
+    frames = _frames(np.random.default_rng(), [(5, 6, 3)] * 16 + [(5, 6)] * 4)
+    streamer, _ = _stream_frames(model, frames)  # compares every kept frame with the reference
+    assert counts["lent"] == cuda_stream.LEND_MAX
+    assert streamer._slots[0].buffers["host_out"] is not None

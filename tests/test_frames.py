@@ -95,8 +95,9 @@ def test_non_contiguous_and_negative_stride_frames():
 
 class HostStreamer:
     """Stands in for a device streamer: like the CUDA one it takes whole frames
-    [N, H, W, C] and reuses its output buffers, so the results must be copied out before a
-    buffer is reused (depth 2 in flight)."""
+    [N, H, W, C] and either lends an output block of its own (every other batch here) or
+    writes into one of its reused output buffers, whose results must be copied out before
+    the buffer is reused (``reused``; depth 2 in flight)."""
 
     depth = 2
     takes_frames = True
@@ -111,6 +112,7 @@ class HostStreamer:
         self.in_flight = 0
         self.max_in_flight = 0
         self.oom_sizes = ()
+        self.lent = []
 
     def submit(self, frames):
         from iqlut_gpu.planes import from_planes, to_planes
@@ -122,16 +124,22 @@ class HostStreamer:
         self.turn += 1
         planes, layout = to_planes(frames)
         out = from_planes(self.backends.run_planes("reference", self.model, planes), layout)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        if self.turn % 2:
+            self.lent.append(out)
+            return out
         if self.buffers[slot] is None or self.buffers[slot].shape != out.shape:
             self.buffers[slot] = np.empty_like(out)
         self.buffers[slot][...] = out
-        self.in_flight += 1
-        self.max_in_flight = max(self.max_in_flight, self.in_flight)
         return slot
 
-    def collect(self, slot):
+    def collect(self, token):
         self.in_flight -= 1
-        return self.buffers[slot]
+        return token if isinstance(token, np.ndarray) else self.buffers[token]
+
+    def reused(self, out):
+        return any(b is not None and np.shares_memory(out, b) for b in self.buffers)
 
 
 def test_two_batches_in_flight_with_reused_buffers():
@@ -149,6 +157,10 @@ def test_two_batches_in_flight_with_reused_buffers():
     assert fallback.timings["kernels"] > 0  # the simulated out-of-memory batch went through it
     for i, (f, g) in enumerate(zip(frames, got)):
         assert np.array_equal(g, upscale(f, 2, backend="reference")), f"frame {i}"
+    # lent blocks are handed out as they are, reused buffers' frames as copies
+    in_lent = [any(np.shares_memory(g, b) for b in streamer.lent) for g in got]
+    assert any(in_lent) and not all(in_lent)
+    assert not any(streamer.reused(g) for g in got)
 
 
 @pytest.mark.gpu

@@ -133,6 +133,7 @@ def _force(sid: int, seq: int) -> None:
             if other != sid:
                 _force(other, q)
         op.fn()
+        op.fn = None  # a run operation no longer holds its arrays (the race detector keeps it)
         s.done = op.seq
 
 
