@@ -100,7 +100,7 @@ class CudaStreamer:
         self._slots = [_Slot(self._cp.cuda.Stream(non_blocking=True)) for _ in range(self.depth)]
         self._turn = 0
         self._lent = 0  # output blocks the caller holds (or a slot until its collect)
-        self._lock = threading.Lock()  # a block can be freed on any thread
+        self._lock = threading.RLock()  # a block can be freed on any thread, even in here
 
     # ------------------------------------------------------------------ buffers
 
