@@ -29,7 +29,8 @@ the caller: ``collect`` returns it and the streamer never writes it again, so th
 need no copy out of a reused buffer (on an H200 that copy, 100 MB a batch of 4K frames,
 took most of the streamed path's time). When the caller drops the frames the block goes
 back to CuPy's pinned pool and the next batch of that size gets it again. At most
-``LEND_MAX`` blocks are out at once; past that (a caller that keeps every frame) a batch
+``LEND_MAX`` blocks and ``LEND_BYTES`` of them are out at once (pinned memory is locked
+out of the machine's paging); past that (a caller that keeps every frame) a batch
 goes through the slot's own reused output buffer, which ``reused`` reports, and the
 caller copies it (``iqlut_gpu.frames``). Where pinned memory cannot be had
 (``cudaErrorMemoryAllocation``, a ``CUDARuntimeError``, not a ``MemoryError``), nothing
@@ -50,6 +51,7 @@ from iqlut_gpu.planes import from_planes, to_planes
 
 MIN_CAPACITY = 1 << 16  # bytes: the smallest buffer a slot allocates
 LEND_MAX = 4  # output blocks lent to the caller at once (see the module doc)
+LEND_BYTES = 1 << 30  # and at most this much pinned memory in them
 CUDA_ERROR_MEMORY_ALLOCATION = 2
 
 
@@ -100,6 +102,7 @@ class CudaStreamer:
         self._slots = [_Slot(self._cp.cuda.Stream(non_blocking=True)) for _ in range(self.depth)]
         self._turn = 0
         self._lent = 0  # output blocks the caller holds (or a slot until its collect)
+        self._lent_bytes = 0
         self._lock = threading.RLock()  # a block can be freed on any thread, even in here
 
     # ------------------------------------------------------------------ buffers
@@ -133,22 +136,26 @@ class CudaStreamer:
 
     def _lend(self, shape):
         """A pinned output buffer of ``shape`` (uint8) of its own, for the caller to keep,
-        or None when ``LEND_MAX`` are out or pinned memory cannot be had."""
+        or None when ``LEND_MAX`` blocks or ``LEND_BYTES`` are out or pinned memory cannot
+        be had."""
+        n = int(np.prod(shape))
+        size = _capacity(n)
         with self._lock:
-            if self._lent >= LEND_MAX:
+            if self._lent >= LEND_MAX or self._lent_bytes + size > LEND_BYTES:
                 return None
             self._lent += 1
-        n = int(np.prod(shape))
-        block = self._pinned_or_none(_capacity(n))
+            self._lent_bytes += size
+        block = self._pinned_or_none(size)
         if block is None:
-            self._returned()
+            self._returned(size)
             return None
-        weakref.finalize(block, self._returned)  # when the last frame of it is dropped
+        weakref.finalize(block, self._returned, size)  # when the last frame of it is dropped
         return block[:n].reshape(shape)
 
-    def _returned(self):
+    def _returned(self, size: int):
         with self._lock:
             self._lent -= 1
+            self._lent_bytes -= size
 
     def reused(self, out) -> bool:
         """Whether ``out`` (from ``collect``) is a slot's own output buffer, which a later

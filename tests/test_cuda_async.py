@@ -280,3 +280,14 @@ def test_a_caller_that_keeps_every_frame_gets_copies_past_the_lending_limit(cupy
     streamer, _ = _stream_frames(model, frames)  # compares every kept frame with the reference
     assert counts["lent"] == cuda_stream.LEND_MAX
     assert streamer._slots[0].buffers["host_out"] is not None
+
+
+def test_lending_stops_at_its_byte_limit(cupy, model, monkeypatch):
+    """Pinned memory is locked out of paging: past ``LEND_BYTES`` held by the caller, even
+    under ``LEND_MAX`` blocks, batches go through the reused buffers (and are copied)."""
+    counts = _lend_counter(monkeypatch)
+    monkeypatch.setattr(cuda_stream, "LEND_BYTES", 2 * cuda_stream.MIN_CAPACITY)
+    frames = _frames(np.random.default_rng(), [(5, 6, 3)] * 12)
+    streamer, _ = _stream_frames(model, frames)  # list(): every frame kept
+    assert counts["lent"] == 2 < cuda_stream.LEND_MAX
+    assert streamer._lent_bytes <= 2 * cuda_stream.MIN_CAPACITY
