@@ -28,7 +28,9 @@ is downloaded into a pinned block of its own (a power of two in size) that is *l
 the caller: ``collect`` returns it and the streamer never writes it again, so the frames
 need no copy out of a reused buffer (on an H200 that copy, 100 MB a batch of 4K frames,
 took most of the streamed path's time). When the caller drops the frames the block goes
-back to CuPy's pinned pool and the next batch of that size gets it again. At most
+back to CuPy's pinned pool and the next batch of that size gets it again (after blocks of
+another size went back, the next lending releases the pool's free blocks, so that a folder
+of photos of many sizes does not leave pinned blocks of each size behind). At most
 ``LEND_MAX`` blocks and ``LEND_BYTES`` of them are out at once (pinned memory is locked
 out of the machine's paging); past that (a caller that keeps every frame) a batch
 goes through the slot's own reused output buffer, which ``reused`` reports, and the
@@ -50,7 +52,8 @@ STAGES = ("upload", "kernels", "download")
 from iqlut_gpu.planes import from_planes, to_planes
 
 MIN_CAPACITY = 1 << 16  # bytes: the smallest buffer a slot allocates
-LEND_MAX = 4  # output blocks lent to the caller at once (see the module doc)
+LEND_MAX = 8  # output blocks lent to the caller at once (see the module doc): two
+# batches in flight and two held, of two plane groups each (a YUV frame's Y and its U, V)
 LEND_BYTES = 1 << 30  # and at most this much pinned memory in them
 CUDA_ERROR_MEMORY_ALLOCATION = 2
 
@@ -103,6 +106,8 @@ class CudaStreamer:
         self._turn = 0
         self._lent = 0  # output blocks the caller holds (or a slot until its collect)
         self._lent_bytes = 0
+        self._lend_size = None  # the size of the blocks lent last
+        self._stale = False  # a block of another size went back to the pool since
         self._lock = threading.RLock()  # a block can be freed on any thread, even in here
 
     # ------------------------------------------------------------------ buffers
@@ -145,6 +150,10 @@ class CudaStreamer:
                 return None
             self._lent += 1
             self._lent_bytes += size
+            stale = self._stale or self._lend_size not in (None, size)
+            self._stale, self._lend_size = False, size
+        if stale:  # the pool's free blocks of other sizes would only be kept, locked
+            self._cp.get_default_pinned_memory_pool().free_all_blocks()
         block = self._pinned_or_none(size)
         if block is None:
             self._returned(size)
@@ -153,9 +162,10 @@ class CudaStreamer:
         return block[:n].reshape(shape)
 
     def _returned(self, size: int):
-        with self._lock:
+        with self._lock:  # (a finalizer: only bookkeeping here, the pool is freed by _lend)
             self._lent -= 1
             self._lent_bytes -= size
+            self._stale = self._stale or size != self._lend_size
 
     def reused(self, out) -> bool:
         """Whether ``out`` (from ``collect``) is a slot's own output buffer, which a later

@@ -214,8 +214,33 @@ def test_changing_frame_sizes_do_not_grow_the_pinned_pool(cupy, model):
     _stream_frames(model, frames)
     r = model.scale
     biggest = 2 * 90 * 90 * 3 * (1 + r * r)  # one batch in and out
-    # two slots, each buffer at most twice what it holds, plus what a doubling left behind
-    assert cupy.pinned_pool_bytes() <= 2 * 4 * biggest, cupy.pinned_pool_bytes()
+    # two slots, each buffer at most twice what it holds, plus what a doubling left behind;
+    # and the lent output blocks the caller keeps (list()), each at most twice a batch out
+    lent = cuda_stream.LEND_MAX * 2 * (2 * 90 * 90 * 3 * r * r)
+    assert cupy.pinned_pool_bytes() <= 2 * 4 * biggest + lent, cupy.pinned_pool_bytes()
+
+
+def test_a_stream_of_changing_sizes_leaves_no_lent_blocks_of_each_size(cupy, model):
+    """Frames dropped at once, sizes changing (a folder of photos of many sizes): the pool
+    ends with the slots' buffers and the lent blocks of the last size, not blocks of every
+    size seen."""
+    rng = np.random.default_rng()
+    r = model.scale
+    sizes = [(200, 200), (150, 150), (100, 100), (64, 64), (8, 8), (20, 20)]  # 1 MiB-64 KiB blocks
+    up = Upscaler(model=model, backend="cuda", mode="interp")
+    streamer = cuda_stream.CudaStreamer(backends.prepare(model), "interp")
+    runner = StreamRunner(streamer, SyncRunner(up))
+    frames = [f for h, w in sizes for f in _frames(rng, [(h, w, 3)] * 6)]
+    for i, g in enumerate(generate(lambda: runner, iter(frames), 2, None)):
+        assert np.array_equal(g, upscale(frames[i], r, model=model, backend="reference")), i
+        del g
+    assert "host_out" not in streamer._slots[0].buffers  # every batch was lent
+    # the slots' input buffers and the blocks of the last two sizes (those of the one before
+    # the last go back after the last lending); blocks of every size seen would be several
+    # times that
+    slots = 2 * cuda_stream._capacity(2 * 200 * 200 * 3)
+    last = 2 * cuda_stream.LEND_MAX * cuda_stream._capacity(2 * 20 * 20 * 3 * r * r)
+    assert cupy.pinned_pool_bytes() <= slots + last, cupy.pinned_pool_bytes()
 
 
 def test_frames_are_split_and_joined_on_the_device(cupy, model):

@@ -642,6 +642,9 @@ def get_pinned_memory_pool():
     return _PinnedPool()
 
 
+get_default_pinned_memory_pool = get_pinned_memory_pool  # CuPy's name
+
+
 # ----------------------------------------------------------------------------- modules
 
 
