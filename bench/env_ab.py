@@ -118,9 +118,7 @@ def measure(settings: dict, rounds: int = 4, frames: int = 90, size=(768, 576),
 
     machine = describe()
     envs = environments(settings)
-    root = Path(__file__).resolve().parents[1]
-    for env in envs.values():  # the children import bench and iqlut_gpu from this checkout
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    root = Path(__file__).resolve().parents[1]  # the children's cwd: ``-m`` finds bench there
     times: dict = {}
     with tempfile.TemporaryDirectory(prefix="iqlut-envab-") as tmp:
         cases = make_cases(Path(tmp), frames, size, presets, photos, kernel_calls)
