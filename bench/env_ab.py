@@ -64,18 +64,15 @@ def kernels_child(scale: int, color: str, calls: int = KERNEL_CALLS) -> float:
     from iqlut_gpu import Upscaler
 
     from .peers import input_size
-    from .registry import bench_frames
+    from .registry import Run, bench_frames
+    from .timing import median_time
 
     frame = bench_frames(input_size(scale), 1)[0]
     up = Upscaler(scale, backend="cpu", ensemble=1, color=color)
-    up(frame)
-    up(frame)
-    times = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        up(frame)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    run = Run(lambda: up(frame))
+    run.run()  # warm-up: tables, caches
+    run.run()
+    return median_time(run, calls)
 
 
 def make_cases(tmp: Path, frames: int, size, presets, photos: int, kernel_calls: int) -> dict:

@@ -261,8 +261,10 @@ def bench_child(out_path: Path) -> int:
                copy_case(direction, host_kind, layout))
 
     def host_copy_out():
-        """What the streamed path does after each download: the batch copied out of the
-        slot's pinned buffer into new memory that the caller may keep (wall clock)."""
+        """What the streamed path did after each download until its output blocks were
+        lent (and still does past the lending limits, ``cuda_stream.LEND_MAX``): the batch
+        copied out of the slot's pinned buffer into new memory the caller may keep (wall
+        clock)."""
         import cupyx
         import numpy as np
 

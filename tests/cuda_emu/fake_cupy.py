@@ -638,11 +638,8 @@ class _PinnedPool:
         _free_all_blocks()
 
 
-def get_pinned_memory_pool():
+def get_default_pinned_memory_pool():
     return _PinnedPool()
-
-
-get_default_pinned_memory_pool = get_pinned_memory_pool  # CuPy's name
 
 
 # ----------------------------------------------------------------------------- modules
