@@ -63,10 +63,6 @@ def _capacity(nbytes: int) -> int:
     return max(MIN_CAPACITY, 1 << max(0, int(nbytes) - 1).bit_length())
 
 
-def _address(a) -> int:
-    return a.__array_interface__["data"][0]
-
-
 class _Slot:
     def __init__(self, stream):
         self.stream = stream
@@ -170,8 +166,8 @@ class CudaStreamer:
     def reused(self, out) -> bool:
         """Whether ``out`` (from ``collect``) is a slot's own output buffer, which a later
         ``submit`` overwrites (rather than a lent block)."""
-        start = _address(out)  # metadata only: no access to memory a copy may be writing
-        return any(b is not None and _address(b) <= start < _address(b) + b.nbytes
+        start = out.ctypes.data  # addresses only: no access to memory a copy may be writing
+        return any(b is not None and b.ctypes.data <= start < b.ctypes.data + b.nbytes
                    for b in (s.buffers.get("host_out") for s in self._slots))
 
     def _device(self, slot, name, shape):
